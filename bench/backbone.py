@@ -1,0 +1,98 @@
+"""The Stable Diffusion v1 backbone: text encoder, UNet, VAE and DDPM scheduler.
+
+`build_tiny` builds it from small configs with seeded weights (offline profile); `load_sd15`
+(bench/sd15.py) loads the real weights. Everything downstream sees the same `Backbone`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from bench.tokenizer import ClipBpeTokenizer
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Backbone:
+    """A Stable Diffusion v1 model, ready for sampling."""
+
+    name: str
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: ClipBpeTokenizer
+    scheduler: DDPMScheduler  # a template: `new_scheduler()` gives each sample its own copy
+    image_size: int
+    device: torch.device
+    dtype: torch.dtype = torch.float32  # sampling precision; gradients always run in float32
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def vae_scale(self) -> int:
+        """Pixels per latent cell (8 on SD1.5)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.vae_scale
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    def new_scheduler(self) -> DDPMScheduler:
+        return copy.deepcopy(self.scheduler)
+
+
+def make_scheduler(scheduler: Mapping) -> DDPMScheduler:
+    """DDPM with SD1.5's scaled-linear betas and steps_offset 0 (PAPER_SPEC B13): 980, 960, ..., 0."""
+    return DDPMScheduler(**dict(scheduler))
+
+
+def build_tiny(
+    name: str,
+    seed: int,
+    image_size: int,
+    unet: Mapping,
+    vae: Mapping,
+    text_encoder: Mapping,
+    scheduler: Mapping,
+    device: str = "auto",
+) -> Backbone:
+    """The SD1 architecture from small configs, with weights drawn from `seed` (no download)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_model = CLIPTextModel(CLIPTextConfig(**dict(text_encoder)))
+        unet_model = UNet2DConditionModel(**_listify(unet))
+        vae_model = AutoencoderKL(**_listify(vae))
+    dev = resolve_device(device)
+    for module in (text_model, unet_model, vae_model):
+        module.to(dev).eval().requires_grad_(False)
+    return Backbone(
+        name=name,
+        unet=unet_model,
+        vae=vae_model,
+        text_encoder=text_model,
+        tokenizer=ClipBpeTokenizer(),
+        scheduler=make_scheduler(scheduler),
+        image_size=image_size,
+        device=dev,
+        provenance={"model": name, "weights": f"random(seed={seed})"},
+    )
+
+
+def _listify(kwargs: Mapping) -> dict:
+    """Config lists -> tuples, as diffusers' constructors expect for block types and channels."""
+    return {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in dict(kwargs).items()}

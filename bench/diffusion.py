@@ -1,0 +1,143 @@
+"""Sampling primitives shared by every method: text and image encoding, guided noise, DDPM steps.
+
+Latents stay in float32 between steps; the networks run in `backbone.dtype`. All randomness comes
+in through per-sample generators (bench/seeding.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+
+from bench.backbone import Backbone
+from bench.config import ConfigError
+from bench.seeding import draw_normal
+
+# on_step_end(step_index, t, z_t, z_next) -> z_next, called after each DDPM step.
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """The denoising protocol shared by all methods (PAPER_SPEC §2.1)."""
+
+    num_inference_steps: int = 50
+    guidance_scale: float = 8.0
+    negative_prompt: str = ""
+    batch_invariant: bool = True
+
+    def __post_init__(self):
+        if self.num_inference_steps < 1:
+            raise ConfigError(f"sampling.num_inference_steps={self.num_inference_steps}; expected >= 1.")
+
+
+def truncated_timesteps(scheduler: DDPMScheduler, num_inference_steps: int, strength: float) -> torch.Tensor:
+    """The img2img schedule: t_start = n - int(n * strength); 0.9 of 50 steps gives 880, 860, ..., 0."""
+    if not 0.0 < strength <= 1.0:
+        raise ConfigError(f"strength={strength}; expected a value in (0, 1] (1.0 = from pure noise).")
+    scheduler.set_timesteps(num_inference_steps)
+    start = num_inference_steps - int(num_inference_steps * strength)
+    timesteps = scheduler.timesteps[start:]
+    if len(timesteps) == 0:
+        raise ConfigError(f"strength={strength} leaves no denoising step out of {num_inference_steps}.")
+    return timesteps
+
+
+@torch.no_grad()
+def encode_text(backbone: Backbone, prompts: Sequence[str]) -> torch.Tensor:
+    """CLIP text embeddings [B, 77, D] (last hidden state, as SD1 uses)."""
+    ids = backbone.tokenizer(prompts).to(backbone.device)
+    return backbone.text_encoder(ids)[0].to(backbone.dtype)
+
+
+@torch.no_grad()
+def encode_images(backbone: Backbone, images: np.ndarray, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> scaled posterior samples z0 [B, C, h, w] (float32), noise per sample."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [B, 3, H, W] in [-1, 1]
+    vae = backbone.vae
+    posterior = vae.encode(x.to(backbone.device, backbone.dtype)).latent_dist
+    noise = draw_normal(generators, posterior.mean.shape[1:], backbone.device, torch.float32)
+    z0 = posterior.mean.float() + posterior.std.float() * noise
+    return z0 * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(backbone: Backbone, z: torch.Tensor) -> np.ndarray:
+    """z [B, C, h, w] -> uint8 [B, H, W, 3], clamped to [-1, 1] first (as the reference code)."""
+    x = backbone.vae.decode((z / backbone.vae.config.scaling_factor).to(backbone.dtype)).sample
+    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def unet_noise(backbone: Backbone, z: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """Raw UNet noise prediction eps [B, C, h, w] in float32."""
+    out = backbone.unet(z.to(backbone.dtype), t, encoder_hidden_states=context).sample
+    return out.float()
+
+
+@torch.no_grad()
+def guided_noise(
+    backbone: Backbone,
+    z: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance_scale: float,
+    batch_invariant: bool = True,
+) -> torch.Tensor:
+    """Classifier-free guidance eps_u + w (eps_c - eps_u), the UNet on [cond; uncond] as the reference code.
+
+    z [B, C, h, w]; cond, uncond [B, 77, D]. With batch_invariant, each sample's pair is its own
+    UNet call, so the result does not depend on B.
+    """
+    groups = [slice(b, b + 1) for b in range(len(z))] if batch_invariant else [slice(0, len(z))]
+    out = []
+    for g in groups:
+        n = g.stop - g.start
+        eps = unet_noise(backbone, torch.cat([z[g], z[g]]), t, torch.cat([cond[g], uncond[g]]))
+        eps_cond, eps_uncond = eps[:n], eps[n:]
+        out.append(eps_uncond + guidance_scale * (eps_cond - eps_uncond))
+    return torch.cat(out)
+
+
+def ddpm_step(
+    scheduler: DDPMScheduler,
+    eps: torch.Tensor,
+    t: torch.Tensor,
+    z: torch.Tensor,
+    generators: list[torch.Generator],
+) -> torch.Tensor:
+    """One ancestral DDPM step z_t -> z_{t_prev}; the step noise comes from each sample's generator."""
+    return scheduler.step(eps, t, z, generator=list(generators)).prev_sample.float()
+
+
+def denoise(
+    backbone: Backbone,
+    scheduler: DDPMScheduler,
+    z: torch.Tensor,
+    timesteps: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    sampling: SamplingConfig,
+    step_generators: list[torch.Generator],
+    on_step_end: StepCallback | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Run the guided DDPM chain over `timesteps` from z (at timesteps[0]); return the final latent.
+
+    `on_step_end(i, t_i, z_{t_i}, z_{t_{i+1}})` may replace the new latent: the step index and the
+    timestep are passed explicitly, never counted.
+    """
+    for i, t in enumerate(timesteps):
+        eps = guided_noise(backbone, z, t, cond, uncond, sampling.guidance_scale, sampling.batch_invariant)
+        z_next = ddpm_step(scheduler, eps, t, z, step_generators)
+        if on_step_end is not None:
+            z_next = on_step_end(i, t, z, z_next)
+        z = z_next
+        if progress is not None:
+            progress(i)
+    return z

@@ -1,0 +1,16 @@
+"""Simple, honest pixel-space distances to the reference image."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class PixelMAD:
+    """Mean absolute difference of uint8 RGB values to the reference, in [0, 255] (lower = closer)."""
+
+    name = "pixel_mad"
+    provenance = "numpy; mean |gen - ref| over RGB uint8 pixels at model resolution; 0-255"
+
+    def __call__(self, generated: np.ndarray, reference: np.ndarray, **context) -> dict[str, float]:
+        diff = np.abs(generated.astype(np.int16) - reference.astype(np.int16))
+        return {self.name: float(diff.mean())}

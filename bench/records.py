@@ -1,0 +1,169 @@
+"""Per-sample rows, atomic files and provenance.
+
+A sample is done when its row file exists. The image and masks are written first, each through a
+temporary file and an atomic rename, then the row; so a run killed at any instant leaves either a
+complete sample or nothing of it that counts, and a rerun redoes exactly the missing ones.
+Rows hold no timing, host or shard information, so any split of the work gives the same rows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from filelock import FileLock
+from PIL import Image
+
+from bench.config import REPO_ROOT
+
+# Leading columns of samples.csv, in this order; every other column follows sorted by name.
+KEY_COLUMNS = ["model", "dataset", "label", "ablation", "image_id", "prompt", "seed"]
+LEADING_COLUMNS = [
+    "task",
+    *KEY_COLUMNS,
+    "method",
+    "category",
+    "subcategory",
+    "subject",
+    "status",
+    "failure",
+    "image_path",
+]
+PACKAGES = [
+    "torch",
+    "torchvision",
+    "diffusers",
+    "transformers",
+    "open_clip_torch",
+    "torch-fidelity",
+    "torchmetrics",
+    "hydra-core",
+    "pandas",
+    "numpy",
+    "wandb",
+]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_png(path: str | Path, array: np.ndarray) -> None:
+    """Save uint8 [H, W, 3] or [H, W] as PNG, atomically."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def row_path(run_dir: str | Path, key: str) -> Path:
+    return Path(run_dir) / "rows" / f"{key}.json"
+
+
+def write_row(run_dir: str | Path, key: str, row: dict) -> None:
+    atomic_write_text(row_path(run_dir, key), json.dumps(row, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"row value {value!r} of type {type(value).__name__} is not JSON-serialisable")
+
+
+def read_rows(folders: Iterable[str | Path]) -> list[dict]:
+    """Every row file under the given folders (skipping temporary files)."""
+    rows = []
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("rows/**/*.json")):
+            rows.append(json.loads(path.read_text()))
+    return rows
+
+
+def rows_to_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows -> a DataFrame with a fixed column order and a fixed row order (byte-stable CSV)."""
+    if not rows:
+        return pd.DataFrame(columns=LEADING_COLUMNS)
+    frame = pd.DataFrame(rows)
+    leading = [c for c in LEADING_COLUMNS if c in frame.columns]
+    rest = sorted(c for c in frame.columns if c not in leading)
+    frame = frame[leading + rest]
+    return frame.sort_values(KEY_COLUMNS, kind="mergesort").reset_index(drop=True)
+
+
+def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
+    """Atomic CSV write with a fixed float format, so unchanged data gives identical bytes."""
+    atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+
+
+def merge_samples(task_output_dir: str | Path, samples_csv: str | Path) -> pd.DataFrame:
+    """Rebuild results/<task>/samples.csv from every row of the task (under a lock: shards may race)."""
+    samples_csv = Path(samples_csv)
+    samples_csv.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(samples_csv) + ".lock"):
+        frame = rows_to_frame(read_rows([task_output_dir]))
+        write_csv(frame, samples_csv)
+    return frame
+
+
+def git_state() -> dict:
+    """Commit SHA and whether the work tree differs from it (None outside a git checkout)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_sha": sha, "git_dirty": None if status is None else bool(status)}
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def environment_manifest(device: torch.device) -> dict:
+    """What produced a run: code version, packages, device and threads."""
+    return {
+        **git_state(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }

@@ -1,0 +1,205 @@
+"""run_benchmark(cfg): plan the work, generate the missing samples, score them, record them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from bench.config import ConfigError, apply_ablation
+from bench.datasets.base import ReferenceImage, to_model_input
+from bench.diffusion import SamplingConfig
+from bench.methods import Generated, Method, Sample, WorkUnit
+from bench.records import (
+    atomic_write_text,
+    environment_manifest,
+    merge_samples,
+    row_path,
+    save_png,
+    write_row,
+)
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(RuntimeError):
+    """A reference image or folder that cannot be used, named in the message."""
+
+
+def plan_work(references: list[ReferenceImage], seeds: list[int], shard_index: int, shard_count: int) -> list[WorkUnit]:
+    """Every (image, prompt, seed) in protocol order; shard k of K takes units k, k+K, k+2K, ..."""
+    if shard_count < 1 or not 0 <= shard_index < shard_count:
+        raise ConfigError(
+            f"shard.index={shard_index}, shard.count={shard_count}; expected count >= 1 and 0 <= index < count."
+        )
+    if not seeds:
+        raise ConfigError("seeds=[]; expected at least one seed, e.g. seeds=[51828].")
+    units = [WorkUnit(image, prompt, seed) for image in references for prompt in image.prompts for seed in seeds]
+    keys = [u.key for u in units]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("two work units share a key: image ids or prompts repeat in the dataset.")
+    return units[shard_index::shard_count]
+
+
+def load_references(units: list[WorkUnit], size: int, resample: str) -> dict[str, tuple[np.ndarray, str]]:
+    """Read and convert every reference the units need, before any generation starts."""
+    out = {}
+    for unit in units:
+        image = unit.image
+        if image.image_id in out:
+            continue
+        try:
+            out[image.image_id] = to_model_input(image.load(), size, resample)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DatasetError(
+                f"cannot read reference image {image.image_id} from {image.source}: {exc}. "
+                "Replace or remove the file and run again; nothing was generated yet."
+            ) from exc
+    return out
+
+
+def batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def run_benchmark(cfg: DictConfig) -> dict:
+    """Run one job: one (model, dataset, method, ablation) over its shard of the work units.
+
+    Returns a summary (counts and paths). Samples already done (their row exists) are skipped.
+    """
+    # 1. Validate the combination before anything expensive.
+    cfg = apply_ablation(cfg)
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size}; expected an integer >= 1.")
+    sampling = SamplingConfig(**cfg.sampling)
+    run_dir = Path(cfg.run_dir)
+
+    # 2. Plan the work units of this shard and find those not done yet.
+    dataset = instantiate(cfg.dataset, _convert_="all")
+    references = dataset.references()
+    if not references:
+        raise DatasetError(f"dataset={cfg.dataset.name} yielded no reference images; check its config.")
+    units = plan_work(references, list(cfg.seeds), cfg.shard.index, cfg.shard.count)
+    pending = [u for u in units if not row_path(run_dir, u.key).exists()]
+    summary = {"run_dir": str(run_dir), "planned": len(units), "pending": len(pending)}
+    if cfg.dry_run:
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        print(json.dumps(summary, indent=2))
+        for unit in pending[:10]:
+            print(f"  would generate {unit.key}")
+        return summary
+
+    # 3. Read every reference first: a bad file fails now, not after an hour of sampling.
+    refs = load_references(pending, cfg.model.image_size, cfg.dataset.get("resample", "bicubic"))
+
+    # 4. Build the backbone, the method, the metrics and the tracker.
+    method: Method = instantiate(cfg.method, _convert_="all")
+    backbone = instantiate(cfg.model, _convert_="all")
+    metrics = {name: instantiate(node) for name, node in cfg.metrics.per_sample.items()}
+    tracker = instantiate(cfg.logger)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(
+        run_dir / f"environment-shard-{cfg.shard.index}-of-{cfg.shard.count}.json",
+        json.dumps(environment_manifest(backbone.device), indent=2, sort_keys=True) + "\n",
+    )
+    tracker.start(resolved, name=f"{cfg.task_name}/{method.label}+{cfg.ablation.name}")
+    exit_code = 1
+    try:
+        # 5. Generate, score and record, one batch at a time; each sample is saved as it completes.
+        base = row_base(cfg, method)
+        with tqdm(total=len(pending), desc=method.label, unit="sample") as bar:
+            for batch in batches(pending, cfg.batch_size):
+                samples = [Sample(unit=u, reference=refs[u.image.image_id][0]) for u in batch]
+                results = method.generate(backbone, samples, sampling)
+                for sample, result in zip(samples, results, strict=True):
+                    conversion = refs[sample.unit.image.image_id][1]
+                    record_sample(cfg, run_dir, base, sample, result, metrics, conversion)
+                    bar.update(1)
+        # 6. Rebuild the task's samples table from every row on disk (all methods, all shards).
+        task_dir = Path(cfg.paths.output_dir) / cfg.task_name
+        samples_csv = Path(cfg.paths.results_dir) / cfg.task_name / "samples.csv"
+        frame = merge_samples(task_dir, samples_csv)
+        tracker.log_table("samples", frame)
+        summary["samples_csv"] = str(samples_csv)
+        exit_code = 0
+    finally:
+        tracker.finish(exit_code)
+    return summary
+
+
+def row_base(cfg: DictConfig, method: Method) -> dict:
+    """Row columns shared by every sample of the run: what made the image (no time, host or shard)."""
+    base = {
+        "task": cfg.task_name,
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "method": method.name,
+        "label": method.label,
+        "ablation": cfg.ablation.name,
+    }
+    base.update({f"method.{k}": v for k, v in method.columns().items()})
+    base.update({f"sampling.{k}": v for k, v in OmegaConf.to_container(cfg.sampling).items()})
+    return base
+
+
+def record_sample(
+    cfg: DictConfig,
+    run_dir: Path,
+    base: dict,
+    sample: Sample,
+    result: Generated,
+    metrics: dict,
+    conversion: str,
+) -> None:
+    """Save the image and masks, score the sample, then write its row (the row marks it done)."""
+    unit = sample.unit
+    row = {
+        **base,
+        "image_id": unit.image.image_id,
+        "category": unit.image.category,
+        "subcategory": unit.image.subcategory,
+        "prompt": unit.prompt.text,
+        "subject": unit.prompt.subject,
+        "seed": unit.seed,
+        "sample_key": unit.key,
+        "reference_source": unit.image.source,
+        "reference_conversion": conversion,
+        **result.info,
+    }
+    if result.failure is not None or result.image is None:
+        row.update(status="failed", failure=result.failure or "no image", image_path="")
+        write_row(run_dir, unit.key, row)
+        log.warning("sample %s failed: %s", unit.key, row["failure"])
+        return
+    image_path = run_dir / "images" / f"{unit.key}.png"
+    save_png(image_path, result.image)
+    for name, mask in result.masks.items():
+        save_png(run_dir / "masks" / unit.key / f"{name}.png", mask_to_png(mask))
+    row.update(status="ok", failure="", image_path=relative_to_root(image_path, cfg.paths.root_dir))
+    for metric in metrics.values():
+        row.update(metric(result.image, sample.reference, prompt=unit.prompt.text, masks=result.masks, unit=unit))
+        row[f"{metric.name}_provenance"] = metric.provenance
+    write_row(run_dir, unit.key, row)
+
+
+def mask_to_png(mask: np.ndarray) -> np.ndarray:
+    """[h, w] or [C, h, w] mask in [0, 1] -> uint8 [h, C*w] (channels side by side)."""
+    mask = np.asarray(mask, dtype=np.float32)
+    if mask.ndim == 3:
+        mask = np.concatenate(list(mask), axis=1)
+    return (np.clip(mask, 0, 1) * 255).round().astype(np.uint8)
+
+
+def relative_to_root(path: Path, root: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
