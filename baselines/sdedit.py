@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.backbone import Backbone
+from bench.config import ConfigError
 from bench.diffusion import SamplingConfig, denoise, encode_images, encode_text, truncated_timesteps
 from bench.methods import Generated, Method, Sample, images_or_failures
 from bench.seeding import draw_normal
@@ -16,6 +17,8 @@ class SDEdit(Method):
     uses_reference = True
 
     def __init__(self, name: str = "sdedit", label: str = "sdedit", strength: float = 0.6):
+        if not 0.0 < strength <= 1.0:
+            raise ConfigError(f"method.strength={strength}; expected a value in (0, 1] (1.0 = from pure noise).")
         self.name, self.label, self.strength = name, label, strength
 
     def columns(self) -> dict:

@@ -57,3 +57,21 @@ class open_dict_guard:
 
     def __exit__(self, *exc) -> None:
         OmegaConf.set_struct(self.cfg, self.was_struct)
+
+
+def build(node, **kwargs):
+    """hydra.utils.instantiate, but a config or asset error inside a constructor surfaces as itself.
+
+    Hydra wraps constructor exceptions in InstantiationException; our errors carry the fix in
+    their message, so they are re-raised unwrapped.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ConfigError | RuntimeError) and not isinstance(cause, NotImplementedError):
+            raise cause from None
+        raise

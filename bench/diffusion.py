@@ -47,11 +47,20 @@ def truncated_timesteps(scheduler: DDPMScheduler, num_inference_steps: int, stre
     return timesteps
 
 
+def per_sample(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Apply a network to each sample of x alone and stack: the result never depends on the batch size.
+
+    (CPU and GPU kernels pick different reduction orders for different batch sizes, so a batched
+    call can differ from single calls in the last bits.)
+    """
+    return torch.cat([fn(x[b : b + 1]) for b in range(len(x))])
+
+
 @torch.no_grad()
 def encode_text(backbone: Backbone, prompts: Sequence[str]) -> torch.Tensor:
     """CLIP text embeddings [B, 77, D] (last hidden state, as SD1 uses)."""
     ids = backbone.tokenizer(prompts).to(backbone.device)
-    return backbone.text_encoder(ids)[0].to(backbone.dtype)
+    return per_sample(lambda i: backbone.text_encoder(i)[0], ids).to(backbone.dtype)
 
 
 @torch.no_grad()
@@ -59,16 +68,19 @@ def encode_images(backbone: Backbone, images: np.ndarray, generators: Sequence[t
     """uint8 [B, H, W, 3] -> scaled posterior samples z0 [B, C, h, w] (float32), noise per sample."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [B, 3, H, W] in [-1, 1]
     vae = backbone.vae
-    posterior = vae.encode(x.to(backbone.device, backbone.dtype)).latent_dist
-    noise = draw_normal(generators, posterior.mean.shape[1:], backbone.device, torch.float32)
-    z0 = posterior.mean.float() + posterior.std.float() * noise
+    moments = per_sample(lambda xb: vae.encode(xb).latent_dist.parameters, x.to(backbone.device, backbone.dtype))
+    mean, logvar = moments.float().chunk(2, dim=1)  # [B, C, h, w] each
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))  # as diffusers' DiagonalGaussianDistribution
+    noise = draw_normal(generators, mean.shape[1:], backbone.device, torch.float32)
+    z0 = mean + std * noise
     return z0 * vae.config.scaling_factor
 
 
 @torch.no_grad()
 def decode_latents(backbone: Backbone, z: torch.Tensor) -> np.ndarray:
     """z [B, C, h, w] -> uint8 [B, H, W, 3], clamped to [-1, 1] first (as the reference code)."""
-    x = backbone.vae.decode((z / backbone.vae.config.scaling_factor).to(backbone.dtype)).sample
+    z = (z / backbone.vae.config.scaling_factor).to(backbone.dtype)
+    x = per_sample(lambda zb: backbone.vae.decode(zb).sample, z)
     x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu().numpy()
 

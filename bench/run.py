@@ -14,14 +14,15 @@ import hydra
 from omegaconf import DictConfig
 
 from bench.cli_checks import check_overrides
-from bench.config import ConfigError
-from bench.task import DatasetError, run_benchmark
 
 log = logging.getLogger("bench.run")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
+    from bench.config import ConfigError
+    from bench.task import DatasetError, run_benchmark  # heavy imports after the config is known good
+
     try:
         run_benchmark(cfg)
     except (ConfigError, DatasetError) as exc:

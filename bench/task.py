@@ -8,11 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from bench.config import ConfigError, apply_ablation
+from bench.config import ConfigError, apply_ablation, build
 from bench.datasets.base import ReferenceImage, to_model_input
 from bench.diffusion import SamplingConfig
 from bench.methods import Generated, Method, Sample, WorkUnit
@@ -82,7 +81,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
 
     # 2. Plan the work units of this shard and find those not done yet.
-    dataset = instantiate(cfg.dataset, _convert_="all")
+    dataset = build(cfg.dataset)
     references = dataset.references()
     if not references:
         raise DatasetError(f"dataset={cfg.dataset.name} yielded no reference images; check its config.")
@@ -100,10 +99,10 @@ def run_benchmark(cfg: DictConfig) -> dict:
     refs = load_references(pending, cfg.model.image_size, cfg.dataset.get("resample", "bicubic"))
 
     # 4. Build the backbone, the method, the metrics and the tracker.
-    method: Method = instantiate(cfg.method, _convert_="all")
-    backbone = instantiate(cfg.model, _convert_="all")
-    metrics = {name: instantiate(node) for name, node in cfg.metrics.per_sample.items()}
-    tracker = instantiate(cfg.logger)
+    method: Method = build(cfg.method)
+    backbone = build(cfg.model)
+    metrics = {name: build(node) for name, node in cfg.metrics.per_sample.items()}
+    tracker = build(cfg.logger)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_text(

@@ -1,0 +1,62 @@
+"""Shared fixtures: compose configs like the CLI does, a tiny backbone, and a CLI runner.
+
+Everything runs on the CPU with no network: the hub is forced offline, W&B is offline.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from bench.config import CONF_DIR, REPO_ROOT  # noqa: E402
+
+# Overrides that make a run small and fast on the CPU (tests only; the protocol defaults stay 50 steps).
+FAST = [
+    "sampling.num_inference_steps=10",
+    "dataset.images_per_subcategory=1",
+    "dataset.prompts_per_subcategory=1",
+    "dataset.subcategories=[forest,ocean]",
+]
+
+
+def compose_cfg(overrides: list[str] | None = None, tmp_root: Path | None = None) -> DictConfig:
+    """Compose conf/bench.yaml as `python -m bench.run` would (without Hydra's runtime node)."""
+    overrides = list(overrides or [])
+    if tmp_root is not None:
+        overrides.append(f"paths.root_dir={tmp_root}")
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("bench", overrides=overrides)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m bench.run ...` as a real subprocess, offline."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"bench.run {args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    """The offline tiny SD backbone at 32 px (8x8 latents), shared by the tests (never mutated)."""
+    cfg = compose_cfg(["model.image_size=32", "device=cpu"])
+    return instantiate(cfg.model, _convert_="all")
