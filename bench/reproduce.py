@@ -1,8 +1,8 @@
 """`python -m bench.reproduce {demo,table1,ablations}`: a Hydra multirun of every row, then the tables.
 
-Profiles choose the assets; the rows, data protocol and seeds are the same:
+Profiles choose the assets; the rows, the data protocol and the seeds are the same:
     gpu:     model=sd15 dataset=places365 (a user's GPU machine)
-    offline: model=tiny dataset=synthetic_places (these machines, CI)
+    offline: the offline backbone and scenes (these machines, CI)
 """
 
 from __future__ import annotations
@@ -20,44 +20,35 @@ PROFILES = {
     "gpu": ["model=sd15", "dataset=places365"],
     "offline": ["model=tiny", "dataset=synthetic_places"],
 }
-EXPERIMENTS = {"demo": "demo", "table1": "table1", "ablations": "ablations"}
+TARGETS = ("demo", "table1", "ablations")
 
 
-def reproduce(what: str, profile: str, extra: list[str], results_dir: Path) -> dict[str, Path]:
-    """Run the experiment's multirun in a subprocess (a real Hydra sweep), then aggregate it."""
-    if what not in EXPERIMENTS:
-        raise SystemExit(f"error: unknown target {what!r}; expected one of {sorted(EXPERIMENTS)}.")
+def reproduce(what: str, profile: str, extra: list[str], root_dir: Path) -> dict:
+    """Run the experiment's multirun in a subprocess (a real Hydra sweep), then build its tables."""
+    if what not in TARGETS:
+        raise SystemExit(f"error: unknown target {what!r}; expected one of {TARGETS}.")
     if profile not in PROFILES:
         raise SystemExit(f"error: PROFILE={profile!r}; expected one of {sorted(PROFILES)}.")
     profile_overrides = [] if what == "demo" else PROFILES[profile]
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.run",
-        "-m",
-        f"experiment={EXPERIMENTS[what]}",
-        *profile_overrides,
-        *extra,
-    ]
+    cmd = [sys.executable, "-m", "bench.run", "-m", f"experiment={what}", f"paths.root_dir={root_dir}"]
+    cmd += [*profile_overrides, *extra]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO_ROOT, env=os.environ.copy())
-    task = "demo" if what == "demo" else what
-    return aggregate_task(results_dir, task)
+    return aggregate_task(root_dir / "results", what, root_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=sorted(EXPERIMENTS))
-    parser.add_argument("--profile", default="gpu")
-    parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    parser.add_argument("what", choices=TARGETS)
+    parser.add_argument("--profile", default="gpu", help=f"one of {sorted(PROFILES)}")
+    parser.add_argument("--root-dir", type=Path, default=REPO_ROOT, help="outputs/ and results/ go under it")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. dataset.images_per_subcategory=2")
     args = parser.parse_intermixed_args(argv)
-    paths = reproduce(args.what, args.profile, args.overrides, args.results_dir)
+    paths = reproduce(args.what, args.profile, args.overrides, args.root_dir.resolve())
     print()
     print(paths["md"].read_text())
-    print("per-sample rows:", paths["samples"])
-    print("table (CSV):    ", paths["csv"])
-    print("table (Markdown):", paths["md"])
+    for key in ("samples", "csv", "md", "report"):
+        print(f"{key:>8}: {paths[key]}")
 
 
 if __name__ == "__main__":

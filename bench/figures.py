@@ -1,0 +1,128 @@
+"""Figures of a results table: sample grids (reference | masks | generated) and per-sample box plots.
+
+Matplotlib with the Agg backend; the PNG files depend only on the rows and the images, so
+regenerating them from unchanged rows gives the same bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bench.metrics import PER_SAMPLE_METRICS  # noqa: E402
+
+PNG_METADATA = {"Software": None}
+
+
+def read_rgb(path: Path) -> np.ndarray | None:
+    return np.asarray(Image.open(path).convert("RGB")) if path.is_file() else None
+
+
+def mask_heat(path: Path, size: int) -> np.ndarray:
+    """A saved mask PNG ([h, C*w] channels side by side, or [h, w]) -> mean over channels, [size, size] in [0, 1]."""
+    mask = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
+    h, w = mask.shape
+    if w % h == 0 and w // h > 1:
+        mask = mask.reshape(h, w // h, h).mean(axis=1)  # [h, C, w] -> mean over C
+    return np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)) / 255.0
+
+
+def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """Kept (subject) elements tinted red over the image."""
+    red = np.zeros_like(image, dtype=np.float32)
+    red[..., 0] = 255
+    alpha = 0.55 * heat[..., None]
+    return ((1 - alpha) * image + alpha * red).astype(np.uint8)
+
+
+def pick_samples(samples: pd.DataFrame, n: int) -> list[tuple]:
+    """The first n sample identities (sorted) that every row of the table generated successfully."""
+    ok = samples[samples["status"] == "ok"]
+    labels = ok.groupby(["label", "ablation"]).ngroups
+    counts = ok.groupby(["image_id", "prompt", "seed"]).size()
+    complete = counts[counts == labels].index.tolist()
+    return sorted(complete)[:n]
+
+
+def sample_grid(samples: pd.DataFrame, root: Path, out_path: Path, identity: tuple) -> Path:
+    """One sample under every method: reference | each saved mask over the generated image | generated."""
+    image_id, prompt, seed = identity
+    rows = samples[(samples["image_id"] == image_id) & (samples["prompt"] == prompt) & (samples["seed"] == seed)]
+    rows = rows[rows["status"] == "ok"].sort_values(["label", "ablation"])
+    masks_dirs = rows["masks_dir"].tolist() if "masks_dir" in rows else [""] * len(rows)
+    mask_lists = [sorted((root / d).glob("*.png")) if isinstance(d, str) and d else [] for d in masks_dirs]
+    n_cols = 2 + max((len(m) for m in mask_lists), default=0)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.9 * n_cols, 1.9 * len(rows)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, ((_, row), masks) in enumerate(zip(rows.iterrows(), mask_lists, strict=True)):
+        generated = read_rgb(root / row["image_path"])
+        reference = read_rgb(root / row["reference_path"]) if isinstance(row.get("reference_path"), str) else None
+        if reference is not None:
+            axes[r, 0].imshow(reference)
+        axes[r, 0].set_title("reference" if r == 0 else "", fontsize=7)
+        for c, mask_path in enumerate(masks, start=1):
+            axes[r, c].imshow(overlay(generated, mask_heat(mask_path, generated.shape[0])))
+            axes[r, c].set_title(mask_path.stem, fontsize=7)
+        axes[r, -1].imshow(generated)
+        axes[r, -1].set_title("generated" if r == 0 else "", fontsize=7)
+        axes[r, 0].text(
+            -0.1,
+            0.5,
+            f"{row['label']}\n{row['ablation']}",
+            transform=axes[r, 0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=7,
+        )
+    fig.suptitle(f"{prompt!r} on {image_id} (seed {seed})", fontsize=8)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110, metadata=PNG_METADATA)
+    plt.close(fig)
+    return out_path
+
+
+def box_plots(samples: pd.DataFrame, out_dir: Path, metrics: list[str] | None = None) -> list[Path]:
+    """One box plot per metric: the per-sample distribution of each table row."""
+    ok = samples[samples["status"] == "ok"]
+    names = metrics or [m for m in PER_SAMPLE_METRICS if m in ok.columns]
+    paths = []
+    for metric in names:
+        if metric not in ok.columns:
+            continue
+        groups = [
+            (f"{lab}\n{abl}" if abl != "none" else lab, pd.to_numeric(g[metric], errors="coerce").dropna())
+            for (lab, abl), g in ok.groupby(["label", "ablation"], sort=True)
+        ]
+        groups = [(name, v.to_numpy()) for name, v in groups if len(v)]
+        if not groups:
+            continue
+        fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(groups)), 3.2))
+        ax.boxplot([v for _, v in groups], showmeans=True)
+        ax.set_xticks(range(1, len(groups) + 1), [n for n, _ in groups], rotation=30, ha="right", fontsize=7)
+        direction = "higher is better" if PER_SAMPLE_METRICS.get(metric) else "lower is better"
+        ax.set_title(f"{metric} per sample ({direction})", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"box_{metric}.png"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, metadata=PNG_METADATA)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def make_figures(samples: pd.DataFrame, root: Path, out_dir: Path, n_samples: int = 3) -> list[Path]:
+    """Sample grids for a few fixed samples and box plots of every per-sample metric."""
+    paths = [
+        sample_grid(samples, root, out_dir / f"samples_{i}.png", identity)
+        for i, identity in enumerate(pick_samples(samples, n_samples))
+    ]
+    return paths + box_plots(samples, out_dir)
