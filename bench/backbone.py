@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +38,9 @@ class Backbone:
     device: torch.device
     dtype: torch.dtype = torch.float32  # sampling precision; gradients always run in float32
     provenance: dict = field(default_factory=dict)
+    # Loads the UNet with float32 weights when `dtype` is not float32 (bench/sd15.py supplies it).
+    unet_float32_loader: Callable[[], UNet2DConditionModel] | None = field(default=None, repr=False)
+    _unet_float32: UNet2DConditionModel | None = field(default=None, init=False, repr=False)
 
     @property
     def vae_scale(self) -> int:
@@ -54,6 +57,22 @@ class Backbone:
 
     def new_scheduler(self) -> DDPMScheduler:
         return copy.deepcopy(self.scheduler)
+
+    def float32_unet(self) -> UNet2DConditionModel:
+        """The UNet in float32 for gradient passes (Grad-SAM).
+
+        The sampling UNet itself when it is float32; else a separate float32 copy, loaded once from the
+        stored weights (not an up-cast of the float16 copy) and kept. Set attention processors on the
+        copy you use, and restore them; the two copies share no modules.
+        """
+        if self.unet.dtype == torch.float32:
+            return self.unet
+        if self._unet_float32 is None:
+            if self.unet_float32_loader is not None:
+                self._unet_float32 = self.unet_float32_loader()
+            else:
+                self._unet_float32 = copy.deepcopy(self.unet).float()
+        return self._unet_float32
 
 
 def make_scheduler(scheduler: Mapping) -> DDPMScheduler:

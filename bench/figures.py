@@ -51,11 +51,14 @@ def pick_samples(samples: pd.DataFrame, n: int) -> list[tuple]:
     return sorted(complete)[:n]
 
 
-def sample_grid(samples: pd.DataFrame, root: Path, out_path: Path, identity: tuple) -> Path:
+def sample_grid(samples: pd.DataFrame, root: Path, out_path: Path, identity: tuple) -> Path | None:
     """One sample under every method: reference | each saved mask over the generated image | generated."""
     image_id, prompt, seed = identity
     rows = samples[(samples["image_id"] == image_id) & (samples["prompt"] == prompt) & (samples["seed"] == seed)]
     rows = rows[rows["status"] == "ok"].sort_values(["label", "ablation"])
+    rows = rows[[(root / p).is_file() for p in rows["image_path"]]]  # images may have been cleaned away
+    if rows.empty:
+        return None
     masks_dirs = rows["masks_dir"].tolist() if "masks_dir" in rows else [""] * len(rows)
     mask_lists = [sorted((root / d).glob("*.png")) if isinstance(d, str) and d else [] for d in masks_dirs]
     n_cols = 2 + max((len(m) for m in mask_lists), default=0)
@@ -125,4 +128,4 @@ def make_figures(samples: pd.DataFrame, root: Path, out_dir: Path, n_samples: in
         sample_grid(samples, root, out_dir / f"samples_{i}.png", identity)
         for i, identity in enumerate(pick_samples(samples, n_samples))
     ]
-    return paths + box_plots(samples, out_dir)
+    return [p for p in paths if p is not None] + box_plots(samples, out_dir)

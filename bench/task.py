@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -17,10 +20,12 @@ from bench.diffusion import SamplingConfig
 from bench.methods import Generated, Method, Sample, WorkUnit
 from bench.records import (
     atomic_write_text,
+    discard_partial,
     environment_manifest,
     merge_samples,
     row_path,
     save_png,
+    write_csv,
     write_row,
 )
 
@@ -29,6 +34,22 @@ log = logging.getLogger(__name__)
 
 class DatasetError(RuntimeError):
     """A reference image or folder that cannot be used, named in the message."""
+
+
+class StorageError(RuntimeError):
+    """Results could not be written (disk full, quota, permissions); what was written before is intact."""
+
+
+@contextmanager
+def writing(target: Path) -> Iterator[None]:
+    """Turn an OSError while writing `target` into a StorageError that says what survived and how to resume."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(
+            f"cannot write {target}: {exc}. Every sample recorded before this is intact (atomic writes); "
+            "free space or fix permissions, then rerun the same command: it redoes only the missing samples."
+        ) from exc
 
 
 def plan_work(references: list[ReferenceImage], seeds: list[int], shard_index: int, shard_count: int) -> list[WorkUnit]:
@@ -77,6 +98,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
     cfg = apply_ablation(cfg)
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size}; expected an integer >= 1.")
+    set_cpu_threads(cfg.get("cpu_threads"))
     sampling = SamplingConfig(**cfg.sampling)
     run_dir = Path(cfg.run_dir)
 
@@ -86,6 +108,8 @@ def run_benchmark(cfg: DictConfig) -> dict:
     if not references:
         raise DatasetError(f"dataset={cfg.dataset.name} yielded no reference images; check its config.")
     units = plan_work(references, list(cfg.seeds), cfg.shard.index, cfg.shard.count)
+    settings = image_settings(cfg)
+    check_run_settings(run_dir, settings)
     pending = [u for u in units if not row_path(run_dir, u.key).exists()]
     summary = {"run_dir": str(run_dir), "planned": len(units), "pending": len(pending)}
     if cfg.dry_run:
@@ -94,6 +118,8 @@ def run_benchmark(cfg: DictConfig) -> dict:
         for unit in pending[:10]:
             print(f"  would generate {unit.key}")
         return summary
+    for unit in pending:  # a kill mid-write leaves temporary files; they were never counted
+        discard_partial(run_dir, unit.key)
 
     # 3. Read every reference first: a bad file fails now, not after an hour of sampling.
     refs = load_references(pending, cfg.model.image_size, cfg.dataset.get("resample", "bicubic"))
@@ -104,12 +130,18 @@ def run_benchmark(cfg: DictConfig) -> dict:
     metrics = {name: build(node) for name, node in cfg.metrics.per_sample.items()}
     tracker = build(cfg.logger)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    # What made the samples, the same for every shard (Hydra keeps each shard's own config in .hydra/).
+    shared = {k: v for k, v in resolved.items() if k != "shard"}
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(shared))
+    atomic_write_text(run_dir / SETTINGS_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
     atomic_write_text(
         run_dir / f"environment-shard-{cfg.shard.index}-of-{cfg.shard.count}.json",
         json.dumps(environment_manifest(backbone.device), indent=2, sort_keys=True) + "\n",
     )
-    tracker.start(resolved, name=f"{cfg.task_name}/{method.label}+{cfg.ablation.name}")
+    if hasattr(dataset, "manifest"):  # the files used, with their sha256 (e.g. dataset=places365)
+        write_csv(pd.DataFrame(dataset.manifest()), run_dir / "manifest.csv")
+    shard = f"+shard-{cfg.shard.index}-of-{cfg.shard.count}" if cfg.shard.count > 1 else ""
+    tracker.start(resolved, name=f"{cfg.task_name}/{method.label}+{cfg.ablation.name}{shard}")
     exit_code = 1
     try:
         # 5. Generate, score and record, one batch at a time; each sample is saved as it completes.
@@ -120,18 +152,60 @@ def run_benchmark(cfg: DictConfig) -> dict:
                 results = method.generate(backbone, samples, sampling)
                 for sample, result in zip(samples, results, strict=True):
                     conversion = refs[sample.unit.image.image_id][1]
-                    record_sample(cfg, run_dir, base, sample, result, metrics, conversion)
+                    with writing(run_dir):
+                        record_sample(cfg, run_dir, base, sample, result, metrics, conversion)
                     bar.update(1)
         # 6. Rebuild the task's samples table from every row on disk (all methods, all shards).
         task_dir = Path(cfg.paths.output_dir) / cfg.task_name
         samples_csv = Path(cfg.paths.results_dir) / cfg.task_name / "samples.csv"
-        frame = merge_samples(task_dir, samples_csv)
+        with writing(samples_csv):
+            frame = merge_samples(task_dir, samples_csv)
         tracker.log_table("samples", frame)
         summary["samples_csv"] = str(samples_csv)
         exit_code = 0
     finally:
         tracker.finish(exit_code)
     return summary
+
+
+SETTINGS_FILE = "image_settings.json"
+
+
+def image_settings(cfg: DictConfig) -> dict:
+    """Every setting that changes a sample's pixels (not how many samples, nor where or how fast)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    dataset = {k: v for k, v in resolved["dataset"].items() if k in ("name", "seed", "image_size", "resample", "root")}
+    model = {k: v for k, v in resolved["model"].items() if k != "device"}
+    return {"model": model, "dataset": dataset, "method": resolved["method"], "sampling": resolved["sampling"]}
+
+
+def check_run_settings(run_dir: Path, settings: dict) -> None:
+    """Refuse to resume a run folder whose samples were made with other settings (they would be skipped)."""
+    path = run_dir / SETTINGS_FILE
+    if not path.exists():
+        return
+    stored = json.loads(path.read_text())
+    if stored == settings:
+        return
+    changed = sorted(
+        f"{group}.{key}"
+        for group in settings
+        for key in set(settings[group]) | set(stored.get(group, {}))
+        if settings[group].get(key) != stored.get(group, {}).get(key)
+    )
+    raise ConfigError(
+        f"{run_dir} already holds samples made with other settings ({', '.join(changed)} differ), and a rerun "
+        "would skip them as done. Use another task_name=..., or delete that folder to start over."
+    )
+
+
+def set_cpu_threads(threads: int | None) -> None:
+    """cpu_threads: null keeps torch's default; an integer >= 1 fixes the intra-op thread count."""
+    if threads is None:
+        return
+    if not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"cpu_threads={threads!r}; expected null (torch's default) or an integer >= 1.")
+    torch.set_num_threads(threads)
 
 
 def row_base(cfg: DictConfig, method: Method) -> dict:
@@ -182,7 +256,19 @@ def record_sample(
     save_png(image_path, result.image)
     for name, mask in result.masks.items():
         save_png(run_dir / "masks" / unit.key / f"{name}.png", mask_to_png(mask))
-    row.update(status="ok", failure="", image_path=relative_to_root(image_path, cfg.paths.root_dir))
+    # The reference as the model saw it (after conversion and resize), shared by every method of the task.
+    size = sample.reference.shape[0]
+    reference_dir = Path(cfg.paths.output_dir) / cfg.task_name / "references" / cfg.model.name / cfg.dataset.name
+    reference_path = reference_dir / f"{size}px" / f"{unit.image.image_id}.png"
+    if not reference_path.exists():
+        save_png(reference_path, sample.reference)
+    row.update(
+        status="ok",
+        failure="",
+        image_path=relative_to_root(image_path, cfg.paths.root_dir),
+        reference_path=relative_to_root(reference_path, cfg.paths.root_dir),
+        masks_dir=relative_to_root(run_dir / "masks" / unit.key, cfg.paths.root_dir) if result.masks else "",
+    )
     for metric in metrics.values():
         row.update(metric(result.image, sample.reference, prompt=unit.prompt.text, masks=result.masks, unit=unit))
         row[f"{metric.name}_provenance"] = metric.provenance

@@ -36,16 +36,25 @@ class WandbTracker(NullTracker):
     `wandb sync` uploads later). Errors from W&B are logged as warnings and never stop the run.
     """
 
-    def __init__(self, project: str, group: str, dir: str, entity: str | None = None, mode: str | None = None):
+    def __init__(
+        self,
+        project: str,
+        group: str,
+        dir: str,
+        entity: str | None = None,
+        mode: str | None = None,
+        init_timeout: float = 120,
+    ):
         self.project, self.group, self.dir, self.entity = project, group, dir, entity
+        self.init_timeout = init_timeout
         self.mode = mode or ("online" if _has_api_key() else "offline")
         self.run = None
 
     def start(self, config: dict, name: str) -> None:
         import wandb
 
-        Path(self.dir).mkdir(parents=True, exist_ok=True)
         try:
+            Path(self.dir).mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(
                 project=self.project,
                 entity=self.entity,
@@ -56,7 +65,7 @@ class WandbTracker(NullTracker):
                 mode=self.mode,
                 config=config,
                 reinit="finish_previous",
-                settings=wandb.Settings(silent=True, init_timeout=120),
+                settings=wandb.Settings(silent=True, init_timeout=self.init_timeout),
             )
             self.run_dir = self.run.dir if self.run is not None else None
         except Exception as exc:  # W&B must never cost results

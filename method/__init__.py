@@ -1,1 +1,15 @@
-"""method package."""
+"""Grad-SAM latent manipulation (arXiv 2408.16232): scores, masks and the sampler. See docs/method.md.
+
+attention.py       cross-attention probabilities from chosen layers (processor + context manager)
+gradsam.py         importance_scores(): exact Grad-SAM scores, tail or general path
+tail.py            the last layer's network tail as a function of A (fast exact Jacobian)
+post_jacobian.py   closed-form Jacobian of the output head GroupNorm -> SiLU -> conv_out
+tokens.py          subject word -> CLIP columns
+masks.py           scores -> masks (blur, dilation, threshold, union) and the background swap
+sampler.py         the GradSAM method: guided DDPM with injections (PAPER_SPEC §2.2)
+"""
+
+from method.gradsam import attention_scores, importance_scores
+from method.sampler import GradSAM
+
+__all__ = ["GradSAM", "attention_scores", "importance_scores"]

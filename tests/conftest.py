@@ -10,12 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: no spinning threads
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 from hydra import compose, initialize_config_dir  # noqa: E402

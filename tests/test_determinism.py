@@ -20,7 +20,7 @@ def run_images(tmp_path: Path, overrides: list[str]) -> dict[str, bytes]:
         tmp_root=tmp_path,
     )
     run_benchmark(cfg)
-    images = sorted((tmp_path / "outputs").rglob("*.png"))
+    images = sorted((tmp_path / "outputs").rglob("images/**/*.png"))
     assert len(images) == 4
     return {str(p.relative_to(tmp_path)): p.read_bytes() for p in images}
 

@@ -47,3 +47,14 @@ def test_wandb_offline_run_folder_is_written(tmp_path: Path, monkeypatch):
     runs = list((tmp_path / "outputs/wandb").rglob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("*.wandb"))
+
+
+def test_resuming_with_other_image_settings_is_refused(tmp_path):
+    from bench.config import ConfigError
+
+    small = [*OVERRIDES, "dataset.subcategories=[forest]"]
+    run_benchmark(compose_cfg(small, tmp_root=tmp_path))
+    with pytest.raises(ConfigError, match=r"sampling.guidance_scale differ"):
+        run_benchmark(compose_cfg([*small, "sampling.guidance_scale=4"], tmp_root=tmp_path))
+    # More samples with the same settings is a resume, not a conflict.
+    assert run_benchmark(compose_cfg([*small, "seeds=[51828,7]"], tmp_root=tmp_path))["pending"] == 1

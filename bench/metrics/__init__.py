@@ -4,8 +4,26 @@ Metric names are constants; the tables know each metric's direction from here.
 """
 
 PIXEL_MAD = "pixel_mad"
+FID64_PAIR = "fid64_pair"  # the paper's per-pair "FID" (PAPER_SPEC §4.3)
+CLIP_SCORE = "clip_score"  # 100 * max(cos, 0), open_clip
+BG_PSNR = "bg_psnr"  # background preservation outside the subject mask (PIE-Bench style)
+BG_SSIM = "bg_ssim"
+# Set-level metrics (bench.metrics.set_level, computed by bench.aggregate): name -> True if higher is better.
+FID2048 = "fid2048"
+KID_MEAN = "kid_mean"
+SET_LEVEL_METRICS: dict[str, bool] = {FID2048: False, KID_MEAN: False}
 
 # name -> True if higher is better. Columns of samples.csv that tables aggregate, in table order.
 PER_SAMPLE_METRICS: dict[str, bool] = {
     PIXEL_MAD: False,
+    FID64_PAIR: False,
+    CLIP_SCORE: True,
+    BG_PSNR: True,
+    BG_SSIM: True,
+    # Toy world only (metrics=toy, bench/toy/metrics.py): the truth is known there.
+    "mask_iou": True,  # the method's subject mask vs the true subject region
+    "mask_iou_random": True,  # a random mask of the same area (chance level)
+    "subject_ok": True,  # toy CLIP: prompted colour and shape
+    "subject_ok_oracle": True,  # oracle segmenter: prompted colour and shape
+    "true_bg_psnr": True,  # background kept, outside the true subject region
 }

@@ -1,0 +1,140 @@
+"""`python -m bench.perf_gradsam`: what the exact fast Jacobian buys (PAPER_SPEC B12), on the tiny offline model.
+
+Prints, from one run:
+1. Grad-SAM scores of one injection: the exact tail path (method/tail.py) and the general batched
+   path against a naive per-element backward loop like the reference code's (one autograd.grad per
+   latent element through the UNet output, on the [cond; uncond] batch), with the largest difference;
+2. the wall time of one gradsam image against one sdedit image with the same steps (strength 0.9).
+
+A script, not a test: timings depend on the machine and its load; each figure is the best of
+`--repeats` runs after warm-up calls (the naive loop warms itself up: it is one call of many passes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from baselines.sdedit import SDEdit
+from bench.config import CONF_DIR
+from bench.datasets.base import to_model_input
+from bench.diffusion import SamplingConfig, encode_text
+from bench.methods import Sample, WorkUnit
+from method.attention import recording_attention, resolve_layers
+from method.gradsam import score_with_path
+from method.sampler import GradSAM
+from method.tokens import subject_tokens
+
+
+def best_time(fn: Callable[[], object], repeats: int, warmup: int = 0) -> tuple[float, object]:
+    """Smallest wall time of `repeats` calls after `warmup` untimed ones, and the last result."""
+    for _ in range(warmup):  # first calls pay one-off costs (kernel selection, autograd caches)
+        fn()
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def naive_scores(unet, z, t, cond, uncond, positions: list[int]) -> torch.Tensor:
+    """The reference code's computation with one backward pass per latent element (identity cotangents)."""
+    layer = resolve_layers(unet, "last")[0]
+    with recording_attention(unet, [layer]) as store, torch.enable_grad():
+        eps_cond = unet(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([cond, uncond])).sample[0].flatten()
+        probs = store.records[layer].probs  # [2, H, N, 77]
+        a = probs.detach()[0][..., positions]  # [H, N, S]
+        scores = torch.zeros(len(positions), eps_cond.numel())
+        for m in range(eps_cond.numel()):
+            (grad,) = torch.autograd.grad(eps_cond[m], probs, retain_graph=True)
+            scores[:, m] = (a * grad[0][..., positions].abs()).sum(dim=(0, 1))
+    return scores.view(len(positions), *z.shape[1:])
+
+
+def jacobian_figures(backbone, prompt, repeats: int) -> None:
+    """Time one injection's scores three ways on the backbone's latent grid and print them."""
+    unet, size = backbone.unet, backbone.latent_size
+    z = torch.randn(1, backbone.latent_channels, size, size)
+    t = torch.tensor(800)
+    cond = encode_text(backbone, [prompt.text]).float()
+    uncond = encode_text(backbone, [""]).float()
+    positions = list(subject_tokens(backbone.tokenizer, prompt.text, prompt.subject).positions)
+    elements = z.numel()
+
+    def forward():
+        with torch.no_grad():
+            unet(z, t, encoder_hidden_states=cond)
+
+    forward_s, _ = best_time(forward, repeats, warmup=3)
+    fast_s, (fast, path) = best_time(
+        lambda: score_with_path(unet, z, t, cond, positions, path="tail"), repeats, warmup=3
+    )
+    general_s, (general, _) = best_time(
+        lambda: score_with_path(unet, z, t, cond, positions, path="general", general_chunk_size=64), repeats, warmup=1
+    )
+    naive_s, naive = best_time(lambda: naive_scores(unet, z, t, cond, uncond, positions), 1)
+    scale = naive.abs().max().item()
+
+    def line(name: str, seconds: float, scores: torch.Tensor) -> str:
+        diff = (scores - naive).abs().max().item()
+        return (
+            f"  {name:34s} {seconds:8.3f} s  {naive_s / seconds:6.1f}x faster end to end, "
+            f"{(naive_s - forward_s) / max(seconds - forward_s, 1e-9):6.1f}x on the Jacobian alone; "
+            f"max |diff| {diff:.2e} (relative {diff / scale:.2e})"
+        )
+
+    print(f"tiny model, {backbone.image_size} px: latent {tuple(z.shape[1:])} = {elements} elements, {prompt.text!r}")
+    print(f"  {'one UNet forward pass (in each)':34s} {forward_s:8.3f} s")
+    print(f"  {f'naive loop ({elements} backward passes)':34s} {naive_s:8.3f} s")
+    print(line(f"exact tail path ({path})", fast_s, fast))
+    print(line("general path (batched VJPs, 64 rows)", general_s, general))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-sizes", default="64,128", help="tiny model resolutions (64 px -> 16x16 latent)")
+    parser.add_argument("--steps", type=int, default=50, help="sampling.num_inference_steps for the image timing")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is stable on a shared machine)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch threads: {torch.get_num_threads()}")
+    sizes = [int(s) for s in args.image_sizes.split(",")]
+    for image_size in sizes:
+        backbone, reference = tiny_backbone(image_size)
+        jacobian_figures(backbone, reference.prompts[0], args.repeats)
+
+    # One image: gradsam against sdedit with the same 45 steps (strength 0.9), at the first size.
+    backbone, reference = tiny_backbone(sizes[0])
+    sampling = SamplingConfig(num_inference_steps=args.steps)
+    sample = Sample(WorkUnit(reference, reference.prompts[0], 51828), to_model_input(reference.load(), sizes[0])[0])
+    methods = {"sdedit": SDEdit(strength=0.9), "gradsam": GradSAM()}
+    best = {name: float("inf") for name in methods}
+    for _ in range(args.repeats):  # interleaved, so that a load spike hits both
+        for name, method in methods.items():
+            seconds, _ = best_time(lambda m=method: m.generate(backbone, [sample], sampling), 1)
+            best[name] = min(best[name], seconds)
+    print(f"one image at {sizes[0]} px, {args.steps} steps at strength 0.9 (45 denoising steps):")
+    print(f"  sdedit  {best['sdedit']:8.3f} s")
+    ratio = best["gradsam"] / best["sdedit"]
+    print(f"  gradsam {best['gradsam']:8.3f} s   ({ratio:.2f}x sdedit; 3 exact score passes)")
+
+
+def tiny_backbone(image_size: int):
+    """The offline tiny backbone at `image_size` and one synthetic forest reference."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("bench", overrides=["device=cpu", f"model.image_size={image_size}"])
+    backbone = instantiate(cfg.model, _convert_="all")
+    dataset = instantiate(cfg.dataset, _convert_="all", images_per_subcategory=1, subcategories=["forest"])
+    return backbone, dataset.references()[0]
+
+
+if __name__ == "__main__":
+    main()

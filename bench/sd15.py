@@ -1,0 +1,307 @@
+"""Stable Diffusion v1-5 through diffusers: from the hub at a pinned revision, a local folder, or one checkpoint file.
+
+The components are loaded one by one (UNet, VAE, CLIP text encoder, scheduler config), never the
+safety checker, never remote code, and only safetensors weights (a `.ckpt` goes through diffusers'
+`torch.load(weights_only=True)`, which refuses pickled code). The scheduler is DDPM with
+`steps_offset=0` (PAPER_SPEC B13) whatever the checkpoint's own scheduler says.
+
+Where the weights come from, checked in this order before anything heavy is built:
+    1. `model.path`: a diffusers folder (model_index.json, unet/, vae/, text_encoder/, scheduler/)
+       or a single `.safetensors` / `.ckpt` checkpoint;
+    2. the Hugging Face cache (HF_HOME / HF_HUB_CACHE, or `model.cache_dir`) at `model.revision`;
+    3. the hub, when online (a quick probe first, so an unreachable hub fails in about a second).
+Anything missing ends in one `AssetMissingError` that names the model and the three ways to provide it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+from safetensors import SafetensorError
+from transformers import CLIPTextModel
+
+from bench.backbone import Backbone, make_scheduler, resolve_device
+from bench.config import ConfigError
+from bench.tokenizer import ClipBpeTokenizer
+
+log = logging.getLogger(__name__)
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+# Scheduler keys fixed by training: the checkpoint and the config must agree on them.
+TRAINING_SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
+HUB_PROBE_TIMEOUT_S = 10.0
+
+
+class AssetMissingError(ConfigError):
+    """Model weights that are neither on disk nor reachable; the message says how to provide them."""
+
+
+def required_files(variant: str | None) -> list[str]:
+    """The files of a diffusers SD1.5 folder that this harness reads (no safety checker, no feature extractor)."""
+    sfx = f".{variant}" if variant else ""
+    return [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "unet/config.json",
+        f"unet/diffusion_pytorch_model{sfx}.safetensors",
+        "vae/config.json",
+        f"vae/diffusion_pytorch_model{sfx}.safetensors",
+        "text_encoder/config.json",
+        f"text_encoder/model{sfx}.safetensors",
+    ]
+
+
+def how_to_provide(repo_id: str, revision: str) -> str:
+    return (
+        "Provide the weights in one of three ways: "
+        f"(1) go online once (unset HF_HUB_OFFLINE; `make ... OFFLINE=0`) so that {repo_id}@{revision} downloads "
+        "into the Hugging Face cache (about 4.3 GB of fp32 safetensors, 2.1 GB with model.variant=fp16); "
+        "(2) point HF_HOME (or HF_HUB_CACHE, or model.cache_dir) at a Hugging Face cache that already holds "
+        "this revision; "
+        "(3) pass model.path=<a diffusers folder with model_index.json, unet/, vae/, text_encoder/, scheduler/> "
+        "or model.path=<a single .safetensors checkpoint>."
+    )
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` -> float16 on CUDA, float32 elsewhere; or float32 / float16 / bfloat16 as named."""
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in names:
+        raise ConfigError(f"model.dtype={dtype!r}; expected auto or one of {sorted(names)}.")
+    if names[dtype] == torch.float16 and device.type == "cpu":
+        raise ConfigError("model.dtype=float16 on the CPU is not supported by every kernel; use float32 or auto.")
+    return names[dtype]
+
+
+# --- where the weights are ---------------------------------------------------------------------------------------
+
+
+def locate_weights(
+    repo_id: str, revision: str, path: str | None, variant: str | None, cache_dir: str | None
+) -> tuple[str, Path]:
+    """("folder" | "file", local path) of the weights; raises AssetMissingError naming the fixes."""
+    if path is not None:
+        return _local_weights(Path(path).expanduser(), repo_id, revision, variant)
+    folder = _cached_snapshot(repo_id, revision, variant, cache_dir)
+    if folder is not None:
+        return "folder", folder
+    cache = cache_dir or hf_constants.HF_HUB_CACHE
+    if hf_constants.is_offline_mode():
+        raise AssetMissingError(
+            f"Stable Diffusion v1-5 weights {repo_id}@{revision} are not in the Hugging Face cache ({cache}) "
+            "and HF_HUB_OFFLINE=1 forbids downloading them. " + how_to_provide(repo_id, revision)
+        )
+    _probe_hub(repo_id, revision, cache)
+    try:
+        folder = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=cache_dir,
+                allow_patterns=required_files(variant) + ["tokenizer/*"],
+            )
+        )
+    except (OSError, ValueError) as exc:  # LocalEntryNotFoundError, HTTP errors, disk full
+        raise AssetMissingError(
+            f"downloading {repo_id}@{revision} into {cache} failed: {exc}. " + how_to_provide(repo_id, revision)
+        ) from exc
+    _check_folder(folder, variant, repo_id, revision)
+    return "folder", folder
+
+
+def _local_weights(path: Path, repo_id: str, revision: str, variant: str | None) -> tuple[str, Path]:
+    if not path.exists():
+        raise AssetMissingError(f"model.path={path} does not exist. " + how_to_provide(repo_id, revision))
+    if path.is_dir():
+        _check_folder(path, variant, repo_id, revision)
+        return "folder", path
+    if path.suffix not in SINGLE_FILE_SUFFIXES:
+        raise ConfigError(
+            f"model.path={path} has suffix {path.suffix!r}; expected a diffusers folder or a single checkpoint "
+            f"with one of {SINGLE_FILE_SUFFIXES} (.bin/.pt pickles are refused; convert them to safetensors)."
+        )
+    return "file", path
+
+
+def _cached_snapshot(repo_id: str, revision: str, variant: str | None, cache_dir: str | None) -> Path | None:
+    """The cached snapshot folder if it holds every required file, else None (no network)."""
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
+    except (OSError, ValueError):  # LocalEntryNotFoundError is both
+        return None
+    return folder if all((folder / f).is_file() for f in required_files(variant)) else None
+
+
+def _check_folder(folder: Path, variant: str | None, repo_id: str, revision: str) -> None:
+    missing = [f for f in required_files(variant) if not (folder / f).is_file()]
+    if missing:
+        hint = " (set model.variant=fp16 if only *.fp16.safetensors files are there)" if variant is None else ""
+        raise AssetMissingError(
+            f"the Stable Diffusion folder {folder} lacks {missing}{hint}. Only safetensors weights are loaded. "
+            + how_to_provide(repo_id, revision)
+        )
+
+
+def _probe_hub(repo_id: str, revision: str, cache: str) -> None:
+    """One quick request, so that an unreachable hub fails now instead of after minutes of retries."""
+    try:
+        HfApi().model_info(repo_id, revision=revision, timeout=HUB_PROBE_TIMEOUT_S)
+    except (RepositoryNotFoundError, GatedRepoError) as exc:
+        raise AssetMissingError(
+            f"the hub refuses model.repo_id={repo_id}: {type(exc).__name__}. Check the id, or log in with "
+            "`hf auth login` if the repository is gated. " + how_to_provide(repo_id, revision)
+        ) from exc
+    except RevisionNotFoundError as exc:
+        raise ConfigError(
+            f"model.revision={revision} does not exist in {repo_id}; pass a commit hash, tag or branch of it."
+        ) from exc
+    except Exception as exc:  # connection refused, DNS, timeout, proxy: the transport's own error types
+        raise AssetMissingError(
+            f"Stable Diffusion v1-5 weights {repo_id}@{revision} are not in the Hugging Face cache ({cache}) "
+            f"and the hub cannot be reached ({type(exc).__name__}: {exc}). " + how_to_provide(repo_id, revision)
+        ) from exc
+
+
+# --- loading --------------------------------------------------------------------------------------------------------
+
+
+def load_sd15(
+    name: str,
+    image_size: int,
+    repo_id: str,
+    revision: str,
+    scheduler: Mapping,
+    path: str | None = None,
+    variant: str | None = None,
+    cache_dir: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+) -> Backbone:
+    """SD1.5 as a `Backbone`: sampling in `dtype`, with a float32 UNet on demand for gradient passes."""
+    if image_size < 8:
+        raise ConfigError(f"model.image_size={image_size}; expected pixels, e.g. 512 (SD1.5's training size).")
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    kind, location = locate_weights(repo_id, revision, path, variant, cache_dir)
+    log.info("loading Stable Diffusion v1-5 from %s (%s, %s)", location, kind, torch_dtype)
+    try:
+        if kind == "folder":
+            check_tokenizer(location)
+            unet, vae, text_encoder, repo_scheduler = _load_folder(location, torch_dtype, variant)
+        else:
+            unet, vae, text_encoder, repo_scheduler = _load_single_file(location, torch_dtype, repo_id, cache_dir)
+    except (OSError, ValueError, SafetensorError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise AssetMissingError(
+            f"loading Stable Diffusion v1-5 from {location} failed ({type(exc).__name__}: {exc}). A partial or "
+            "corrupt file: delete it and fetch it again. " + how_to_provide(repo_id, revision)
+        ) from exc
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if image_size % factor != 0:
+        raise ConfigError(f"model.image_size={image_size}; expected a multiple of the VAE's factor {factor}.")
+    ddpm = sd15_scheduler(repo_scheduler, scheduler)
+    for module in (unet, vae, text_encoder):
+        module.to(dev).eval().requires_grad_(False)
+    source = str(location) if path is not None else f"{repo_id}@{revision}"
+    return Backbone(
+        name=name,
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=ClipBpeTokenizer(),
+        scheduler=ddpm,
+        image_size=image_size,
+        device=dev,
+        dtype=torch_dtype,
+        provenance={"model": name, "weights": source, "variant": variant or "fp32", "dtype": str(torch_dtype)},
+        unet_float32_loader=_float32_unet_loader(kind, location, variant, repo_id, cache_dir, dev),
+    )
+
+
+def _load_folder(folder: Path, torch_dtype: torch.dtype, variant: str | None):
+    kw = {"use_safetensors": True, "variant": variant, "local_files_only": True}
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch_dtype, **kw)
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch_dtype, **kw)
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch_dtype, **kw)
+    return unet, vae, text_encoder, dict(DDPMScheduler.load_config(folder, subfolder="scheduler"))
+
+
+def _load_single_file(file: Path, torch_dtype: torch.dtype, repo_id: str, cache_dir: str | None):
+    """One checkpoint; the component configs come from `repo_id` (cached, online, or a local diffusers folder)."""
+    pipe = StableDiffusionPipeline.from_single_file(
+        str(file),
+        config=repo_id,
+        torch_dtype=torch_dtype,
+        cache_dir=cache_dir,
+        local_files_only=hf_constants.is_offline_mode(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return pipe.unet, pipe.vae, pipe.text_encoder, dict(pipe.scheduler.config)
+
+
+def _float32_unet_loader(
+    kind: str, location: Path, variant: str | None, repo_id: str, cache_dir: str | None, device: torch.device
+) -> Callable[[], UNet2DConditionModel]:
+    """A loader of the UNet with the stored float32 weights (not an up-cast of the float16 copy)."""
+
+    def load() -> UNet2DConditionModel:
+        if kind == "folder":
+            unet = UNet2DConditionModel.from_pretrained(
+                location,
+                subfolder="unet",
+                torch_dtype=torch.float32,
+                use_safetensors=True,
+                variant=variant,
+                local_files_only=True,
+            )
+        else:
+            unet = UNet2DConditionModel.from_single_file(
+                str(location), config=repo_id, subfolder="unet", torch_dtype=torch.float32, cache_dir=cache_dir
+            )
+        return unet.to(device).eval().requires_grad_(False)
+
+    return load
+
+
+def sd15_scheduler(repo_config: Mapping, overrides: Mapping) -> DDPMScheduler:
+    """DDPM from the config's keys; the checkpoint's training keys must agree with them.
+
+    SD1.5 ships a PNDM config with steps_offset=1 (timesteps 981, ..., 1); the paper's sampler is DDPM
+    with steps_offset=0 (980, ..., 0), which the config sets (PAPER_SPEC B13).
+    """
+    for key in TRAINING_SCHEDULER_KEYS:
+        if key in repo_config and key in overrides and repo_config[key] != overrides[key]:
+            raise ConfigError(
+                f"the checkpoint was trained with scheduler {key}={repo_config[key]!r}, but model.scheduler.{key}="
+                f"{overrides[key]!r}. This profile is for SD1.x epsilon models; fix model.scheduler.{key}."
+            )
+    return make_scheduler(overrides)
+
+
+def check_tokenizer(folder: Path) -> None:
+    """If the folder ships a tokenizer, it must be SD1.5's CLIP BPE (the one `ClipBpeTokenizer` implements)."""
+    vocab_file = folder / "tokenizer" / "vocab.json"
+    if not vocab_file.is_file():
+        return
+    vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+    specials = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    ours = {specials.get(k, k): v for k, v in ClipBpeTokenizer().bpe.encoder.items()}
+    if vocab != ours:
+        differing = sorted(set(vocab.items()) ^ set(ours.items()))[:5]
+        raise ConfigError(
+            f"{vocab_file} is not the CLIP BPE vocabulary of SD1.5 ({len(vocab)} vs {len(ours)} entries; "
+            f"e.g. {differing}). This harness tokenizes with SD1.5's CLIP BPE; use an SD1.x checkpoint."
+        )

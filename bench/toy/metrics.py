@@ -1,0 +1,141 @@
+"""Per-sample metrics that only the toy world makes possible: its subject's true region is known.
+
+The true region of the subject in a *generated* image is found by the oracle segmenter (the prompt's
+colour, bench/toy/oracle.py). All three metrics read the prompt from the work unit, so they need
+dataset=toy_world; each returns NaN (never a made-up number) when its quantity is undefined.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from bench.config import ConfigError
+from bench.datasets.toy_world import COLOURS, SHAPES
+from bench.metrics.background import masked_psnr, subject_mask_to_image
+from bench.toy import MODEL_DIR
+from bench.toy.clip import WEIGHTS_FILE, ZeroShot, load_toy_clip
+from bench.toy.oracle import MAX_DISTANCE, MIN_AREA, colour_region, prompt_subject, region_shape
+
+MASK_KEY = "subject_mask"
+NAN = float("nan")
+
+
+def upsample_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """[h, w] or [C, h, w] mask in [0, 1] -> bool [size, size], as bench.metrics.background reads it
+    (channel mean >= 0.5, nearest-neighbour upsampling)."""
+    return subject_mask_to_image(mask, size, size)
+
+
+def cell_mask(mask: np.ndarray) -> np.ndarray:
+    """The latent-resolution subject cells, bool [h, w] ([C, h, w] masks: channel mean >= 0.5)."""
+    mask = np.asarray(mask, dtype=np.float32)
+    return (mask.mean(axis=0) if mask.ndim == 3 else mask) >= 0.5
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two bool masks; NaN when both are empty."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else NAN
+
+
+def random_mask_iou(mask: np.ndarray, truth: np.ndarray, rng: np.random.Generator, draws: int = 32) -> float:
+    """Mean IoU with `truth` of `draws` random masks with as many latent cells as `mask` (its cells shuffled)."""
+    cells = cell_mask(mask)
+    values = []
+    for _ in range(draws):
+        shuffled = rng.permutation(cells.ravel()).reshape(cells.shape).astype(np.float32)
+        values.append(iou(upsample_mask(shuffled, truth.shape[0]), truth))
+    return float(np.mean(values))
+
+
+def unit_rng(unit, purpose: str) -> np.random.Generator:
+    """A generator of the sample's identity (image, prompt, seed) and the metric's purpose."""
+    key = f"{unit.image.image_id}\x1f{unit.prompt.text}\x1f{unit.seed}\x1f{purpose}" if unit else purpose
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+
+
+class ToyMaskIoU:
+    """IoU of the method's subject mask with the subject's true region, beside a random mask of the same area."""
+
+    name = "mask_iou"
+    provenance = (
+        f"toy world; mask '{MASK_KEY}' >= 0.5 (channel mean), nearest-upsampled to image size; "
+        "truth = oracle region of the prompt's colour in the generated image "
+        f"(RGB distance <= {MAX_DISTANCE:g}); random = mean IoU of 32 masks with the same latent cells shuffled; "
+        "NaN without a mask or without a subject region"
+    )
+
+    def __call__(self, generated: np.ndarray, reference: np.ndarray, prompt: str = "", masks=None, unit=None, **_):
+        colour, _shape = prompt_subject(prompt)
+        truth = colour_region(generated, colour)
+        out = {"mask_iou": NAN, "mask_iou_random": NAN, "mask_area": NAN, "true_area": float(truth.mean())}
+        mask = (masks or {}).get(MASK_KEY)
+        if mask is None:
+            return out
+        pred = upsample_mask(mask, generated.shape[0])
+        out["mask_area"] = float(pred.mean())
+        if truth.mean() >= MIN_AREA:
+            out["mask_iou"] = iou(pred, truth)
+            out["mask_iou_random"] = random_mask_iou(mask, truth, unit_rng(unit, "mask_iou_random"))
+        return out
+
+
+class ToySubject:
+    """Is the prompted subject there? Toy CLIP zero-shot colour and shape, and the oracle segmenter's reading."""
+
+    name = "subject_ok"
+    provenance = (
+        "toy world; clip: toy open_clip (models/toy/clip) zero-shot over the world's 120 captions, colour and shape "
+        f"of the best caption vs the prompt's; oracle: a region of the prompt's colour >= {MIN_AREA:.0%} of the image "
+        "whose largest component's bounding-box fill gives the prompt's shape"
+    )
+
+    def __init__(self, clip_folder: str | None = None):
+        self.clip_folder = Path(clip_folder) if clip_folder else MODEL_DIR / "clip"
+        if not (self.clip_folder / WEIGHTS_FILE).is_file():  # fail before any sample is generated
+            raise ConfigError(
+                f"toy CLIP weights not found: {self.clip_folder / WEIGHTS_FILE}. They ship with the repository "
+                "in models/toy/clip; restore them from git, retrain with `make toy-models`, or set "
+                "metrics.per_sample.subject_ok.clip_folder=<folder>."
+            )
+        self._zero_shot: ZeroShot | None = None
+
+    def __call__(self, generated: np.ndarray, reference: np.ndarray, prompt: str = "", **_) -> dict:
+        colour, shape = prompt_subject(prompt)
+        if self._zero_shot is None:
+            self._zero_shot = ZeroShot(load_toy_clip(self.clip_folder))
+        pred = self._zero_shot(generated[None])[0]
+        found = region_shape(colour_region(generated, colour))
+        clip_ok = pred["colour"] == colour and pred["shape"] == shape
+        return {
+            "subject_ok": float(clip_ok),
+            "subject_colour_ok_clip": float(pred["colour"] == colour),
+            "subject_shape_ok_clip": float(pred["shape"] == shape),
+            "subject_ok_oracle": float(found == shape),
+            "subject_found_oracle": float(found is not None),
+        }
+
+
+class ToyBackground:
+    """Background preservation: PSNR to the reference outside the subject's true region in the generated image."""
+
+    name = "true_bg_psnr"
+    provenance = (
+        "toy world; PSNR (peak 255, inf if identical) of generated vs reference RGB uint8 over pixels outside "
+        "the oracle region of the prompt's colour in the generated image; true_bg_mae: mean |difference| there (0-255)"
+    )
+
+    def __call__(self, generated: np.ndarray, reference: np.ndarray, prompt: str = "", **_) -> dict:
+        colour, _shape = prompt_subject(prompt)
+        keep = ~colour_region(generated, colour)
+        if not keep.any():
+            return {"true_bg_psnr": NAN, "true_bg_mae": NAN}
+        diff = generated.astype(np.float64)[keep] - reference.astype(np.float64)[keep]  # [n, 3]
+        psnr = masked_psnr(generated, reference, keep)
+        return {"true_bg_psnr": psnr, "true_bg_mae": float(np.mean(np.abs(diff)))}
+
+
+__all__ = ["COLOURS", "SHAPES", "ToyBackground", "ToyMaskIoU", "ToySubject", "iou", "upsample_mask"]

@@ -1,0 +1,316 @@
+"""Grad-SAM importance scores on cross-attention (PAPER_SPEC §2.3): the public entry point.
+
+For every latent element m (C x h x w) and subject token s:
+
+    S_s[m] = sum_{layers} sum_{heads h} sum_{queries q}  A[h, q, s] * T( d y[m] / d A[h, q, s] )
+
+A = softmax(Q K^T / sqrt(d)) of the conditional prompt; T = abs (paper, "Abs-Grad-SAM") or relu
+(reference code, B3); y = the target: eps_cond (reference code), eps_cfg, x0_pred or x_prev. For a
+fixed z_t every target is eps_cond times a known scalar (the unconditional prediction does not
+depend on A_cond, CFG multiplies by w, x0_pred and the DDPM mean are affine in eps), so the
+Jacobian of eps_cond is computed once and scaled: with abs the masks coincide, with relu the sign
+of the factor selects positive or negative gradients.
+
+Two exact paths: `tail` (the last layer only, method/tail.py: one UNet forward pass plus batched
+matrix products) and `general` (any layer set: chunked batched VJPs through the UNet).
+`vjp_basis=random_block8` reproduces the reference code's random 8x8 cotangents (B2).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+
+from bench.config import ConfigError
+from method.attention import recording_attention, resolve_layers
+from method.tail import TailInputs, TailNotApplicable, build_tail, capturing_tail_inputs, tail_modules, tail_scores
+
+TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"abs": torch.abs, "relu": torch.relu}
+TARGETS = ("eps_cond", "eps_cfg", "x0_pred", "x_prev")
+BASES = ("identity", "random_block8")
+PATHS = ("auto", "tail", "general")
+BLOCK = 8  # reference code: 8 consecutive outputs per batched backward pass
+
+
+def importance_scores(
+    unet: UNet2DConditionModel,
+    latents: torch.Tensor,
+    timestep: torch.Tensor | int,
+    text_embeddings: torch.Tensor,
+    token_positions: Sequence[int],
+    layers: str | Sequence[str] = "last",
+    transform: str = "abs",
+    target: str = "eps_cond",
+    *,
+    guidance_scale: float = 8.0,
+    scheduler: DDPMScheduler | None = None,
+    vjp_basis: str = "identity",
+    generator: torch.Generator | None = None,
+    path: str = "auto",
+    chunk_size: int = 512,
+    general_chunk_size: int = 8,
+) -> torch.Tensor:
+    """Grad-SAM scores of one sample, exact (identity basis), in float32.
+
+    Args:
+        unet: an SD1 UNet; its parameters need not require grad (nothing is trained).
+        latents: z_t [1, C, h, w] (or [C, h, w]).
+        timestep: t of the UNet call.
+        text_embeddings: the conditional prompt's CLIP states [1, 77, D]; the unconditional half is
+            not needed (its prediction does not depend on A_cond).
+        token_positions: CLIP columns s (0 = <start>).
+        layers: `last` (default, the reference code), `all`, or layer names (method.attention).
+        transform: `abs` (paper) or `relu` (reference code).
+        target: `eps_cond` (reference code), `eps_cfg`, `x0_pred` or `x_prev`.
+        guidance_scale: w, for the targets that use CFG.
+        scheduler: the DDPM scheduler with its timesteps set; needed for x0_pred and x_prev.
+        vjp_basis: `identity` (exact Jacobian rows) or `random_block8` (B2; needs `generator`).
+        generator: CPU generator for the random_block8 matrices.
+        path: `auto` (tail when possible), `tail` or `general`.
+        chunk_size: output rows (latent elements) per chunk on the tail path (memory ~ rows * N * H * T floats).
+        general_chunk_size: rows per batched backward pass through the UNet on the general path.
+
+    Returns:
+        S [T, C, h, w]: one score map per token position, in the order given.
+    """
+    scores, _ = score_with_path(
+        unet,
+        latents,
+        timestep,
+        text_embeddings,
+        token_positions,
+        layers,
+        transform,
+        target,
+        guidance_scale=guidance_scale,
+        scheduler=scheduler,
+        vjp_basis=vjp_basis,
+        generator=generator,
+        path=path,
+        chunk_size=chunk_size,
+        general_chunk_size=general_chunk_size,
+    )
+    return scores
+
+
+def score_with_path(
+    unet: UNet2DConditionModel,
+    latents: torch.Tensor,
+    timestep: torch.Tensor | int,
+    text_embeddings: torch.Tensor,
+    token_positions: Sequence[int],
+    layers: str | Sequence[str] = "last",
+    transform: str = "abs",
+    target: str = "eps_cond",
+    *,
+    guidance_scale: float = 8.0,
+    scheduler: DDPMScheduler | None = None,
+    vjp_basis: str = "identity",
+    generator: torch.Generator | None = None,
+    path: str = "auto",
+    chunk_size: int = 512,
+    general_chunk_size: int = 8,
+) -> tuple[torch.Tensor, str]:
+    """`importance_scores`, also returning the path taken (`tail` or `general`)."""
+    check_choice("method.score.transform", transform, TRANSFORMS)
+    check_choice("method.score.vjp_basis", vjp_basis, BASES)
+    check_choice("method.score.path", path, PATHS)
+    latents = latents if latents.ndim == 4 else latents[None]
+    if latents.shape[0] != 1 or text_embeddings.shape[0] != 1:
+        raise ValueError(f"one sample at a time: latents {tuple(latents.shape)}, text {tuple(text_embeddings.shape)}.")
+    factor = target_factor(target, timestep, guidance_scale, scheduler)
+    names = resolve_layers(unet, layers)
+    _, channels, height, width = latents.shape
+    size = channels * height * width
+    basis = CotangentBasis(size, vjp_basis, generator, latents.device)
+    positions = torch.as_tensor(list(token_positions), dtype=torch.long, device=latents.device)
+    z, cond = latents.detach().float(), text_embeddings.detach().float()
+    with float32(unet), torch.enable_grad():
+        if path != "general" and len(names) == 1:
+            try:
+                scores = _tail_path(unet, z, timestep, cond, names[0], positions, factor, transform, basis, chunk_size)
+                return scores.view(-1, channels, height, width), "tail"
+            except TailNotApplicable as exc:
+                if path == "tail":
+                    raise ConfigError(f"method.score.path=tail is not possible: {exc}. Use path=auto.") from exc
+        elif path == "tail":
+            raise ConfigError(f"method.score.path=tail needs a single layer; got {names}. Use path=auto.")
+        scores = _general_path(unet, z, timestep, cond, names, positions, factor, transform, basis, general_chunk_size)
+    return scores.view(-1, channels, height, width), "general"
+
+
+def _tail_path(unet, z, t, cond, layer, positions, factor, transform, basis, chunk_size) -> torch.Tensor:
+    """Scores [S, M] of the last layer through its tail; checks the rebuilt tail against the forward pass."""
+    mods = tail_modules(unet, layer)
+    with recording_attention(unet, [layer]) as store, capturing_tail_inputs(mods) as captured, torch.no_grad():
+        eps = unet(z, t, encoder_hidden_states=cond).sample.float()[0]  # [C, h, w]
+    record = store.records[layer]
+    inputs = TailInputs(captured["block_residual"][0], captured["transformer_residual"][0])
+    tail = build_tail(mods, inputs, record.probs[0], record.value[0], positions)
+    a_sub = record.probs[0][:, :, positions].detach()  # [H, N, S]
+    with torch.no_grad():
+        rebuilt = tail.post(tail.position_wise(a_sub))
+    error = (rebuilt - eps.flatten()).abs().max().item()
+    if not error <= 1e-4 * max(1.0, eps.abs().max().item()):
+        message = f"the rebuilt tail of {layer} differs from the UNet by {error:.3g}; using the general path."
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        raise TailNotApplicable(f"rebuilt tail differs from the UNet output by {error:.3g}")
+    chunk = max(BLOCK, chunk_size // BLOCK * BLOCK)  # random blocks never straddle two chunks
+    return tail_scores(tail, a_sub, factor, TRANSFORMS[transform], basis.within, basis.size, chunk)
+
+
+def _general_path(unet, z, t, cond, names, positions, factor, transform, basis, chunk_size) -> torch.Tensor:
+    """Scores [S, M] for any layer set: batched VJPs of the whole UNet output w.r.t. every recorded A."""
+    with recording_attention(unet, names) as store:
+        y = unet(z, t, encoder_hidden_states=cond).sample.float().flatten() * factor  # [M]
+    probs = [store.records[name].probs for name in names]  # [1, H, N_l, K] each, in the graph
+    weights = [p.detach()[0][..., positions] for p in probs]  # A_l[h, q, s] [H, N_l, S]
+    scores = torch.zeros(len(positions), basis.size, dtype=torch.float32, device=z.device)
+    for start in range(0, basis.size, chunk_size):
+        stop = min(start + chunk_size, basis.size)
+        grads = batched_vjp(y, probs, basis.rows(start, stop))
+        for g, a in zip(grads, weights, strict=True):
+            g = g[:, 0][..., positions]  # d y_m / d A_l [k, H, N_l, S]
+            scores[:, start:stop] += torch.einsum("khns,hns->sk", TRANSFORMS[transform](g), a)
+    return scores
+
+
+def batched_vjp(y: torch.Tensor, inputs: list[torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Rows [k, M] times the Jacobian of y w.r.t. each input: one batched backward pass (a loop if vmap fails)."""
+    try:
+        return torch.autograd.grad(y, inputs, grad_outputs=rows, is_grads_batched=True, retain_graph=True)
+    except (RuntimeError, NotImplementedError):  # an op without a batching rule: same numbers, slower
+        per_row = [torch.autograd.grad(y, inputs, grad_outputs=row, retain_graph=True) for row in rows]
+        return tuple(torch.stack(g) for g in zip(*per_row, strict=True))
+
+
+def attention_scores(
+    unet: UNet2DConditionModel,
+    latents: torch.Tensor,
+    timestep: torch.Tensor | int,
+    text_embeddings: torch.Tensor,
+    token_positions: Sequence[int],
+    layers: str | Sequence[str] = "last",
+) -> torch.Tensor:
+    """The subject's cross-attention map alone, no gradient (the authors' earlier variant, PAPER_SPEC §6 (a)).
+
+    S_s[c, i, j] = sum_layers sum_h A[h, q(i, j), s], nearest-upsampled to the latent grid and the
+    same for every channel c. Returns [T, C, h, w].
+    """
+    latents = latents if latents.ndim == 4 else latents[None]
+    names = resolve_layers(unet, layers)
+    _, channels, height, width = latents.shape
+    positions = list(token_positions)
+    with float32(unet), recording_attention(unet, names) as store, torch.no_grad():
+        unet(latents.float(), timestep, encoder_hidden_states=text_embeddings.float())
+    total = torch.zeros(len(positions), height, width, device=latents.device)
+    for name in names:
+        probs = store.records[name].probs[0][..., positions].sum(dim=0)  # [N_l, T]
+        h_l, w_l = grid_of(probs.shape[0], height, width)
+        maps = probs.T.reshape(1, len(positions), h_l, w_l)
+        total += F.interpolate(maps, size=(height, width), mode="nearest")[0]
+    return total[:, None].expand(-1, channels, -1, -1).contiguous()
+
+
+def grid_of(queries: int, height: int, width: int) -> tuple[int, int]:
+    """The (h_l, w_l) grid of a layer with `queries` positions in a UNet on an h x w latent."""
+    factor = 1
+    while factor <= max(height, width):
+        h_l, w_l = -(-height // factor), -(-width // factor)
+        if h_l * w_l == queries:
+            return h_l, w_l
+        factor *= 2
+    raise ValueError(f"no power-of-two grid of {height}x{width} has {queries} positions.")
+
+
+def target_factor(
+    target: str, timestep: torch.Tensor | int, guidance_scale: float, scheduler: DDPMScheduler | None
+) -> float:
+    """d target / d eps_cond as one scalar (exact for a fixed z_t and step noise; PAPER_SPEC §2.3)."""
+    check_choice("method.score.target", target, TARGETS)
+    if target == "eps_cond":
+        return 1.0
+    if target == "eps_cfg":
+        return float(guidance_scale)
+    if scheduler is None:
+        raise ValueError(f"target={target} needs the scheduler (with its timesteps set).")
+    config = scheduler.config
+    if config.prediction_type != "epsilon" or config.clip_sample or config.thresholding:
+        raise ConfigError(
+            f"target={target} assumes an epsilon-predicting DDPM without clipping or thresholding; the scheduler has "
+            f"prediction_type={config.prediction_type}, clip_sample={config.clip_sample}, "
+            f"thresholding={config.thresholding}. Use target=eps_cond or eps_cfg."
+        )
+    t = int(timestep)
+    abar_t = scheduler.alphas_cumprod[t].double()
+    # x0 = (z - sqrt(1 - abar) eps) / sqrt(abar), with eps = CFG(eps_u, eps_c)
+    d_x0 = -float(guidance_scale) * float((1 - abar_t).sqrt() / abar_t.sqrt())
+    if target == "x0_pred":
+        return d_x0
+    prev = int(scheduler.previous_timestep(t))
+    abar_prev = scheduler.alphas_cumprod[prev].double() if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
+    beta_t = 1 - abar_t / abar_prev
+    return d_x0 * float(abar_prev.sqrt() * beta_t / (1 - abar_t))  # DDPM mean: coeff * x0 + c * z_t
+
+
+class CotangentBasis:
+    """Cotangent rows for the VJPs: identity (exact Jacobian rows) or the reference code's random blocks (B2).
+
+    random_block8: the M outputs (flattened C, h, w) are cut into blocks of 8 consecutive elements;
+    block b gets R_b ~ N(0, 1) [8, 8] (drawn in block order from `generator`) and element
+    b*8 + r receives sum_j R_b[r, j] * (row of element b*8 + j), as `is_grads_batched` did there.
+    """
+
+    def __init__(self, size: int, kind: str, generator: torch.Generator | None, device: torch.device):
+        self.size, self.kind, self.device = size, kind, device
+        self.blocks: list[torch.Tensor] = []
+        if kind == "random_block8":
+            if generator is None:
+                raise ValueError("vjp_basis=random_block8 needs a generator (the sample's `method` stream).")
+            for start in range(0, size, BLOCK):
+                b = min(BLOCK, size - start)
+                self.blocks.append(torch.randn(b, b, generator=generator, dtype=torch.float32))
+
+    def within(self, start: int, stop: int) -> torch.Tensor | None:
+        """The basis restricted to outputs start..stop-1 [k, k] (None: identity); start must be a block start."""
+        if self.kind == "identity":
+            return None
+        if start % BLOCK or (stop % BLOCK and stop != self.size):
+            raise ValueError(f"rows {start}..{stop} cut a block of {BLOCK}.")
+        return self.rows(start, stop)[:, start:stop]
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows start..stop-1 of the basis matrix [stop - start, M]."""
+        rows = torch.zeros(stop - start, self.size, dtype=torch.float32)
+        if self.kind == "identity":
+            rows[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+            return rows.to(self.device)
+        for m in range(start, stop):
+            block, r = divmod(m, BLOCK)
+            mix = self.blocks[block][r]
+            rows[m - start, block * BLOCK : block * BLOCK + len(mix)] = mix
+        return rows.to(self.device)
+
+
+@contextmanager
+def float32(unet: UNet2DConditionModel) -> Iterator[None]:
+    """Run the gradient pass in float32; a half-precision UNet is cast back exactly afterwards."""
+    dtype = unet.dtype
+    if dtype == torch.float32:
+        yield
+        return
+    unet.to(torch.float32)
+    try:
+        yield
+    finally:
+        unet.to(dtype)
+
+
+def check_choice(key: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r}; expected one of {sorted(allowed)}.")

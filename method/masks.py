@@ -1,0 +1,155 @@
+"""Score maps -> binary (or soft) subject masks on the latent grid (PAPER_SPEC §2.4, B5, B6).
+
+Per subject: optional Gaussian blur and max-filter dilation on the SCORE, then the threshold
+tau = mean + k * std (unbiased, as torch.std) per channel (or over the whole map), M = 1[S > tau],
+then optional dilation and blur on the MASK (a blurred mask is soft, in [0, 1]); the union over
+subjects is the element-wise max. `box_sum_once` is what the reference code computes instead
+(B5): one 3x3 box SUM of the raw score (its Gaussian result is overwritten and its "dilation"
+loop repeats the same linear filter), with blur and dilation off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+
+from bench.config import ConfigError
+
+STAGES = ("score", "mask")
+SCOPES = ("per_channel", "global")
+
+
+@dataclass(frozen=True)
+class BlurConfig:
+    """Depth-wise Gaussian blur (normalised kernel, zero padding, as the reference code)."""
+
+    enabled: bool = True
+    kernel: int = 3
+    sigma: float = 6.0
+    stage: str = "score"
+
+
+@dataclass(frozen=True)
+class DilationConfig:
+    """Max filter (grey dilation of a score, binary dilation of a mask), `iterations` times."""
+
+    enabled: bool = True
+    kernel: int = 3
+    iterations: int = 3
+    stage: str = "mask"
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """`method.mask`: the paper's intended post-processing by default (PAPER_SPEC §2.4)."""
+
+    threshold_k: float = 0.5
+    threshold_scope: str = "per_channel"
+    box_sum_once: bool = False
+    blur: BlurConfig = field(default_factory=BlurConfig)
+    dilation: DilationConfig = field(default_factory=DilationConfig)
+
+    @classmethod
+    def from_dict(cls, values: Mapping | None) -> MaskConfig:
+        values = dict(values or {})
+        blur = build(BlurConfig, values.pop("blur", {}), "method.mask.blur")
+        dilation = build(DilationConfig, values.pop("dilation", {}), "method.mask.dilation")
+        cfg = build(cls, {**values, "blur": blur, "dilation": dilation}, "method.mask")
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.threshold_scope not in SCOPES:
+            raise ConfigError(f"method.mask.threshold_scope={self.threshold_scope!r}; expected one of {SCOPES}.")
+        for name, part in (("blur", self.blur), ("dilation", self.dilation)):
+            if part.stage not in STAGES:
+                raise ConfigError(f"method.mask.{name}.stage={part.stage!r}; expected one of {STAGES}.")
+            if part.kernel < 1 or part.kernel % 2 == 0:
+                raise ConfigError(f"method.mask.{name}.kernel={part.kernel}; expected an odd size >= 1.")
+        if self.blur.sigma <= 0 or self.dilation.iterations < 1:
+            raise ConfigError(
+                f"method.mask.blur.sigma={self.blur.sigma} and dilation.iterations={self.dilation.iterations}; "
+                "expected sigma > 0 and iterations >= 1 (disable with enabled=false)."
+            )
+        if self.box_sum_once and (self.blur.enabled or self.dilation.enabled):
+            raise ConfigError(
+                "method.mask.box_sum_once=true is the reference code's whole filter (B5); set "
+                "mask.blur.enabled=false and mask.dilation.enabled=false with it (ablation=reference_code does)."
+            )
+
+
+def build(cls, values: Mapping, prefix: str):
+    """A config dataclass from a mapping; an unknown key is an error listing the known ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{prefix} has unknown keys {unknown}; known: {sorted(known)}.")
+    return cls(**values)
+
+
+def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
+    """Normalised 2-D Gaussian [size, size] (exp(-(x^2 + y^2) / (2 sigma^2)) / sum)."""
+    coords = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(coords[:, None] ** 2 + coords[None, :] ** 2) / (2 * sigma**2))
+    return (g / g.sum()).float()
+
+
+def depthwise(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Convolve each channel of x [C, h, w] with kernel [k, k], zero padding (same size)."""
+    channels = x.shape[0]
+    weight = kernel.to(x)[None, None].expand(channels, 1, *kernel.shape)
+    return F.conv2d(x[None], weight, padding=kernel.shape[-1] // 2, groups=channels)[0]
+
+
+def blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    return depthwise(x, gaussian_kernel(size, sigma))
+
+
+def box_sum(x: torch.Tensor, size: int = 3) -> torch.Tensor:
+    """The reference code's 3x3 ones convolution (a sum, not a mean), zero padding."""
+    return depthwise(x, torch.ones(size, size))
+
+
+def dilate(x: torch.Tensor, size: int, iterations: int) -> torch.Tensor:
+    """Max filter of x [C, h, w] (borders see only the inside), repeated `iterations` times."""
+    for _ in range(iterations):
+        x = F.max_pool2d(x[None], size, stride=1, padding=size // 2)[0]
+    return x
+
+
+def threshold(score: torch.Tensor, k: float, scope: str) -> torch.Tensor:
+    """M = 1[S > mean + k * std], statistics per channel of S [C, h, w] or over all of it."""
+    flat = score.flatten(1) if scope == "per_channel" else score.flatten()[None]
+    tau = flat.mean(dim=1) + k * flat.std(dim=1)  # unbiased std, as torch.std in the reference code
+    tau = tau.view(-1, 1, 1) if scope == "per_channel" else tau.view(1, 1, 1)
+    return (score > tau).float()
+
+
+def subject_mask(score: torch.Tensor, cfg: MaskConfig) -> torch.Tensor:
+    """One subject's mask [C, h, w] in [0, 1] from its score S [C, h, w]."""
+    score = score.float()
+    if cfg.box_sum_once:
+        return threshold(box_sum(score), cfg.threshold_k, cfg.threshold_scope)
+    if cfg.blur.enabled and cfg.blur.stage == "score":
+        score = blur(score, cfg.blur.kernel, cfg.blur.sigma)
+    if cfg.dilation.enabled and cfg.dilation.stage == "score":
+        score = dilate(score, cfg.dilation.kernel, cfg.dilation.iterations)
+    mask = threshold(score, cfg.threshold_k, cfg.threshold_scope)
+    if cfg.dilation.enabled and cfg.dilation.stage == "mask":
+        mask = dilate(mask, cfg.dilation.kernel, cfg.dilation.iterations)
+    if cfg.blur.enabled and cfg.blur.stage == "mask":
+        mask = blur(mask, cfg.blur.kernel, cfg.blur.sigma).clamp(0, 1)
+    return mask
+
+
+def union_mask(scores: torch.Tensor, cfg: MaskConfig) -> torch.Tensor:
+    """Union over subjects: max_s M_s, for scores [G, C, h, w] -> [C, h, w]."""
+    return torch.stack([subject_mask(s, cfg) for s in scores]).amax(dim=0)
+
+
+def replace_background(z: torch.Tensor, z_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """z <- M * z + (1 - M) * z_ref (§2.2 step 7): elements with M = 0 come from the noised reference."""
+    return mask * z + (1 - mask) * z_ref

@@ -1,0 +1,285 @@
+"""The Grad-SAM sampler (PAPER_SPEC §2.2): guided DDPM with subject-preserving background injections.
+
+    z0_ref = VAE(reference); eps_ref ~ N(0, I)                      (one draw, or one per injection)
+    z      = noise at t_0 (reference code, default) or the reference noised to t_0
+    for i, t_i in truncated schedule (strength 0.9: 880, 860, ..., 0):
+        z_next = DDPM step of z with guided eps(z, t_i)
+        if i + 1 in injection indices (5, 18, 28 -> t = 780, 520, 320):
+            S = Grad-SAM scores from the UNet call at (z, t_i)        (B10: score at t_i, applied at t_{i+1})
+            M = mask(S) ;  z_next = M z_next + (1 - M) noised(z0_ref, t_{i+1})
+        z = z_next
+
+Built on bench.diffusion.denoise: its step callback receives the step index and the timestep.
+Randomness per sample: "vae" (posterior noise), "init" (start noise), "ref_noise" (eps_ref),
+"steps" (DDPM noise), "method" (random_block8 matrices).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bench.backbone import Backbone
+from bench.config import ConfigError
+from bench.diffusion import SamplingConfig, denoise, encode_images, encode_text, truncated_timesteps
+from bench.methods import Generated, Method, Sample, images_or_failures
+from bench.seeding import draw_normal
+from method.attention import resolve_layers
+from method.gradsam import BASES, PATHS, TARGETS, TRANSFORMS, attention_scores, score_with_path
+from method.masks import MaskConfig, build, replace_background, union_mask
+from method.tokens import INDEX_MODES, SubjectTokens, subject_tokens
+
+INIT_LATENTS = ("noise", "noised_ref")
+REF_NOISES = ("shared", "fresh")
+SCORE_KINDS = ("gradsam", "attention_only")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """`method.score`: what is differentiated and how (PAPER_SPEC §2.3, B2, B3)."""
+
+    kind: str = "gradsam"
+    layers: str | tuple[str, ...] = "last"
+    transform: str = "abs"
+    target: str = "eps_cond"
+    vjp_basis: str = "identity"
+    path: str = "auto"
+    chunk_size: int = 512
+    general_chunk_size: int = 8
+
+    def __post_init__(self):
+        for key, value, allowed in (
+            ("kind", self.kind, SCORE_KINDS),
+            ("transform", self.transform, tuple(TRANSFORMS)),
+            ("target", self.target, TARGETS),
+            ("vjp_basis", self.vjp_basis, BASES),
+            ("path", self.path, PATHS),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"method.score.{key}={value!r}; expected one of {list(allowed)}.")
+        if self.chunk_size < 1 or self.general_chunk_size < 1:
+            raise ConfigError("method.score.chunk_size and general_chunk_size must be >= 1.")
+        if not isinstance(self.layers, str):
+            object.__setattr__(self, "layers", tuple(self.layers))
+
+
+@dataclass
+class SampleState:
+    """One sample's masks, reference noise and records during the chain."""
+
+    subject: SubjectTokens
+    ref_generator: torch.Generator
+    method_generator: torch.Generator
+    eps_ref: torch.Tensor | None = None  # [C, h, w], shared across injections
+    mask: torch.Tensor | None = None  # current mask [C, h, w]
+    path: str = ""
+    info: dict = field(default_factory=dict)  # row columns, e.g. kept_frac_i5
+    masks: dict = field(default_factory=dict)  # name -> float array [C, h, w]
+
+    def set_mask(self, k: int, mask: torch.Tensor) -> None:
+        """The mask in force from schedule index k on; its kept fraction and a copy go into the row."""
+        self.mask = mask
+        self.info[f"kept_frac_i{k}"] = float(mask.mean())
+        self.masks[f"mask_i{k}"] = mask.float().cpu().numpy()
+
+
+class GradSAM(Method):
+    """Grad-SAM latent manipulation (the paper's method). Defaults: the `paper` preset (docs/method.md)."""
+
+    uses_reference = True
+    indices_key = "injection_indices"  # the config key of the score/injection indices (for messages)
+
+    def __init__(
+        self,
+        name: str = "gradsam",
+        label: str = "gradsam",
+        strength: float = 0.9,
+        injection_indices: Sequence[int] = (5, 18, 28),
+        init_latent: str = "noise",
+        ref_noise: str = "shared",
+        manipulate: bool = True,
+        score: Mapping | None = None,
+        subject: Mapping | None = None,
+        mask: Mapping | None = None,
+    ):
+        self.name, self.label, self.strength = name, label, strength
+        self.injection_indices = tuple(int(i) for i in injection_indices)
+        self.init_latent, self.ref_noise, self.manipulate = init_latent, ref_noise, bool(manipulate)
+        self.score = build(ScoreConfig, dict(score or {}), "method.score")
+        subject = dict(subject or {})
+        unknown = sorted(set(subject) - {"index_mode"})
+        if unknown:
+            raise ConfigError(f"method.subject has unknown keys {unknown}; known: ['index_mode'].")
+        self.index_mode = subject.get("index_mode", "clip_aligned")
+        self.mask_cfg = MaskConfig.from_dict(mask)
+        self._validate()
+
+    def _validate(self) -> None:
+        checks = (
+            ("init_latent", self.init_latent, INIT_LATENTS),
+            ("ref_noise", self.ref_noise, REF_NOISES),
+            ("subject.index_mode", self.index_mode, INDEX_MODES),
+        )
+        for key, value, allowed in checks:
+            if value not in allowed:
+                raise ConfigError(f"method.{key}={value!r}; expected one of {list(allowed)}.")
+        if not self.injection_indices or sorted(set(self.injection_indices)) != list(self.injection_indices):
+            raise ConfigError(
+                f"method.{self.indices_key}={list(self.injection_indices)}; expected increasing schedule indices."
+            )
+        if not 0.0 < self.strength <= 1.0:
+            raise ConfigError(f"method.strength={self.strength}; expected a value in (0, 1].")
+
+    def columns(self) -> dict:
+        blur, dil = self.mask_cfg.blur, self.mask_cfg.dilation
+        layers = self.score.layers if isinstance(self.score.layers, str) else ",".join(self.score.layers)
+        return {
+            "strength": self.strength,
+            "injection_indices": ",".join(map(str, self.injection_indices)),
+            "init_latent": self.init_latent,
+            "ref_noise": self.ref_noise,
+            "manipulate": self.manipulate,
+            "score.kind": self.score.kind,
+            "score.layers": layers,
+            "score.transform": self.score.transform,
+            "score.target": self.score.target,
+            "score.vjp_basis": self.score.vjp_basis,
+            "subject.index_mode": self.index_mode,
+            "mask.threshold_k": self.mask_cfg.threshold_k,
+            "mask.threshold_scope": self.mask_cfg.threshold_scope,
+            "mask.box_sum_once": self.mask_cfg.box_sum_once,
+            "mask.blur": f"k{blur.kernel}_s{blur.sigma:g}_on_{blur.stage}" if blur.enabled else "off",
+            "mask.dilation": f"k{dil.kernel}_x{dil.iterations}_on_{dil.stage}" if dil.enabled else "off",
+        }
+
+    # -- schedule ---------------------------------------------------------------------------------
+    def check_schedule(self, length: int, sampling: SamplingConfig) -> None:
+        """Injection index k uses t_{k-1} and t_k, so it must lie in [1, length - 1]."""
+        bad = [k for k in self.injection_indices if not 1 <= k <= length - 1]
+        if bad:
+            raise ConfigError(
+                f"method.{self.indices_key}={list(self.injection_indices)}: {bad} lie outside the truncated "
+                f"schedule of {length} steps (strength {self.strength} of sampling.num_inference_steps="
+                f"{sampling.num_inference_steps}); valid indices are 1..{length - 1}. Change the indices or the steps."
+            )
+
+    def blend_indices(self, length: int) -> set[int]:
+        """Schedule indices k at which z_{t_k} is blended with the reference: the injections."""
+        return set(self.injection_indices)
+
+    # -- generation -------------------------------------------------------------------------------
+    def generate(self, backbone: Backbone, samples: list[Sample], sampling: SamplingConfig) -> list[Generated]:
+        scheduler = backbone.new_scheduler()
+        timesteps = truncated_timesteps(scheduler, sampling.num_inference_steps, self.strength)
+        self.check_schedule(len(timesteps), sampling)
+        resolve_layers(backbone.unet, self.score.layers)  # an unknown layer name fails now, listing the layers
+        units = [s.unit for s in samples]
+        # 1. Subject columns first: a prompt without its subject word fails before any sampling.
+        states = [
+            SampleState(
+                subject=subject_tokens(backbone.tokenizer, u.prompt.text, u.prompt.subject, self.index_mode),
+                ref_generator=u.generator("ref_noise"),
+                method_generator=u.generator("method"),
+            )
+            for u in units
+        ]
+        # 2. Text conditioning [B, 77, D], reference latent z0 [B, C, h, w] (posterior sample).
+        cond = encode_text(backbone, [u.prompt.text for u in units])
+        uncond = encode_text(backbone, [sampling.negative_prompt] * len(units))
+        z0 = encode_images(backbone, np.stack([s.reference for s in samples]), [u.generator("vae") for u in units])
+        # 3. Start latent at t_0: pure noise (B1, default) or the reference noised with it (SDEdit's start).
+        eps = draw_normal([u.generator("init") for u in units], z0.shape[1:], z0.device, torch.float32)
+        if self.init_latent == "noise":
+            z = eps * scheduler.init_noise_sigma
+        else:
+            z = scheduler.add_noise(z0, eps, timesteps[:1])
+        # 4. Guided DDPM; the callback scores, masks and blends at the configured indices.
+        blends = self.blend_indices(len(timesteps))
+
+        def on_step_end(i: int, t: torch.Tensor, z_t: torch.Tensor, z_next: torch.Tensor) -> torch.Tensor:
+            k = i + 1  # z_next lives at t_k
+            if k in self.injection_indices:
+                for b, state in enumerate(states):
+                    mask = self.compute_mask(backbone, scheduler, z_t[b], t, cond[b], state, sampling)
+                    state.set_mask(k, mask)
+            if self.manipulate and k in blends and k < len(timesteps):
+                z_next = self.blend(z_next, z0, states, scheduler, timesteps[k])
+            return z_next
+
+        steps = [u.generator("steps") for u in units]
+        z = denoise(backbone, scheduler, z, timesteps, cond, uncond, sampling, steps, on_step_end=on_step_end)
+        results = images_or_failures(backbone, z)
+        # 5. Per-sample columns and masks for the row.
+        for result, state in zip(results, states, strict=True):
+            last = state.masks[f"mask_i{self.injection_indices[-1]}"]
+            result.masks = {**state.masks, "subject_mask": last.max(axis=0)}  # union over channels [h, w]
+            result.info = {
+                **state.info,
+                "mask_fraction": float(result.masks["subject_mask"].mean()),
+                "score_timesteps": ",".join(str(int(timesteps[k - 1])) for k in self.injection_indices),
+                "inject_timesteps": ",".join(str(int(timesteps[k])) for k in self.injection_indices),
+                "subject_positions": ",".join(map(str, state.subject.positions)),
+                "subject_pieces": ",".join(state.subject.pieces),
+                "score_path": state.path,
+            }
+        return results
+
+    def blend(
+        self, z: torch.Tensor, z0: torch.Tensor, states: list[SampleState], scheduler, t: torch.Tensor
+    ) -> torch.Tensor:
+        """z [B, C, h, w] at t: each sample's background (M = 0) <- its reference z0 noised to t with eps_ref."""
+        out = z.clone()
+        for b, state in enumerate(states):
+            if state.mask is not None:
+                z_ref = scheduler.add_noise(z0[b : b + 1], self.reference_noise(state, z0[b]), t.reshape(1))
+                out[b] = replace_background(z[b], z_ref[0], state.mask)
+        return out
+
+    def reference_noise(self, state: SampleState, like: torch.Tensor) -> torch.Tensor:
+        """eps_ref [1, C, h, w] for a blend: the sample's one shared draw (B11), or its stream's next draw (fresh)."""
+        if self.ref_noise == "fresh" or state.eps_ref is None:
+            eps = torch.randn(tuple(like.shape), generator=state.ref_generator, dtype=torch.float32).to(like.device)
+            if self.ref_noise == "fresh":
+                return eps[None]
+            state.eps_ref = eps
+        return state.eps_ref[None]
+
+    def compute_mask(
+        self,
+        backbone: Backbone,
+        scheduler,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        state: SampleState,
+        sampling: SamplingConfig,
+    ) -> torch.Tensor:
+        """M [C, h, w] from the scores of the UNet call at (z_t, t_i); the pieces of the subject word summed."""
+        positions, cfg = state.subject.positions, self.score
+        unet = backbone.float32_unet()  # the sampling UNet, or its float32 twin when sampling in half precision
+        if cfg.kind == "attention_only":
+            scores = attention_scores(unet, z_t[None], t, cond[None], positions, cfg.layers)
+            state.path = "attention"
+        else:
+            scores, state.path = score_with_path(
+                unet,
+                z_t[None],
+                t,
+                cond[None],
+                positions,
+                cfg.layers,
+                cfg.transform,
+                cfg.target,
+                guidance_scale=sampling.guidance_scale,
+                scheduler=scheduler,
+                vjp_basis=cfg.vjp_basis,
+                generator=state.method_generator,
+                path=cfg.path,
+                chunk_size=cfg.chunk_size,
+                general_chunk_size=cfg.general_chunk_size,
+            )
+        word_score = scores.sum(dim=0, keepdim=True)  # [1, C, h, w]: one subject word
+        return union_mask(word_score, self.mask_cfg)

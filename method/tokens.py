@@ -1,0 +1,65 @@
+"""The subject word of a prompt -> its columns in the 77-token CLIP attention map (PAPER_SPEC §3, B4).
+
+`clip_aligned` (default): every BPE piece of the word, offset by <start> at column 0; the scores of
+the pieces are summed. "Streetlights illuminating" -> street (1), lights (2).
+`word_index_raw` (reference code): the word's index among the prompt's words used directly as the
+column, so "Deer roaming" -> column 0 = <start>. The reference code took spaCy's token index of
+every noun; without spaCy, the manifest's subject word and a whitespace split stand in for it
+(identical on the 34 protocol prompts, whose words are plain).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.config import ConfigError
+from bench.tokenizer import ClipBpeTokenizer
+
+INDEX_MODES = ("clip_aligned", "word_index_raw")
+WORD_END = "</w>"
+
+
+@dataclass(frozen=True)
+class SubjectTokens:
+    """The columns of a subject word and the BPE pieces there (for the sample row)."""
+
+    word: str
+    positions: tuple[int, ...]
+    pieces: tuple[str, ...]
+
+
+def subject_tokens(
+    tokenizer: ClipBpeTokenizer, prompt: str, subject: str, index_mode: str = "clip_aligned"
+) -> SubjectTokens:
+    """Columns of `subject` in `prompt`'s CLIP token sequence; an error naming the prompt if it is absent."""
+    if index_mode not in INDEX_MODES:
+        raise ConfigError(f"method.subject.index_mode={index_mode!r}; expected one of {list(INDEX_MODES)}.")
+    ids = [tokenizer.bos_id, *tokenizer.pieces(prompt)][: tokenizer.context_length - 1]
+    if index_mode == "word_index_raw":
+        words = prompt.split()
+        if subject not in words:
+            raise ValueError(f"subject word {subject!r} is not a word of prompt {prompt!r}; fix the dataset manifest.")
+        column = words.index(subject)
+        return SubjectTokens(subject, (column,), (tokenizer.decode_piece(ids[column]),))
+    word = tokenizer.pieces(subject)
+    if not word:
+        raise ValueError(f"subject word {subject!r} of prompt {prompt!r} has no CLIP pieces; fix the dataset manifest.")
+    positions = [p for start in word_starts(tokenizer, ids, word) for p in range(start, start + len(word))]
+    if not positions:
+        prompt_pieces = [tokenizer.decode_piece(i) for i in ids[1:]]
+        word_pieces = [tokenizer.decode_piece(i) for i in word]
+        raise ValueError(
+            f"subject word {subject!r} does not occur in prompt {prompt!r} (CLIP pieces {prompt_pieces}, "
+            f"word pieces {word_pieces}); fix the subject in the dataset manifest (conf/protocol/)."
+        )
+    return SubjectTokens(subject, tuple(positions), tuple(tokenizer.decode_piece(ids[p]) for p in positions))
+
+
+def word_starts(tokenizer: ClipBpeTokenizer, ids: list[int], word: list[int]) -> list[int]:
+    """Columns where the piece sequence `word` starts a whole word of `ids` (after <start> or a word end)."""
+    starts = []
+    for start in range(1, len(ids) - len(word) + 1):
+        at_word_start = start == 1 or tokenizer.decode_piece(ids[start - 1]).endswith(WORD_END)
+        if at_word_start and ids[start : start + len(word)] == word:
+            starts.append(start)
+    return starts
