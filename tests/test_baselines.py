@@ -17,17 +17,6 @@ from bench.methods import Sample, WorkUnit
 from bench.task import run_benchmark
 from tests.conftest import compose_cfg
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: the tiny model's ops are too small to split, and on the busy shared cores two
-    threads made a DiffEdit sample ~40x slower in CPU time (8.4 s vs 0.18 s, measured). Restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 STEPS = 5
 
 

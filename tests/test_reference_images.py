@@ -8,23 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image, ImageFile
 
 from bench.datasets.base import to_model_input
 from bench.task import DatasetError, run_benchmark
 from tests.conftest import compose_cfg
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: the tiny model's ops are too small to split, and on the busy shared cores two
-    threads made a DiffEdit sample ~40x slower in CPU time (8.4 s vs 0.18 s, measured). Restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 RNG = np.random.default_rng(7)
 

@@ -27,17 +27,6 @@ from bench.task import run_benchmark
 from bench.tokenizer import ClipBpeTokenizer
 from tests.conftest import compose_cfg
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: the tiny model's ops are too small to split, and on the busy shared cores two
-    threads made a DiffEdit sample ~40x slower in CPU time (8.4 s vs 0.18 s, measured). Restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 REPO_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # SD1.5's scheduler/scheduler_config.json (PNDM, steps_offset 1), as published with the weights.
 SD15_SCHEDULER_CONFIG = {
