@@ -37,6 +37,33 @@ class ReferenceImage:
         return self.loader()
 
 
+def drawn_references(
+    entries: Sequence[Mapping],
+    images_per_subcategory: int,
+    source: str,
+    draw: Callable[[str, int], np.ndarray],
+) -> list[ReferenceImage]:
+    """References of procedurally drawn datasets: image k of each subcategory is `draw(subcategory, k)`.
+
+    `source` names the drawing, e.g. "synthetic:seed=0,size=64"; the image index is appended.
+    """
+    refs = []
+    for entry in entries:
+        sub = entry["subcategory"]
+        for k in range(images_per_subcategory):
+            refs.append(
+                ReferenceImage(
+                    image_id=f"{sub}/{k:05d}",
+                    category=entry["category"],
+                    subcategory=sub,
+                    prompts=entry["prompts"],
+                    source=f"{source},k={k}",
+                    loader=lambda s=sub, k=k: Image.fromarray(draw(s, k)),
+                )
+            )
+    return refs
+
+
 def protocol_subcategories(
     protocol: Mapping,
     subcategories: Sequence[str] | None,

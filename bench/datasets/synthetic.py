@@ -11,10 +11,9 @@ import hashlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 
 from bench.config import ConfigError
-from bench.datasets.base import ReferenceImage, protocol_subcategories
+from bench.datasets.base import ReferenceImage, drawn_references, protocol_subcategories
 
 # Per subcategory: sky top colour, sky horizon colour, ground colour, structure kind.
 SCENE_STYLES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int], str]] = {
@@ -168,18 +167,7 @@ class SyntheticPlaces:
 
     def references(self) -> list[ReferenceImage]:
         """Every reference image, in protocol order."""
-        refs = []
-        for entry in self.entries:
-            sub = entry["subcategory"]
-            for k in range(self.images_per_subcategory):
-                refs.append(
-                    ReferenceImage(
-                        image_id=f"{sub}/{k:05d}",
-                        category=entry["category"],
-                        subcategory=sub,
-                        prompts=entry["prompts"],
-                        source=f"synthetic:seed={self.seed},k={k},size={self.image_size}",
-                        loader=lambda s=sub, k=k: Image.fromarray(draw_scene(s, self.seed, k, self.image_size)),
-                    )
-                )
-        return refs
+        source = f"synthetic:seed={self.seed},size={self.image_size}"
+        return drawn_references(
+            self.entries, self.images_per_subcategory, source, lambda s, k: draw_scene(s, self.seed, k, self.image_size)
+        )

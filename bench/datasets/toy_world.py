@@ -19,10 +19,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from bench.config import ConfigError
-from bench.datasets.base import PromptSpec, ReferenceImage
+from bench.datasets.base import PromptSpec, ReferenceImage, drawn_references
 
 # Subject vocabulary: saturated colours kept far (RGB distance > 100) from every background colour.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -267,18 +266,7 @@ class ToyWorld:
 
     def references(self) -> list[ReferenceImage]:
         """Every reference image (a subject-free scene), in protocol order."""
-        refs = []
-        for entry in self.entries:
-            sub = entry["subcategory"]
-            for j in range(self.images_per_subcategory):
-                refs.append(
-                    ReferenceImage(
-                        image_id=f"{sub}/{j:05d}",
-                        category=entry["category"],
-                        subcategory=sub,
-                        prompts=entry["prompts"],
-                        source=f"toy_world:seed={self.seed},j={j},size={self.image_size}",
-                        loader=lambda s=sub, j=j: Image.fromarray(background(s, self.seed, j, self.image_size)),
-                    )
-                )
-        return refs
+        source = f"toy_world:seed={self.seed},size={self.image_size}"
+        return drawn_references(
+            self.entries, self.images_per_subcategory, source, lambda s, k: background(s, self.seed, k, self.image_size)
+        )
