@@ -15,7 +15,8 @@ Everything else (start latent, reference noise, score and mask switches) is grad
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from method.sampler import GradSAM
 
@@ -29,27 +30,11 @@ class BlendedLatent(GradSAM):
         self,
         name: str = "blended_latent",
         label: str = "blended_latent",
-        strength: float = 0.9,
         score_indices: Sequence[int] = (5, 18, 28),
-        init_latent: str = "noise",
-        ref_noise: str = "shared",
-        manipulate: bool = True,
-        score: Mapping | None = None,
-        subject: Mapping | None = None,
-        mask: Mapping | None = None,
+        **gradsam_args: Any,
     ):
-        super().__init__(
-            name=name,
-            label=label,
-            strength=strength,
-            injection_indices=score_indices,
-            init_latent=init_latent,
-            ref_noise=ref_noise,
-            manipulate=manipulate,
-            score=score,
-            subject=subject,
-            mask=mask,
-        )
+        """`score_indices` is gradsam's `injection_indices`; every other argument is gradsam's."""
+        super().__init__(name=name, label=label, injection_indices=score_indices, **gradsam_args)
 
     def columns(self) -> dict:
         columns = super().columns()

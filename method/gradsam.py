@@ -21,6 +21,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,64 +38,9 @@ PATHS = ("auto", "tail", "general")
 BLOCK = 8  # reference code: 8 consecutive outputs per batched backward pass
 
 
-def importance_scores(
-    unet: UNet2DConditionModel,
-    latents: torch.Tensor,
-    timestep: torch.Tensor | int,
-    text_embeddings: torch.Tensor,
-    token_positions: Sequence[int],
-    layers: str | Sequence[str] = "last",
-    transform: str = "abs",
-    target: str = "eps_cond",
-    *,
-    guidance_scale: float = 8.0,
-    scheduler: DDPMScheduler | None = None,
-    vjp_basis: str = "identity",
-    generator: torch.Generator | None = None,
-    path: str = "auto",
-    chunk_size: int = 512,
-    general_chunk_size: int = 8,
-) -> torch.Tensor:
-    """Grad-SAM scores of one sample, exact (identity basis), in float32.
-
-    Args:
-        unet: an SD1 UNet; its parameters need not require grad (nothing is trained).
-        latents: z_t [1, C, h, w] (or [C, h, w]).
-        timestep: t of the UNet call.
-        text_embeddings: the conditional prompt's CLIP states [1, 77, D]; the unconditional half is
-            not needed (its prediction does not depend on A_cond).
-        token_positions: CLIP columns s (0 = <start>).
-        layers: `last` (default, the reference code), `all`, or layer names (method.attention).
-        transform: `abs` (paper) or `relu` (reference code).
-        target: `eps_cond` (reference code), `eps_cfg`, `x0_pred` or `x_prev`.
-        guidance_scale: w, for the targets that use CFG.
-        scheduler: the DDPM scheduler with its timesteps set; needed for x0_pred and x_prev.
-        vjp_basis: `identity` (exact Jacobian rows) or `random_block8` (B2; needs `generator`).
-        generator: CPU generator for the random_block8 matrices.
-        path: `auto` (tail when possible), `tail` or `general`.
-        chunk_size: output rows (latent elements) per chunk on the tail path (memory ~ rows * N * H * T floats).
-        general_chunk_size: rows per batched backward pass through the UNet on the general path.
-
-    Returns:
-        S [T, C, h, w]: one score map per token position, in the order given.
-    """
-    scores, _ = score_with_path(
-        unet,
-        latents,
-        timestep,
-        text_embeddings,
-        token_positions,
-        layers,
-        transform,
-        target,
-        guidance_scale=guidance_scale,
-        scheduler=scheduler,
-        vjp_basis=vjp_basis,
-        generator=generator,
-        path=path,
-        chunk_size=chunk_size,
-        general_chunk_size=general_chunk_size,
-    )
+def importance_scores(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """Grad-SAM scores S [T, C, h, w] of one sample: `score_with_path` (same arguments) without the path taken."""
+    scores, _ = score_with_path(*args, **kwargs)
     return scores
 
 
@@ -116,7 +62,30 @@ def score_with_path(
     chunk_size: int = 512,
     general_chunk_size: int = 8,
 ) -> tuple[torch.Tensor, str]:
-    """`importance_scores`, also returning the path taken (`tail` or `general`)."""
+    """Grad-SAM scores of one sample, exact (identity basis), in float32.
+
+    Args:
+        unet: an SD1 UNet; its parameters need not require grad (nothing is trained).
+        latents: z_t [1, C, h, w] (or [C, h, w]).
+        timestep: t of the UNet call.
+        text_embeddings: the conditional prompt's CLIP states [1, 77, D]; the unconditional half is
+            not needed (its prediction does not depend on A_cond).
+        token_positions: CLIP columns s (0 = <start>).
+        layers: `last` (default, the reference code), `all`, or layer names (method.attention).
+        transform: `abs` (paper) or `relu` (reference code).
+        target: `eps_cond` (reference code), `eps_cfg`, `x0_pred` or `x_prev`.
+        guidance_scale: w, for the targets that use CFG.
+        scheduler: the DDPM scheduler with its timesteps set; needed for x0_pred and x_prev.
+        vjp_basis: `identity` (exact Jacobian rows) or `random_block8` (B2; needs `generator`).
+        generator: CPU generator for the random_block8 matrices.
+        path: `auto` (tail when possible), `tail` or `general`.
+        chunk_size: output rows (latent elements) per chunk on the tail path (memory ~ rows * N * H * T floats).
+        general_chunk_size: rows per batched backward pass through the UNet on the general path.
+
+    Returns:
+        S [T, C, h, w]: one score map per token position, in the order given, and the path taken
+        (`tail` or `general`).
+    """
     check_choice("method.score.transform", transform, TRANSFORMS)
     check_choice("method.score.vjp_basis", vjp_basis, BASES)
     check_choice("method.score.path", path, PATHS)

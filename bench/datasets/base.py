@@ -37,31 +37,59 @@ class ReferenceImage:
         return self.loader()
 
 
-def drawn_references(
-    entries: Sequence[Mapping],
-    images_per_subcategory: int,
-    source: str,
-    draw: Callable[[str, int], np.ndarray],
-) -> list[ReferenceImage]:
-    """References of procedurally drawn datasets: image k of each subcategory is `draw(subcategory, k)`.
+class DrawnDataset:
+    """A procedurally drawn dataset on a protocol: image k of each subcategory is `draw(subcategory, k)`.
 
-    `source` names the drawing, e.g. "synthetic:seed=0,size=64"; the image index is appended.
+    Subclasses set `kind` (the start of each reference's `source`) and define `draw`; `prompted` may
+    replace the protocol's prompts (the toy world does).
     """
-    refs = []
-    for entry in entries:
-        sub = entry["subcategory"]
-        for k in range(images_per_subcategory):
-            refs.append(
-                ReferenceImage(
-                    image_id=f"{sub}/{k:05d}",
-                    category=entry["category"],
-                    subcategory=sub,
-                    prompts=entry["prompts"],
-                    source=f"{source},k={k}",
-                    loader=lambda s=sub, k=k: Image.fromarray(draw(s, k)),
+
+    kind = "drawn"
+
+    def __init__(
+        self,
+        name: str,
+        protocol: Mapping,
+        seed: int = 0,
+        image_size: int = 64,
+        images_per_subcategory: int = 2,
+        subcategories: Sequence[str] | None = None,
+        prompts_per_subcategory: int | None = None,
+    ):
+        if images_per_subcategory < 1:
+            raise ConfigError(f"dataset.images_per_subcategory={images_per_subcategory}; expected >= 1.")
+        if image_size < 16:
+            raise ConfigError(f"dataset.image_size={image_size}; expected >= 16 pixels.")
+        self.name, self.seed, self.image_size = name, seed, image_size
+        self.images_per_subcategory = images_per_subcategory
+        self.entries = protocol_subcategories(self.prompted(protocol), subcategories, prompts_per_subcategory)
+
+    def prompted(self, protocol: Mapping) -> Mapping:
+        """The protocol whose prompts this dataset uses (as given, unless a subclass replaces them)."""
+        return protocol
+
+    def draw(self, subcategory: str, k: int) -> np.ndarray:
+        """Image k of `subcategory`, RGB uint8 [S, S, 3]."""
+        raise NotImplementedError
+
+    def references(self) -> list[ReferenceImage]:
+        """Every reference image, in protocol order; its source names the drawing and the image index."""
+        source = f"{self.kind}:seed={self.seed},size={self.image_size}"
+        refs = []
+        for entry in self.entries:
+            sub = entry["subcategory"]
+            for k in range(self.images_per_subcategory):
+                refs.append(
+                    ReferenceImage(
+                        image_id=f"{sub}/{k:05d}",
+                        category=entry["category"],
+                        subcategory=sub,
+                        prompts=entry["prompts"],
+                        source=f"{source},k={k}",
+                        loader=lambda s=sub, k=k: Image.fromarray(self.draw(s, k)),
+                    )
                 )
-            )
-    return refs
+        return refs
 
 
 def protocol_subcategories(

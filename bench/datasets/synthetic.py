@@ -8,12 +8,11 @@ images, which subcategories or which order were asked for.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from bench.config import ConfigError
-from bench.datasets.base import ReferenceImage, drawn_references, protocol_subcategories
+from bench.datasets.base import DrawnDataset
 
 # Per subcategory: sky top colour, sky horizon colour, ground colour, structure kind.
 SCENE_STYLES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int], str]] = {
@@ -142,32 +141,10 @@ STRUCTURES = {
 }
 
 
-class SyntheticPlaces:
+class SyntheticPlaces(DrawnDataset):
     """Deterministic synthetic scenes with the Places365 protocol's subcategories and prompts."""
 
-    def __init__(
-        self,
-        name: str,
-        protocol: Mapping,
-        seed: int = 0,
-        image_size: int = 64,
-        images_per_subcategory: int = 2,
-        subcategories: Sequence[str] | None = None,
-        prompts_per_subcategory: int | None = None,
-    ):
-        if images_per_subcategory < 1:
-            raise ConfigError(f"dataset.images_per_subcategory={images_per_subcategory}; expected >= 1.")
-        if image_size < 16:
-            raise ConfigError(f"dataset.image_size={image_size}; expected >= 16 pixels.")
-        self.name = name
-        self.seed = seed
-        self.image_size = image_size
-        self.images_per_subcategory = images_per_subcategory
-        self.entries = protocol_subcategories(protocol, subcategories, prompts_per_subcategory)
+    kind = "synthetic"
 
-    def references(self) -> list[ReferenceImage]:
-        """Every reference image, in protocol order."""
-        source = f"synthetic:seed={self.seed},size={self.image_size}"
-        return drawn_references(
-            self.entries, self.images_per_subcategory, source, lambda s, k: draw_scene(s, self.seed, k, self.image_size)
-        )
+    def draw(self, subcategory: str, k: int) -> np.ndarray:
+        return draw_scene(subcategory, self.seed, k, self.image_size)

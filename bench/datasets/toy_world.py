@@ -15,13 +15,13 @@ its subject. The trained tiny models (bench/toy/) learn this world; metrics use 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from bench.config import ConfigError
-from bench.datasets.base import PromptSpec, ReferenceImage, drawn_references
+from bench.datasets.base import DrawnDataset, PromptSpec
 
 # Subject vocabulary: saturated colours kept far (RGB distance > 100) from every background colour.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -218,55 +218,30 @@ def toy_prompts(subcategory: str, count: int, offset: int) -> tuple[PromptSpec, 
     return tuple(out)
 
 
-class ToyWorld:
+def toy_protocol(protocol: Mapping) -> dict:
+    """The protocol with each subcategory's prompts replaced by as many toy prompts (see `toy_prompts`)."""
+    subcategories, offset = [], 0
+    for e in protocol["subcategories"]:
+        if e["subcategory"] not in SCENES:
+            raise ConfigError(f"protocol subcategory {e['subcategory']!r} has no toy scene; known: {SUBCATEGORIES}.")
+        prompts = toy_prompts(e["subcategory"], len(e["prompts"]), offset)
+        offset += len(e["prompts"])
+        subcategories.append({**e, "prompts": [{"text": p.text, "subject": p.subject} for p in prompts]})
+    return {**protocol, "subcategories": subcategories}
+
+
+class ToyWorld(DrawnDataset):
     """References = subject-free toy scenes of the protocol's subcategories; prompts = toy subjects.
 
     Each subcategory gets as many prompts as the protocol gives it (34 in all); prompt p of the
     protocol order is colour p % 4 and shape (p // 4) % 3, so the 12 subjects recur evenly.
     """
 
-    def __init__(
-        self,
-        name: str,
-        protocol: Mapping,
-        seed: int = 0,
-        image_size: int = 64,
-        images_per_subcategory: int = 2,
-        subcategories: Sequence[str] | None = None,
-        prompts_per_subcategory: int | None = None,
-    ):
-        if images_per_subcategory < 1:
-            raise ConfigError(f"dataset.images_per_subcategory={images_per_subcategory}; expected >= 1.")
-        if image_size < 16:
-            raise ConfigError(f"dataset.image_size={image_size}; expected >= 16 pixels.")
-        if prompts_per_subcategory is not None and prompts_per_subcategory < 1:
-            raise ConfigError(
-                f"dataset.prompts_per_subcategory={prompts_per_subcategory}; expected null (all) or an integer >= 1."
-            )
-        entries, offset = [], 0
-        for e in protocol["subcategories"]:
-            if e["subcategory"] not in SCENES:
-                raise ConfigError(
-                    f"protocol subcategory {e['subcategory']!r} has no toy scene; known: {SUBCATEGORIES}."
-                )
-            prompts = toy_prompts(e["subcategory"], len(e["prompts"]), offset)
-            offset += len(e["prompts"])
-            entries.append({**e, "prompts": prompts[:prompts_per_subcategory]})
-        if subcategories is not None:
-            unknown = [s for s in subcategories if s not in {e["subcategory"] for e in entries}]
-            if unknown:
-                raise ConfigError(
-                    f"dataset.subcategories has {unknown}, which protocol={protocol['name']} does not define. "
-                    f"Allowed: {[e['subcategory'] for e in entries]} (or null for all)."
-                )
-            entries = [e for e in entries if e["subcategory"] in subcategories]
-        self.name, self.seed, self.image_size = name, seed, image_size
-        self.images_per_subcategory = images_per_subcategory
-        self.entries = entries
+    kind = "toy_world"
 
-    def references(self) -> list[ReferenceImage]:
-        """Every reference image (a subject-free scene), in protocol order."""
-        source = f"toy_world:seed={self.seed},size={self.image_size}"
-        return drawn_references(
-            self.entries, self.images_per_subcategory, source, lambda s, k: background(s, self.seed, k, self.image_size)
-        )
+    def prompted(self, protocol: Mapping) -> dict:
+        return toy_protocol(protocol)
+
+    def draw(self, subcategory: str, k: int) -> np.ndarray:
+        """A subject-free scene: the reference of toy scene 10 k + i (i = the subcategory's index)."""
+        return background(subcategory, self.seed, k, self.image_size)
