@@ -37,6 +37,19 @@ FAST = [
 ]
 
 
+def minimal_run(images_per_subcategory: int = 1) -> list[str]:
+    """Overrides for the smallest real run: forest only, one prompt, 2 steps on a 32 px model, no metrics."""
+    return [
+        "dataset.subcategories=[forest]",
+        f"dataset.images_per_subcategory={images_per_subcategory}",
+        "dataset.prompts_per_subcategory=1",
+        "sampling.num_inference_steps=2",
+        "metrics=none",
+        "model.image_size=32",
+        "device=cpu",
+    ]
+
+
 def compose_cfg(overrides: list[str] | None = None, tmp_root: Path | None = None) -> DictConfig:
     """Compose conf/bench.yaml as `python -m bench.run` would (without Hydra's runtime node)."""
     overrides = list(overrides or [])

@@ -15,7 +15,7 @@ from bench.datasets.synthetic import SyntheticPlaces
 from bench.diffusion import SamplingConfig, encode_text, truncated_timesteps
 from bench.methods import Sample, WorkUnit
 from bench.task import run_benchmark
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, minimal_run
 
 STEPS = 5
 
@@ -164,17 +164,7 @@ def test_diffedit_rejects_bad_settings():
 
 @pytest.mark.parametrize("row", ["sdedit_0.6", "txt2img", "diffedit"])
 def test_every_baseline_row_runs_on_the_tiny_profile_and_writes_rows(tmp_path, row):
-    overrides = [
-        f"row={row}",
-        "sampling.num_inference_steps=2",
-        "dataset.images_per_subcategory=1",
-        "dataset.prompts_per_subcategory=1",
-        "dataset.subcategories=[forest]",
-        "metrics=none",
-        "model.image_size=32",
-        "dataset.image_size=32",
-        "device=cpu",
-    ]
+    overrides = [f"row={row}", *minimal_run(), "dataset.image_size=32"]
     if row == "diffedit":
         overrides.append("method.mask_noise_draws=2")
     summary = run_benchmark(compose_cfg(overrides, tmp_root=tmp_path))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from bench.config import ConfigError, build
 from bench.task import DatasetError, run_benchmark
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, minimal_run
 
 # A few lines of Places365's categories file: the two classes the protocol maps forest and ocean to, and
 # neighbours that must never be picked.
@@ -113,18 +113,7 @@ def test_torchvision_layout_reads_only_the_mapped_classes(torchvision_root):
 
 def test_a_run_writes_the_manifest_of_the_files_it_used(tmp_path, torchvision_root):
     cfg = compose_cfg(
-        [
-            "dataset=places365",
-            f"dataset.root={torchvision_root}",
-            "dataset.subcategories=[forest]",
-            "dataset.images_per_subcategory=2",
-            "dataset.prompts_per_subcategory=1",
-            "method=txt2img",
-            "sampling.num_inference_steps=2",
-            "metrics=none",
-            "model.image_size=32",
-            "device=cpu",
-        ],
+        ["dataset=places365", f"dataset.root={torchvision_root}", "method=txt2img", *minimal_run(2)],
         tmp_root=tmp_path,
     )
     summary = run_benchmark(cfg)

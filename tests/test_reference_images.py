@@ -12,7 +12,7 @@ from PIL import Image, ImageFile
 
 from bench.datasets.base import to_model_input
 from bench.task import DatasetError, run_benchmark
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, minimal_run
 
 RNG = np.random.default_rng(7)
 
@@ -73,19 +73,7 @@ def places_folder(root: Path, files: dict[str, Image.Image | bytes]) -> Path:
 
 def run_on(tmp_path: Path, root: Path, n: int, *overrides: str) -> dict:
     cfg = compose_cfg(
-        [
-            "dataset=places365",
-            f"dataset.root={root}",
-            "dataset.subcategories=[forest]",
-            f"dataset.images_per_subcategory={n}",
-            "dataset.prompts_per_subcategory=1",
-            "method=txt2img",
-            "sampling.num_inference_steps=2",
-            "metrics=none",
-            "model.image_size=32",
-            "device=cpu",
-            *overrides,
-        ],
+        ["dataset=places365", f"dataset.root={root}", "method=txt2img", *minimal_run(n), *overrides],
         tmp_root=tmp_path,
     )
     return run_benchmark(cfg)

@@ -25,7 +25,7 @@ from bench.config import ConfigError
 from bench.sd15 import AssetMissingError, check_tokenizer, load_sd15, resolve_dtype, sd15_scheduler
 from bench.task import run_benchmark
 from bench.tokenizer import ClipBpeTokenizer
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, minimal_run
 
 REPO_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # SD1.5's scheduler/scheduler_config.json (PNDM, steps_offset 1), as published with the weights.
@@ -117,15 +117,7 @@ def test_float32_unet_has_the_stored_weights_not_an_upcast(tiny_folder, tiny_bac
 
 
 def test_sd15_from_a_folder_generates_the_same_image_as_the_tiny_model(tmp_path, tiny_folder):
-    common = [
-        "sampling.num_inference_steps=2",
-        "dataset.images_per_subcategory=1",
-        "dataset.prompts_per_subcategory=1",
-        "dataset.subcategories=[forest]",
-        "metrics=none",
-        "model.image_size=32",
-        "device=cpu",
-    ]
+    common = minimal_run()
     run_benchmark(compose_cfg([*common, "model=tiny"], tmp_root=tmp_path / "tiny"))
     run_benchmark(compose_cfg([*common, "model=sd15", f"model.path={tiny_folder}"], tmp_root=tmp_path / "sd15"))
     tiny = sorted((tmp_path / "tiny" / "outputs").rglob("images/**/*.png"))
