@@ -35,6 +35,16 @@ FAST = [
     "dataset.prompts_per_subcategory=1",
     "dataset.subcategories=[forest,ocean]",
 ]
+# Rows with one cheap metric (pixel MAD) instead of the default metrics.
+PIXEL_ONLY = ["metrics=none", "+metrics.per_sample.pixel_mad._target_=bench.metrics.pixel.PixelMAD"]
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """Runs set torch's thread count (`cpu_threads`); every test starts from the suite's one thread."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def minimal_run(images_per_subcategory: int = 1) -> list[str]:

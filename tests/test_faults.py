@@ -13,27 +13,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from baselines.sdedit import SDEdit
 from bench.config import REPO_ROOT
 from bench.records import merge_samples, write_row
 from bench.tables import summarize
 from bench.task import StorageError, run_benchmark
-from tests.conftest import FAST, compose_cfg
+from tests.conftest import FAST, PIXEL_ONLY, compose_cfg
 
-PIXEL_ONLY = ["metrics=none", "+metrics.per_sample.pixel_mad._target_=bench.metrics.pixel.PixelMAD"]
 # One CPU thread everywhere: the subprocess and in-process runs then make the same bits (conf/bench.yaml).
 BASE = [*FAST, *PIXEL_ONLY, "model.image_size=32", "method=sdedit", "cpu_threads=1"]
 RUN_DIR = "outputs/demo/tiny/synthetic_places/sdedit_0.6+none"
 POISONED = "forest/00000/deer_roaming/s1"
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def result_files(root: Path) -> dict[str, bytes]:

@@ -9,27 +9,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from hydra.utils import instantiate
 
 from bench.config import ConfigError
 from bench.merge import main as merge_main
 from bench.records import merge_samples, write_row
 from bench.task import plan_work, run_benchmark
-from tests.conftest import FAST, compose_cfg
+from tests.conftest import FAST, PIXEL_ONLY, compose_cfg
 
 # 2 scenes x 1 prompt x 3 seeds = 6 work units: with K = 3 every shard has 2. One cheap metric in the rows.
 # One CPU thread: images depend on the thread count, and one thread is not slowed down by a busy machine.
-PIXEL_ONLY = ["metrics=none", "+metrics.per_sample.pixel_mad._target_=bench.metrics.pixel.PixelMAD"]
 OVERRIDES = [*FAST, *PIXEL_ONLY, "model.image_size=32", "seeds=[1,2,3]", "method=sdedit", "cpu_threads=1"]
 RUN_DIR = "outputs/demo/tiny/synthetic_places/sdedit_0.6+none"
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_in_shards(root: Path, count: int) -> dict[str, bytes]:
