@@ -90,7 +90,7 @@ class ToySubject:
     provenance = (
         "toy world; clip: toy open_clip (models/toy/clip) zero-shot over the world's 120 captions, colour and shape "
         f"of the best caption vs the prompt's; oracle: a region of the prompt's colour >= {MIN_AREA:.0%} of the image "
-        "whose largest component's bounding-box fill gives the prompt's shape"
+        "whose largest component best overlaps (IoU) the prompt's shape drawn with its area and centroid"
     )
 
     def __init__(self, clip_folder: str | None = None):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from bench.config import ConfigError
 from bench.datasets.toy_world import COLOURS, background, subject_mask, toy_scene
 from bench.toy.metrics import ToyBackground, ToyMaskIoU, iou, random_mask_iou, upsample_mask
-from bench.toy.oracle import colour_region, prompt_subject, region_shape
+from bench.toy.oracle import colour_region, prompt_subject, region_shape, shape_overlaps
 
 PROMPT = "a red box in a forest"
 
@@ -86,10 +87,28 @@ def test_oracle_reads_colour_and_shape_of_drawn_subjects():
         assert region_shape(colour_region(scene.image, other)) is None
 
 
-def test_oracle_shape_from_fill_ratio():
+def test_oracle_shape_by_overlap_with_ideal_shapes():
     for shape in ("ball", "box", "cone"):
-        assert region_shape(subject_mask(shape, 0.5, 0.5, 0.4, 64)) == shape
+        for cx, cy, side in ((0.5, 0.5, 0.4), (0.3, 0.7, 0.25), (0.6, 0.4, 0.45)):
+            assert region_shape(subject_mask(shape, cx, cy, side, 64)) == shape
     assert region_shape(subject_mask("ball", 0.5, 0.5, 0.05, 64)) is None  # below 1% of the image
+    # Softened shapes, as a decoder renders them: a box with rounded corners, an eroded disc.
+    yy, xx = np.mgrid[0:64, 0:64] + 0.5
+    qx, qy = np.maximum(np.abs(xx - 32) - 8, 0), np.maximum(np.abs(yy - 32) - 8, 0)
+    assert region_shape(qx**2 + qy**2 <= 5**2) == "box"  # a 26 px square, corner radius 5
+    assert region_shape(ndimage.binary_erosion(subject_mask("ball", 0.5, 0.5, 0.4, 64))) == "ball"
+
+
+def test_oracle_overlap_of_a_square_with_a_disc_of_equal_area_matches_geometry():
+    a = 40  # a 40 px square; the disc of equal area has r = a / sqrt(pi), and a / 2 < r < a / sqrt(2)
+    square = np.zeros((64, 64), bool)
+    square[12 : 12 + a, 12 : 12 + a] = True
+    r, d = a / np.sqrt(np.pi), a / 2
+    segment = r**2 * np.arccos(d / r) - d * np.sqrt(r**2 - d**2)  # the disc beyond one side of the square
+    inter = np.pi * r**2 - 4 * segment
+    expected = inter / (2 * a**2 - inter)
+    assert shape_overlaps(square)["ball"] == pytest.approx(expected, abs=0.01)
+    assert shape_overlaps(square)["box"] == pytest.approx(1.0, abs=0.01)
 
 
 def test_prompt_subject_needs_a_toy_prompt():
