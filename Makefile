@@ -58,11 +58,11 @@ aggregate: $(STAMP) ## rebuild every table from the samples rows
 perf: $(STAMP) ## throughput and Jacobian benchmarks -> results/perf/
 	$(PY) -m bench.perf
 
-toy-models: $(STAMP) ## retrain the toy-world models into models/toy/ (CPU, deterministic; QUICK=1: a few steps into outputs/toy-models-quick)
+toy-models: $(STAMP) ## retrain the toy-world models into models/toy/ (one CPU thread, ~56 min, deterministic; QUICK=1: a few steps into outputs/toy-models-quick)
 	$(PY) -m bench.toy.train $(if $(QUICK),--quick --out outputs/toy-models-quick,)
 
 toy-eval: $(STAMP) ## the toy models' quality bars (VAE PSNR, toy CLIP accuracy, txt2img subject rate)
-	$(PY) -m bench.toy.evaluate
+	$(PY) -m bench.toy.evaluate --json outputs/toy-eval.json
 
 clean: ## remove outputs and caches (keeps .venv and results/)
 	rm -rf outputs .cache

@@ -59,6 +59,15 @@ def test_reproduce_table1_offline_writes_every_file(tmp_path):
     assert links and all((folder / link).is_file() for link in links)
     assert "6.89" in (folder / "table1.md").read_text()
 
+    # The offline profile is the toy world: its rows carry the metrics only the known truth allows.
+    samples = pd.read_csv(folder / "samples.csv")
+    assert set(samples["model"]) == {"toy"} and set(samples["dataset"]) == {"toy_world"}
+    masked = samples["label"].isin(["gradsam", "blended_latent"])
+    assert samples.loc[masked, "mask_area"].between(0, 1).all()  # every mask method reports its mask
+    assert samples.loc[~masked, "mask_iou"].isna().all()  # methods without a mask: NaN, never 0
+    assert samples["subject_ok"].isin([0.0, 1.0]).all() and samples["subject_ok_oracle"].isin([0.0, 1.0]).all()
+    assert samples["true_bg_mae"].dropna().between(0, 255).all()
+
     # W&B: one offline run per Hydra job plus the aggregate run, which holds the tables.
     runs = sorted((tmp_path / "outputs" / "wandb").rglob("offline-run-*"))
     assert len(runs) == 9

@@ -2,8 +2,9 @@
 
 1. VAE reconstruction PSNR on held-out scenes (seed 2; posterior mean, decoded as the harness does).
 2. Toy CLIP zero-shot accuracy on held-out scenes: colour, shape, both (best of the 120 captions).
-3. txt2img through the harness (baselines.txt2img, 50 DDPM steps, guidance 8, the model=toy loader):
-   how often the sample has the prompted colour and shape, judged by the toy CLIP and by the oracle.
+3. txt2img through the harness (baselines.txt2img, 50 DDPM steps, guidance 8, the model=toy loader; by
+   default each of the 120 captions once): how often the sample has the prompted colour and shape,
+   judged by the toy CLIP and by the oracle.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from PIL import Image
 
 from baselines.txt2img import Txt2Img
 from bench.backbone import Backbone
+from bench.config import REPO_ROOT
 from bench.datasets.base import PromptSpec, ReferenceImage
 from bench.datasets.toy_world import COLOURS, SHAPES, all_captions, background
 from bench.diffusion import SamplingConfig, decode_latents
@@ -45,6 +47,12 @@ def load_toy_backbone(folder: Path, device: str = "cpu") -> Backbone:
         name="toy", image_size=64, repo_id="models/toy", revision="local", scheduler=SCHEDULER,
         path=str(folder), dtype="float32", device=device,
     )  # fmt: skip
+
+
+def shown_path(folder: Path) -> str:
+    """The folder relative to the repository when inside it (so the recorded numbers hold no machine path)."""
+    folder = folder.resolve()
+    return str(folder.relative_to(REPO_ROOT)) if folder.is_relative_to(REPO_ROOT) else str(folder)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -123,16 +131,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=MODEL_DIR)
     parser.add_argument("--heldout", type=int, default=500, help="held-out scenes for the VAE and CLIP bars")
-    parser.add_argument("--samples", type=int, default=60, help="txt2img samples for the subject bar")
+    parser.add_argument(
+        "--samples", type=int, default=120, help="txt2img samples for the subject bar (120: every caption once)"
+    )
     parser.add_argument("--save-samples", type=Path, default=None, help="folder for the txt2img PNGs")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (samples' bits depend on it)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
     backbone = load_toy_backbone(args.models)
     zero_shot = ZeroShot(load_toy_clip(args.models / "clip"))
-    results = {"models": str(args.models), "vae_psnr_db": vae_psnr(backbone, args.heldout)}
+    results = {"models": shown_path(args.models), "threads": args.threads}
+    results["vae_psnr_db"] = vae_psnr(backbone, args.heldout)
     results.update(clip_accuracy(zero_shot, args.heldout))
     results.update(txt2img_subjects(backbone, zero_shot, args.samples, args.save_samples))
     results["seconds"] = round(time.time() - start, 1)

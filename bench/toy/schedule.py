@@ -1,9 +1,10 @@
-"""Training utilities shared by the three toy trainers: learning-rate schedule, EMA, determinism."""
+"""The training loop the three toy trainers share: AdamW, warmup + cosine learning rate, EMA weights."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -40,3 +41,42 @@ class EMA:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def fit(
+    name: str,
+    params: list[torch.nn.Parameter],
+    loss_at: Callable[[int], torch.Tensor],
+    steps: int,
+    lr: float,
+    warmup: int,
+    weight_decay: float,
+    ema_decay: float,
+    log: Callable[[str], None],
+    clip_norm: float | None = None,
+    after_step: Callable[[], None] | None = None,
+) -> list[float]:
+    """Minimise `loss_at(step)` (which draws its own batch) over `params`; leaves the EMA weights in `params`.
+
+    Returns the loss of every step. `after_step` runs after each optimiser step, before the EMA update.
+    """
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    ema = EMA(params, decay=ema_decay)
+    start, losses = time.time(), []
+    for step in range(steps):
+        set_lr(opt, lr_at(step, steps, lr, warmup=warmup))
+        loss = loss_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        opt.step()
+        if after_step is not None:
+            after_step()
+        ema.update()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == steps - 1:
+            recent = losses[-100:]
+            log(f"{name} step {step}/{steps} loss {sum(recent) / len(recent):.5f} {time.time() - start:.0f}s")
+    ema.copy_to_params()
+    return losses

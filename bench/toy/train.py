@@ -15,36 +15,30 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextModel
+from diffusers import AutoencoderKL
 
 from bench.toy import MODEL_DIR
 from bench.toy.architecture import new_scheduler, num_params
-from bench.toy.clip import load_toy_clip, save_clip
+from bench.toy.clip import save_clip
 from bench.toy.data import TRAIN_SEED, toy_set
 from bench.toy.fingerprint import clip_slice, unet_slice, vae_slice
 from bench.toy.train_clip import train_clip
 from bench.toy.train_unet import train_unet
-from bench.toy.train_vae import finetune_decoder, train_vae
+from bench.toy.train_vae import train_vae
 
-STAGES = ("vae", "unet", "unet_more", "vae_decoder", "clip", "clip_more")
+STAGES = ("vae", "unet", "clip")
+# One pass per model, sized so the whole recipe takes under an hour on one CPU thread (docs/toy_world.md).
 FULL = {
     "train_images": 20000,
-    "vae": {"steps": 500, "batch_size": 16, "lr": 2e-3, "seed": 10},
-    "unet": {"steps": 1500, "batch_size": 16, "lr": 1e-3, "seed": 11},
-    "unet_more": {"steps": 1200, "batch_size": 16, "lr": 5e-4, "seed": 15},
-    "vae_decoder": {"steps": 400, "batch_size": 16, "lr": 1e-3, "seed": 13},
-    "clip": {"steps": 700, "batch_size": 64, "lr": 1e-3, "seed": 12},
-    "clip_more": {"steps": 1500, "batch_size": 32, "lr": 5e-4, "seed": 14},
+    "vae": {"steps": 1200, "batch_size": 16, "lr": 2e-3, "seed": 10},
+    "unet": {"steps": 5000, "batch_size": 32, "lr": 1e-3, "seed": 11},
+    "clip": {"steps": 3000, "batch_size": 64, "lr": 1e-3, "seed": 12},
 }
 QUICK = {
     "train_images": 40,
     "vae": {"steps": 2, "batch_size": 4, "lr": 1e-3, "seed": 10},
     "unet": {"steps": 2, "batch_size": 4, "lr": 1e-3, "seed": 11},
-    "unet_more": {"steps": 2, "batch_size": 4, "lr": 5e-4, "seed": 15},
-    "vae_decoder": {"steps": 2, "batch_size": 4, "lr": 1e-3, "seed": 13},
     "clip": {"steps": 2, "batch_size": 8, "lr": 1e-3, "seed": 12},
-    "clip_more": {"steps": 2, "batch_size": 8, "lr": 5e-4, "seed": 14},
 }
 MODEL_INDEX = {
     "_class_name": "StableDiffusionPipeline",
@@ -109,34 +103,12 @@ def _run(out: Path, stages: list[str], settings: dict, threads: int) -> None:
             slice=unet_slice(unet, text_encoder),
         )
         write_stage(out, "unet", {**common, **info})
-    if "unet_more" in stages:  # a warm restart: more steps on the saved UNet and text encoder
-        vae = AutoencoderKL.from_pretrained(out / "vae").eval().requires_grad_(False)
-        init = UNet2DConditionModel.from_pretrained(out / "unet"), CLIPTextModel.from_pretrained(out / "text_encoder")
-        start = time.time()
-        unet, text_encoder, info = train_unet(data, vae, init=init, log=log, **settings["unet_more"])
-        unet.save_pretrained(out / "unet")
-        text_encoder.save_pretrained(out / "text_encoder")
-        info.update(wall_seconds=round(time.time() - start, 1), slice=unet_slice(unet, text_encoder))
-        write_stage(out, "unet_more", {**common, **info})
-    if "vae_decoder" in stages:  # after unet: the UNet's latents come from the encoder, which this keeps
-        vae = AutoencoderKL.from_pretrained(out / "vae").eval()
-        start = time.time()
-        vae, info = finetune_decoder(vae, data, log=log, **settings["vae_decoder"])
-        vae.save_pretrained(out / "vae")
-        info.update(wall_seconds=round(time.time() - start, 1), slice=vae_slice(vae))
-        write_stage(out, "vae_decoder", {**common, **info})
     if "clip" in stages:
         start = time.time()
         model, info = train_clip(data, log=log, **settings["clip"])
         save_clip(model, out / "clip")
         info.update(wall_seconds=round(time.time() - start, 1), params=num_params(model), slice=clip_slice(model))
         write_stage(out, "clip", {**common, **info})
-    if "clip_more" in stages:  # a warm restart: more steps on the saved toy CLIP
-        start = time.time()
-        model, info = train_clip(data, init=load_toy_clip(out / "clip"), log=log, **settings["clip_more"])
-        save_clip(model, out / "clip")
-        info.update(wall_seconds=round(time.time() - start, 1), slice=clip_slice(model))
-        write_stage(out, "clip_more", {**common, **info})
     log(f"done in {time.time() - t0:.0f}s; {out} holds {folder_bytes(out) / 1e6:.2f} MB")
 
 

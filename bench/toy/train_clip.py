@@ -6,7 +6,6 @@ batch is blurred (2x down and up) so the scorer also reads the softer images the
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import open_clip
@@ -14,7 +13,7 @@ import torch
 
 from bench.toy.clip import new_clip, round_to_fp16
 from bench.toy.data import CAPTIONS, ToySet, to_unit_range
-from bench.toy.schedule import EMA, lr_at, set_lr
+from bench.toy.schedule import fit
 
 
 def blur_half(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -30,37 +29,32 @@ def train_clip(
     batch_size: int,
     lr: float,
     seed: int,
-    init: open_clip.CLIP | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[open_clip.CLIP, dict]:
-    """Train a new toy CLIP, or continue `init` (a warm restart of the schedule)."""
+    """Train a new toy CLIP."""
     torch.manual_seed(seed)
-    model = (init if init is not None else new_clip()).train().requires_grad_(True)
+    model = new_clip().train()
     gen = torch.Generator().manual_seed(seed)
     tokens = open_clip.tokenize(CAPTIONS)  # [120, 77]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    ema = EMA(model.parameters(), decay=0.998)
-    start, losses = time.time(), []
-    for step in range(steps):
-        set_lr(opt, lr_at(step, steps, lr, warmup=min(100, steps // 10 + 1)))
+
+    def loss_at(step: int) -> torch.Tensor:
         idx = torch.randint(len(data), (batch_size,), generator=gen)
         x = blur_half(to_unit_range(data.images[idx]), gen)
         x = x + 0.03 * torch.randn(x.shape, generator=gen)
         img = torch.nn.functional.normalize(model.encode_image(x), dim=-1)  # [B, E]
         txt = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)  # [120, E]
         logits = model.logit_scale.exp() * img @ txt.T  # [B, 120]
-        loss = torch.nn.functional.cross_entropy(logits, data.caption_ids[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, 4.6052)  # as open_clip: scale <= 100
-        ema.update()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == steps - 1:
-            recent = losses[-100:]
-            log(f"clip step {step}/{steps} loss {sum(recent) / len(recent):.4f} {time.time() - start:.0f}s")
-    ema.copy_to_params()
+        return torch.nn.functional.cross_entropy(logits, data.caption_ids[idx])
+
+    @torch.no_grad()
+    def clamp_scale() -> None:
+        model.logit_scale.clamp_(0, 4.6052)  # as open_clip: scale <= 100
+
+    params = list(model.parameters())
+    warmup = min(100, steps // 10 + 1)
+    losses = fit(
+        "clip", params, loss_at, steps, lr, warmup, weight_decay=0.05, ema_decay=0.998, log=log, after_step=clamp_scale
+    )
     model.eval().requires_grad_(False)
     round_to_fp16(model)
     return model, {"steps": steps, "batch_size": batch_size, "lr": lr, "final_loss": losses[-1]}

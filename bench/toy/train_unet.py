@@ -6,7 +6,6 @@ captions replaced by "" (classifier-free guidance), EMA of the weights.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
@@ -16,7 +15,7 @@ from transformers import CLIPTextModel
 from bench.tokenizer import ClipBpeTokenizer
 from bench.toy.architecture import new_scheduler, new_text_encoder, new_unet
 from bench.toy.data import CAPTIONS, ToySet, to_unit_range
-from bench.toy.schedule import EMA, lr_at, set_lr
+from bench.toy.schedule import fit
 
 
 @torch.no_grad()
@@ -39,25 +38,19 @@ def train_unet(
     seed: int,
     caption_dropout: float = 0.1,
     snr_gamma: float = 5.0,
-    init: tuple[UNet2DConditionModel, CLIPTextModel] | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[UNet2DConditionModel, CLIPTextModel, dict]:
-    """Train a new UNet and text encoder, or continue `init` (a warm restart of the schedule)."""
+    """Train a new UNet and text encoder together."""
     torch.manual_seed(seed)
-    unet, text_encoder = init if init is not None else (new_unet(), new_text_encoder())
-    unet, text_encoder = unet.train().requires_grad_(True), text_encoder.train().requires_grad_(True)
+    unet, text_encoder = new_unet().train(), new_text_encoder().train()
     scheduler = new_scheduler()
     alphas_bar = scheduler.alphas_cumprod  # [1000]
     tokens = ClipBpeTokenizer()([*CAPTIONS, ""])  # [121, 77]; row 120 is the unconditional prompt
     mean, std = encode_posteriors(vae, data)
     scale = vae.config.scaling_factor
     gen = torch.Generator().manual_seed(seed)
-    params = [*unet.parameters(), *text_encoder.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    ema = EMA(params, decay=0.999)
-    start, losses = time.time(), []
-    for step in range(steps):
-        set_lr(opt, lr_at(step, steps, lr, warmup=min(200, steps // 10 + 1)))
+
+    def loss_at(step: int) -> torch.Tensor:
         idx = torch.randint(len(data), (batch_size,), generator=gen)
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scale  # [B, 4, h, w]
         t = torch.randint(0, len(alphas_bar), (batch_size,), generator=gen)
@@ -68,17 +61,11 @@ def train_unet(
         eps = unet(zt, t, encoder_hidden_states=text_encoder(ids)[0]).sample
         snr = alphas_bar[t] / (1 - alphas_bar[t])
         weight = snr.clamp(max=snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
-        loss = (weight * (eps - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == steps - 1:
-            recent = losses[-100:]
-            log(f"unet step {step}/{steps} loss {sum(recent) / len(recent):.5f} {time.time() - start:.0f}s")
-    ema.copy_to_params()
+        return (weight * (eps - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    warmup = min(200, steps // 10 + 1)
+    losses = fit("unet", params, loss_at, steps, lr, warmup, weight_decay=0.01, ema_decay=0.999, log=log, clip_norm=1.0)
     unet.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
     info = {

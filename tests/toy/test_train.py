@@ -30,18 +30,22 @@ def test_quick_training_writes_a_diffusers_folder_that_model_toy_loads(quick_mod
     cfg = compose_cfg(["model=toy", f"model.path={quick_models}", "device=cpu"])
     backbone = instantiate(cfg.model, _convert_="all")
     assert backbone.provenance["weights"] == str(quick_models)
-    vae_expected = record(quick_models, "vae_decoder")["slice"]  # the decoder fine-tune is the VAE's last stage
-    np.testing.assert_allclose(vae_slice(backbone.vae), vae_expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(vae_slice(backbone.vae), record(quick_models, "vae")["slice"], rtol=1e-4, atol=1e-5)
     got = unet_slice(backbone.unet, backbone.text_encoder)
-    np.testing.assert_allclose(got, record(quick_models, "unet_more")["slice"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, record(quick_models, "unet")["slice"], rtol=1e-4, atol=1e-5)
     clip = load_toy_clip(quick_models / "clip")
-    np.testing.assert_allclose(clip_slice(clip), record(quick_models, "clip_more")["slice"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(clip_slice(clip), record(quick_models, "clip")["slice"], rtol=1e-4, atol=1e-5)
     assert record(quick_models, "unet")["steps"] == 2 and record(quick_models, "vae")["threads"] == 1
 
 
 def test_retraining_is_bit_identical(quick_models, tmp_path):
-    main(["--quick", "--out", str(tmp_path), "--stages", "vae,vae_decoder,clip,clip_more"])
-    for name in ("vae/diffusion_pytorch_model.safetensors", "clip/open_clip_model.safetensors"):
+    main(["--quick", "--out", str(tmp_path)])
+    for name in (
+        "vae/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "clip/open_clip_model.safetensors",
+    ):
         assert (tmp_path / name).read_bytes() == (quick_models / name).read_bytes(), name
 
 
