@@ -3,7 +3,8 @@
     throughput  bench.perf_throughput: samples/s per method on the tiny model, Inception images/s,
                 a second aggregation on warm caches, peak memory, the machine (perf.csv, perf.md)
     gradsam     bench.perf_gradsam: the Grad-SAM Jacobian benchmark (skipped with a note if absent)
-    all         both (the default; `make perf`)
+    toy         bench.perf_toy: a toy UNet training step at 8 attention heads against the shipped 2
+    all         all three (the default; `make perf`)
 Options after the name go to that benchmark, e.g. `python -m bench.perf throughput --samples 8`.
 """
 
@@ -14,7 +15,7 @@ import importlib.util
 import inspect
 import sys
 
-BENCHMARKS = {"throughput": "bench.perf_throughput", "gradsam": "bench.perf_gradsam"}
+BENCHMARKS = {"throughput": "bench.perf_throughput", "gradsam": "bench.perf_gradsam", "toy": "bench.perf_toy"}
 
 
 def run_benchmark_module(name: str, argv: list[str]) -> bool:
