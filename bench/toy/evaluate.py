@@ -16,20 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from PIL import Image
 
 from baselines.txt2img import Txt2Img
 from bench.backbone import Backbone
-from bench.config import REPO_ROOT
+from bench.config import CONF_DIR, REPO_ROOT
 from bench.datasets.base import PromptSpec, ReferenceImage
 from bench.datasets.toy_world import COLOURS, SHAPES, all_captions, background
 from bench.diffusion import SamplingConfig, decode_latents
 from bench.methods import Sample, WorkUnit
-from bench.sd15 import load_sd15
 from bench.toy import MODEL_DIR
-from bench.toy.architecture import SCHEDULER
 from bench.toy.clip import ZeroShot, load_toy_clip
-from bench.toy.data import HELDOUT_SEED, toy_set
+from bench.toy.data import HELDOUT_SEED, ToySet, toy_set
 from bench.toy.oracle import colour_region, region_shape
 
 BARS = {
@@ -42,11 +42,10 @@ BARS = {
 
 
 def load_toy_backbone(folder: Path, device: str = "cpu") -> Backbone:
-    """models/toy through the shared SD loader, exactly as conf/model/toy.yaml does."""
-    return load_sd15(
-        name="toy", image_size=64, repo_id="models/toy", revision="local", scheduler=SCHEDULER,
-        path=str(folder), dtype="float32", device=device,
-    )  # fmt: skip
+    """The model=toy config (conf/model/toy.yaml) with its weights read from `folder`."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("bench", overrides=["model=toy", f"model.path={folder.resolve()}", f"device={device}"])
+    return instantiate(cfg.model, _convert_="all")
 
 
 def shown_path(folder: Path) -> str:
@@ -61,11 +60,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def vae_psnr(backbone: Backbone, count: int) -> float:
+def vae_psnr(backbone: Backbone, data: ToySet) -> float:
     """Mean PSNR (dB, peak 255) of decode(encode(x).mean) over held-out scenes."""
-    data = toy_set(HELDOUT_SEED, count)
     values = []
-    for i in range(0, count, 50):
+    for i in range(0, len(data), 50):
         x = data.images[i : i + 50].float() / 127.5 - 1
         z = backbone.vae.encode(x).latent_dist.mean * backbone.vae.config.scaling_factor
         rec = decode_latents(backbone, z)  # uint8 [B, 64, 64, 3]
@@ -74,8 +72,7 @@ def vae_psnr(backbone: Backbone, count: int) -> float:
     return float(np.mean(values))
 
 
-def clip_accuracy(zero_shot: ZeroShot, count: int) -> dict:
-    data = toy_set(HELDOUT_SEED, count)
+def clip_accuracy(zero_shot: ZeroShot, data: ToySet) -> dict:
     preds = zero_shot(data.images)
     colour_ok = [p["colour"] == list(COLOURS)[c] for p, c in zip(preds, data.colour_ids.tolist(), strict=True)]
     shape_ok = [p["shape"] == SHAPES[s] for p, s in zip(preds, data.shape_ids.tolist(), strict=True)]
@@ -143,8 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     backbone = load_toy_backbone(args.models)
     zero_shot = ZeroShot(load_toy_clip(args.models / "clip"))
     results = {"models": shown_path(args.models), "threads": args.threads}
-    results["vae_psnr_db"] = vae_psnr(backbone, args.heldout)
-    results.update(clip_accuracy(zero_shot, args.heldout))
+    heldout = toy_set(HELDOUT_SEED, args.heldout)
+    results["vae_psnr_db"] = vae_psnr(backbone, heldout)
+    results.update(clip_accuracy(zero_shot, heldout))
     results.update(txt2img_subjects(backbone, zero_shot, args.samples, args.save_samples))
     results["seconds"] = round(time.time() - start, 1)
     print(f"toy models: {args.models}  (held-out scenes: {args.heldout}, txt2img samples: {args.samples})")
