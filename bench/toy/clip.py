@@ -50,14 +50,21 @@ def save_clip(model: open_clip.CLIP, folder: Path, config: dict = CLIP) -> None:
     save_file(state, str(folder / WEIGHTS_FILE))
 
 
-def load_toy_clip(folder: str | Path | None = None) -> open_clip.CLIP:
-    """The trained toy CLIP (float32, eval mode) from `folder` (default models/toy/clip)."""
+def toy_clip_folder(folder: str | Path | None = None) -> Path:
+    """`folder` (default models/toy/clip), checked to hold the toy CLIP's weights (before any expensive work)."""
     folder = Path(folder) if folder is not None else MODEL_DIR / "clip"
     if not (folder / WEIGHTS_FILE).is_file():
         raise ConfigError(
-            f"toy CLIP weights not found: {folder / WEIGHTS_FILE}. They ship with the repository in models/toy/; "
-            "restore them from git or retrain with `make toy-models`."
+            f"toy CLIP weights not found: {folder / WEIGHTS_FILE}. They ship with the repository in models/toy/clip; "
+            "restore them from git, retrain with `make toy-models`, or point the scorer at another folder "
+            "(metrics.per_sample.subject_ok.clip_folder)."
         )
+    return folder
+
+
+def load_toy_clip(folder: str | Path | None = None) -> open_clip.CLIP:
+    """The trained toy CLIP (float32, eval mode) from `folder` (default models/toy/clip)."""
+    folder = toy_clip_folder(folder)
     model = new_clip(json.loads((folder / CONFIG_FILE).read_text()))
     state = {k: v.float() for k, v in load_file(str(folder / WEIGHTS_FILE)).items()}
     model.load_state_dict(state, strict=False)  # strict=False: non-float buffers (attn_mask) are rebuilt

@@ -8,15 +8,12 @@ dataset=toy_world; each returns NaN (never a made-up number) when its quantity i
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 
-from bench.config import ConfigError
 from bench.datasets.toy_world import COLOURS, SHAPES
 from bench.metrics.background import masked_psnr, subject_mask_to_image
-from bench.toy import MODEL_DIR
-from bench.toy.clip import WEIGHTS_FILE, ZeroShot, load_toy_clip
+from bench.toy.clip import ZeroShot, load_toy_clip, toy_clip_folder
 from bench.toy.oracle import MAX_DISTANCE, MIN_AREA, colour_region, prompt_subject, region_shape
 
 MASK_KEY = "subject_mask"
@@ -94,13 +91,7 @@ class ToySubject:
     )
 
     def __init__(self, clip_folder: str | None = None):
-        self.clip_folder = Path(clip_folder) if clip_folder else MODEL_DIR / "clip"
-        if not (self.clip_folder / WEIGHTS_FILE).is_file():  # fail before any sample is generated
-            raise ConfigError(
-                f"toy CLIP weights not found: {self.clip_folder / WEIGHTS_FILE}. They ship with the repository "
-                "in models/toy/clip; restore them from git, retrain with `make toy-models`, or set "
-                "metrics.per_sample.subject_ok.clip_folder=<folder>."
-            )
+        self.clip_folder = toy_clip_folder(clip_folder)  # fails before any sample is generated
         self._zero_shot: ZeroShot | None = None
 
     def __call__(self, generated: np.ndarray, reference: np.ndarray, prompt: str = "", **_) -> dict:

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from bench.config import ConfigError
 from bench.datasets.toy_world import COLOURS, background, subject_mask, toy_scene
-from bench.toy.metrics import ToyBackground, ToyMaskIoU, iou, random_mask_iou, upsample_mask
+from bench.toy.metrics import ToyBackground, ToyMaskIoU, ToySubject, iou, random_mask_iou, upsample_mask
 from bench.toy.oracle import colour_region, prompt_subject, region_shape, shape_overlaps
 
 PROMPT = "a red box in a forest"
@@ -115,3 +115,11 @@ def test_prompt_subject_needs_a_toy_prompt():
     assert prompt_subject("a yellow cone in the ocean") == ("yellow", "cone")
     with pytest.raises(ConfigError, match="toy_world"):
         prompt_subject("Deer roaming")
+
+
+def test_missing_toy_clip_is_one_clear_error_before_any_work(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        ToySubject(clip_folder=str(tmp_path))
+    message = str(err.value)
+    assert str(tmp_path / "open_clip_model.safetensors") in message
+    assert "make toy-models" in message and "clip_folder" in message
