@@ -40,8 +40,8 @@ demo: $(STAMP) ## offline end-to-end Table 1 on the toy profile (every row, 10 s
 test: $(STAMP) ## the test suite (CPU, offline)
 	$(PY) -m pytest -q
 
-lint: $(STAMP) ## ruff lint and format check
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+lint: $(STAMP) ## ruff lint and format check, and the import layers (import-linter)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports
 
 format: $(STAMP) ## ruff autofix and format
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .

@@ -23,14 +23,15 @@ noisier than the sample it is pasted into). This file follows the paper on those
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
 
-from bench.backbone import Backbone
-from bench.config import ConfigError
-from bench.diffusion import (
+from bench.sd.backbone import Backbone
+from bench.sd.config import Rule, from_mapping, integer, real, setting, text
+from bench.sd.diffusion import (
     SamplingConfig,
     encode_images,
     encode_text,
@@ -38,9 +39,43 @@ from bench.diffusion import (
     truncated_timesteps,
     unet_noise,
 )
-from bench.methods import Generated, Method, Sample, WorkUnit, images_or_failures
+from bench.sd.errors import ConfigError
+from bench.sd.methods import Generated, Method, Sample, images_or_failures
 
 TEMPLATE_FIELDS = {"scene": "forest", "prompt": "Deer roaming", "subject": "Deer"}
+
+
+def is_template(value: object) -> bool:
+    """A str.format template that uses no field but TEMPLATE_FIELDS."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.format(**TEMPLATE_FIELDS)
+    except (KeyError, IndexError, ValueError, AttributeError):
+        return False
+    return True
+
+
+FIELD_LIST = ", ".join("{" + name + "}" for name in TEMPLATE_FIELDS)
+TEMPLATE = Rule(
+    f"a valid template: a string whose only fields are {FIELD_LIST}",
+    is_template,
+    hint="write a literal brace as {{{{ or }}}}",
+)
+
+
+@dataclass(frozen=True)
+class DiffEditConfig:
+    """`method` of conf/method/diffedit.yaml (built by from_mapping: finite, in range, valid templates)."""
+
+    strength: float = setting(0.8, real(0.0, 1.0, low_open=True))
+    mask_strength: float = setting(0.5, real(0.0, 1.0, low_open=True))
+    mask_noise_draws: int = setting(10, integer(1))
+    mask_clamp_ratio: float = setting(3.0, real(0.0, low_open=True))
+    mask_threshold: float = setting(0.5, real(0.0, 1.0, low_open=True, high_open=True))
+    source_prompt: str = setting("{scene}", TEMPLATE)
+    target_prompt: str = setting("{prompt}", TEMPLATE)
+    inversion_prompt: str = setting("", text())
 
 
 def ddim_schedulers(ddpm: DDPMScheduler) -> tuple[DDIMScheduler, DDIMInverseScheduler]:
@@ -145,51 +180,45 @@ class DiffEdit(Method):
         target_prompt: str = "{prompt}",
         inversion_prompt: str = "",
     ):
-        for key, value in (("strength", strength), ("mask_strength", mask_strength)):
-            if not 0.0 < value <= 1.0:
-                raise ConfigError(f"method.{key}={value}; expected a value in (0, 1].")
-        if mask_noise_draws < 1:
-            raise ConfigError(f"method.mask_noise_draws={mask_noise_draws}; expected an integer >= 1.")
-        if mask_clamp_ratio <= 0 or not 0.0 < mask_threshold < 1.0:
-            raise ConfigError(
-                f"method.mask_clamp_ratio={mask_clamp_ratio}, method.mask_threshold={mask_threshold}; "
-                "expected a ratio > 0 and a threshold in (0, 1)."
-            )
-        for key, template in (("source_prompt", source_prompt), ("target_prompt", target_prompt)):
-            try:
-                template.format(**TEMPLATE_FIELDS)
-            except (KeyError, IndexError, ValueError) as exc:
-                raise ConfigError(
-                    f"method.{key}={template!r} is not a valid template ({exc}); "
-                    f"it may use the fields {{{'}, {'.join(TEMPLATE_FIELDS)}}}."
-                ) from exc
         self.name, self.label = name, label
-        self.strength, self.mask_strength = strength, mask_strength
-        self.mask_noise_draws = mask_noise_draws
-        self.mask_clamp_ratio, self.mask_threshold = mask_clamp_ratio, mask_threshold
-        self.source_prompt, self.target_prompt, self.inversion_prompt = source_prompt, target_prompt, inversion_prompt
+        values = {
+            "strength": strength,
+            "mask_strength": mask_strength,
+            "mask_noise_draws": mask_noise_draws,
+            "mask_clamp_ratio": mask_clamp_ratio,
+            "mask_threshold": mask_threshold,
+            "source_prompt": source_prompt,
+            "target_prompt": target_prompt,
+            "inversion_prompt": inversion_prompt,
+        }
+        self.config = from_mapping(DiffEditConfig, values, "method")
+
+    @property
+    def strength(self) -> float:
+        return self.config.strength
 
     def columns(self) -> dict:
+        cfg = self.config
         return {
-            "strength": self.strength,
-            "mask_strength": self.mask_strength,
-            "mask_noise_draws": self.mask_noise_draws,
-            "mask_clamp_ratio": self.mask_clamp_ratio,
-            "mask_threshold": self.mask_threshold,
-            "source_prompt": self.source_prompt,
-            "target_prompt": self.target_prompt,
-            "inversion_prompt": self.inversion_prompt,
+            "strength": cfg.strength,
+            "mask_strength": cfg.mask_strength,
+            "mask_noise_draws": cfg.mask_noise_draws,
+            "mask_clamp_ratio": cfg.mask_clamp_ratio,
+            "mask_threshold": cfg.mask_threshold,
+            "source_prompt": cfg.source_prompt,
+            "target_prompt": cfg.target_prompt,
+            "inversion_prompt": cfg.inversion_prompt,
             "sampler": "ddim",
         }
 
-    def texts(self, unit: WorkUnit) -> tuple[str, str]:
+    def texts(self, sample: Sample) -> tuple[str, str]:
         """(Q, R) of one sample: the description of the input and the edit text."""
         fields = {
-            "scene": unit.image.subcategory.replace("_", " "),
-            "prompt": unit.prompt.text,
-            "subject": unit.prompt.subject,
+            "scene": sample.scene.replace("_", " "),
+            "prompt": sample.prompt,
+            "subject": sample.subject,
         }
-        return self.source_prompt.format(**fields), self.target_prompt.format(**fields)
+        return self.config.source_prompt.format(**fields), self.config.target_prompt.format(**fields)
 
     def mask(
         self,
@@ -199,21 +228,21 @@ class DiffEdit(Method):
         z0: torch.Tensor,
         query: torch.Tensor,
         reference: torch.Tensor,
-        unit: WorkUnit,
+        sample: Sample,
     ) -> torch.Tensor:
         """One sample's mask [h, w]; its noise draws come from the sample's "method" stream."""
-        shape = (self.mask_noise_draws, *z0.shape[1:])
-        noise = torch.randn(shape, generator=unit.generator("method")).to(z0.device)
+        cfg = self.config
+        shape = (cfg.mask_noise_draws, *z0.shape[1:])
+        noise = torch.randn(shape, generator=sample.generator("method")).to(z0.device)
         return semantic_mask(
-            backbone, scheduler, z0, t_mask, query, reference, noise, self.mask_clamp_ratio, self.mask_threshold
+            backbone, scheduler, z0, t_mask, query, reference, noise, cfg.mask_clamp_ratio, cfg.mask_threshold
         )
 
     def generate(self, backbone: Backbone, samples: list[Sample], sampling: SamplingConfig) -> list[Generated]:
-        units = [s.unit for s in samples]
         n_steps = sampling.num_inference_steps
         ddim, inverse = ddim_schedulers(backbone.scheduler)
-        timesteps = truncated_timesteps(ddim, n_steps, self.strength)  # t_start, ..., 0
-        t_mask = truncated_timesteps(ddim, n_steps, self.mask_strength)[0]
+        timesteps = truncated_timesteps(ddim, n_steps, self.config.strength)  # t_start, ..., 0
+        t_mask = truncated_timesteps(ddim, n_steps, self.config.mask_strength)[0]
         inverse.set_timesteps(n_steps)
         if not torch.equal(inverse.timesteps[: len(timesteps)].flip(0), timesteps):
             raise ConfigError(
@@ -221,17 +250,17 @@ class DiffEdit(Method):
                 f"grid {timesteps.tolist()}; use model.scheduler.timestep_spacing=leading."
             )
         # 1. Texts [B, 77, D]: Q and R for the mask, R and "" for the decoding, the inversion text.
-        sources, targets = zip(*(self.texts(u) for u in units), strict=True)
+        sources, targets = zip(*(self.texts(s) for s in samples), strict=True)
         query, reference = encode_text(backbone, list(sources)), encode_text(backbone, list(targets))
-        uncond = encode_text(backbone, [sampling.negative_prompt] * len(units))
-        inversion = encode_text(backbone, [self.inversion_prompt] * len(units))
+        uncond = encode_text(backbone, [sampling.negative_prompt] * len(samples))
+        inversion = encode_text(backbone, [self.config.inversion_prompt] * len(samples))
         # 2. Reference latents z0 (posterior sample from the sample's "vae" stream).
-        z0 = encode_images(backbone, np.stack([s.reference for s in samples]), [u.generator("vae") for u in units])
+        z0 = encode_images(backbone, np.stack([s.reference for s in samples]), [s.generator("vae") for s in samples])
         # 3. Masks [B, 1, h, w], one sample at a time (the normalisation is per image).
         masks = torch.stack(
             [
-                self.mask(backbone, ddim, t_mask, z0[b : b + 1], query[b : b + 1], reference[b : b + 1], units[b])
-                for b in range(len(units))
+                self.mask(backbone, ddim, t_mask, z0[b : b + 1], query[b : b + 1], reference[b : b + 1], samples[b])
+                for b in range(len(samples))
             ]
         )[:, None]
         # 4. DDIM inversion to t_start; level k of the chain is inverse timestep k (0, 20, ...).

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from bench.backbone import Backbone
-from bench.config import ConfigError
-from bench.diffusion import SamplingConfig, denoise, encode_images, encode_text, truncated_timesteps
-from bench.methods import Generated, Method, Sample, images_or_failures
-from bench.seeding import draw_normal
+from bench.sd.backbone import Backbone
+from bench.sd.config import from_mapping, real, setting
+from bench.sd.diffusion import SamplingConfig, denoise, encode_images, encode_text, truncated_timesteps
+from bench.sd.methods import Generated, Method, Sample, images_or_failures
+from bench.sd.seeding import draw_normal
+
+
+@dataclass(frozen=True)
+class SDEditConfig:
+    """`method` of conf/method/sdedit.yaml (built by from_mapping: finite, in range)."""
+
+    strength: float = setting(0.6, real(0.0, 1.0, low_open=True, hint="1.0 = from pure noise"))
 
 
 class SDEdit(Method):
@@ -17,24 +26,26 @@ class SDEdit(Method):
     uses_reference = True
 
     def __init__(self, name: str = "sdedit", label: str = "sdedit", strength: float = 0.6):
-        if not 0.0 < strength <= 1.0:
-            raise ConfigError(f"method.strength={strength}; expected a value in (0, 1] (1.0 = from pure noise).")
-        self.name, self.label, self.strength = name, label, strength
+        self.name, self.label = name, label
+        self.config = from_mapping(SDEditConfig, {"strength": strength}, "method")
+
+    @property
+    def strength(self) -> float:
+        return self.config.strength
 
     def columns(self) -> dict:
-        return {"strength": self.strength}
+        return {"strength": self.config.strength}
 
     def generate(self, backbone: Backbone, samples: list[Sample], sampling: SamplingConfig) -> list[Generated]:
         scheduler = backbone.new_scheduler()
-        timesteps = truncated_timesteps(scheduler, sampling.num_inference_steps, self.strength)
-        units = [s.unit for s in samples]
+        timesteps = truncated_timesteps(scheduler, sampling.num_inference_steps, self.config.strength)
         # 1. Text conditioning [B, 77, D] and the unconditional "" prompt.
-        cond = encode_text(backbone, [u.prompt.text for u in units])
-        uncond = encode_text(backbone, [sampling.negative_prompt] * len(units))
+        cond = encode_text(backbone, [s.prompt for s in samples])
+        uncond = encode_text(backbone, [sampling.negative_prompt] * len(samples))
         # 2. Reference latent z0 (posterior sample), noised to t_start with the sample's init noise.
-        z0 = encode_images(backbone, np.stack([s.reference for s in samples]), [u.generator("vae") for u in units])
-        eps = draw_normal([u.generator("init") for u in units], z0.shape[1:], z0.device, z0.dtype)
+        z0 = encode_images(backbone, np.stack([s.reference for s in samples]), [s.generator("vae") for s in samples])
+        eps = draw_normal([s.generator("init") for s in samples], z0.shape[1:], z0.device, z0.dtype)
         z = scheduler.add_noise(z0, eps, timesteps[:1])
         # 3. Guided DDPM from t_start to 0, then decode.
-        z = denoise(backbone, scheduler, z, timesteps, cond, uncond, sampling, [u.generator("steps") for u in units])
+        z = denoise(backbone, scheduler, z, timesteps, cond, uncond, sampling, [s.generator("steps") for s in samples])
         return images_or_failures(backbone, z)

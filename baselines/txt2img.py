@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bench.backbone import Backbone
-from bench.diffusion import SamplingConfig, denoise, encode_text, truncated_timesteps
-from bench.methods import Generated, Method, Sample, images_or_failures
-from bench.seeding import draw_normal
+from bench.sd.backbone import Backbone
+from bench.sd.diffusion import SamplingConfig, denoise, encode_text, truncated_timesteps
+from bench.sd.methods import Generated, Method, Sample, images_or_failures
+from bench.sd.seeding import draw_normal
 
 
 class Txt2Img(Method):
@@ -19,11 +19,10 @@ class Txt2Img(Method):
     def generate(self, backbone: Backbone, samples: list[Sample], sampling: SamplingConfig) -> list[Generated]:
         scheduler = backbone.new_scheduler()
         timesteps = truncated_timesteps(scheduler, sampling.num_inference_steps, 1.0)
-        units = [s.unit for s in samples]
-        cond = encode_text(backbone, [u.prompt.text for u in units])
-        uncond = encode_text(backbone, [sampling.negative_prompt] * len(units))
+        cond = encode_text(backbone, [s.prompt for s in samples])
+        uncond = encode_text(backbone, [sampling.negative_prompt] * len(samples))
         shape = (backbone.latent_channels, backbone.latent_size, backbone.latent_size)
-        z = draw_normal([u.generator("init") for u in units], shape, backbone.device, cond.dtype).float()
+        z = draw_normal([s.generator("init") for s in samples], shape, backbone.device, cond.dtype).float()
         z = z * scheduler.init_noise_sigma
-        z = denoise(backbone, scheduler, z, timesteps, cond, uncond, sampling, [u.generator("steps") for u in units])
+        z = denoise(backbone, scheduler, z, timesteps, cond, uncond, sampling, [s.generator("steps") for s in samples])
         return images_or_failures(backbone, z)

@@ -1,3 +1,1 @@
-"""Benchmark harness: configs, runs, records, metrics and tables."""
-
-from bench import config as _config  # noqa: F401  (registers the OmegaConf resolvers)
+"""Benchmark harness: runs, datasets, metrics, records, reporting (above the kernel bench.sd)."""

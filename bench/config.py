@@ -1,10 +1,13 @@
-"""Config helpers shared by the entry point, the tests and the scripts."""
+"""Where the configs are, and how the harness turns a config node into an object."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
+
+from bench.sd.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -12,51 +15,17 @@ CONF_DIR = REPO_ROOT / "conf"
 if not OmegaConf.has_resolver("repo_root"):
     OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
 
-
-class ConfigError(ValueError):
-    """A config value that cannot work, with the value, the rule and the fix in the message."""
-
-
-def apply_ablation(cfg: DictConfig) -> DictConfig:
-    """Merge the chosen ablation's `overrides` into `cfg.method` and check that it applies.
-
-    An ablation flips documented method switches; it only makes sense for the method it was
-    written for. A misspelt switch is an error naming the method's keys (struct mode).
-    """
-    ablation = cfg.ablation
-    applies_to = ablation.get("applies_to")
-    if applies_to is not None and cfg.method.name != applies_to:
-        raise ConfigError(
-            f"ablation={ablation.name} flips switches of method={applies_to}, but method={cfg.method.name}. "
-            f"Use method={applies_to} ablation={ablation.name}, or ablation=none."
-        )
-    if not ablation.overrides:
-        return cfg
-    OmegaConf.set_struct(cfg, True)
-    for key in ablation.overrides:
-        if key not in cfg.method:
-            raise ConfigError(
-                f"ablation={ablation.name} sets method.{key}, which method={cfg.method.name} does not have. "
-                f"Its keys are: {sorted(cfg.method.keys())}."
-            )
-    with open_dict_guard(cfg):
-        cfg.method = OmegaConf.merge(cfg.method, ablation.overrides)
-    return cfg
+__all__ = ["CONF_DIR", "REPO_ROOT", "ConfigError", "build", "check_ablation", "env_path"]
+# Paths (never switches) that an environment variable may give; conf/ reads the same variables with oc.env.
+PATH_VARIABLES = ("BENCH_DATA_DIR", "BENCH_CACHE_DIR", "BENCH_WEIGHTS_DIR", "BENCH_INCEPTION_WEIGHTS")
 
 
-class open_dict_guard:
-    """Temporarily lift struct mode on a config (restored on exit, also after an exception)."""
-
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-
-    def __enter__(self) -> DictConfig:
-        self.was_struct = OmegaConf.is_struct(self.cfg)
-        OmegaConf.set_struct(self.cfg, False)
-        return self.cfg
-
-    def __exit__(self, *exc) -> None:
-        OmegaConf.set_struct(self.cfg, self.was_struct)
+def env_path(variable: str, default: str | Path | None) -> Path | None:
+    """The path in `variable` if set, else `default`: the one place outside conf/ that reads BENCH_* paths."""
+    if variable not in PATH_VARIABLES:
+        raise ValueError(f"{variable} is not a path variable; known: {PATH_VARIABLES}.")
+    value = os.environ.get(variable) or default
+    return Path(value) if value else None
 
 
 def build(node, **kwargs):
@@ -75,3 +44,13 @@ def build(node, **kwargs):
         if isinstance(cause, ConfigError | RuntimeError) and not isinstance(cause, NotImplementedError):
             raise cause from None
         raise
+
+
+def check_ablation(cfg) -> None:
+    """An ablation flips switches of one method (Hydra merged them into `cfg.method`); refuse any other method."""
+    applies_to = cfg.ablation.get("applies_to")
+    if applies_to is not None and cfg.method.name != applies_to:
+        raise ConfigError(
+            f"ablation={cfg.ablation.name} flips switches of method={applies_to}, but method={cfg.method.name}. "
+            f"Use method={applies_to} ablation={cfg.ablation.name}, or ablation=none."
+        )

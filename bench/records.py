@@ -14,7 +14,8 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -52,6 +53,22 @@ PACKAGES = [
     "numpy",
     "wandb",
 ]
+
+
+class StorageError(RuntimeError):
+    """Results could not be written (disk full, quota, permissions); what was written before is intact."""
+
+
+@contextmanager
+def writing(target: Path) -> Iterator[None]:
+    """Turn an OSError while writing `target` into a StorageError that says what survived and how to resume."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(
+            f"cannot write {target}: {exc}. Every sample recorded before this is intact (atomic writes); "
+            "free space or fix permissions, then rerun the same command: it redoes only the missing samples."
+        ) from exc
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

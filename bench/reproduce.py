@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.aggregate import aggregate_task
 from bench.config import REPO_ROOT
+from bench.reporting.aggregate import aggregate_task
 
 PROFILES = {
     "gpu": ["model=sd15", "dataset=places365"],

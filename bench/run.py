@@ -20,8 +20,9 @@ log = logging.getLogger("bench.run")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
-    from bench.config import ConfigError
-    from bench.task import DatasetError, run_benchmark  # heavy imports after the config is known good
+    from bench.datasets.base import DatasetError
+    from bench.sd.errors import ConfigError
+    from bench.task import run_benchmark  # heavy imports after the config is known good
 
     try:
         run_benchmark(cfg)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from bench.config import ConfigError, apply_ablation, build
-from bench.datasets.base import ReferenceImage, to_model_input
-from bench.diffusion import SamplingConfig
-from bench.methods import Generated, Method, Sample, WorkUnit
+from bench.config import ConfigError, build, check_ablation
+from bench.datasets.base import DatasetError, ReferenceImage, WorkUnit, to_model_input
+from bench.metrics.common import SampleContext
 from bench.records import (
     atomic_write_text,
     discard_partial,
@@ -27,29 +25,12 @@ from bench.records import (
     save_png,
     write_csv,
     write_row,
+    writing,
 )
+from bench.sd.diffusion import SamplingConfig
+from bench.sd.methods import Generated, Method, Sample
 
 log = logging.getLogger(__name__)
-
-
-class DatasetError(RuntimeError):
-    """A reference image or folder that cannot be used, named in the message."""
-
-
-class StorageError(RuntimeError):
-    """Results could not be written (disk full, quota, permissions); what was written before is intact."""
-
-
-@contextmanager
-def writing(target: Path) -> Iterator[None]:
-    """Turn an OSError while writing `target` into a StorageError that says what survived and how to resume."""
-    try:
-        yield
-    except OSError as exc:
-        raise StorageError(
-            f"cannot write {target}: {exc}. Every sample recorded before this is intact (atomic writes); "
-            "free space or fix permissions, then rerun the same command: it redoes only the missing samples."
-        ) from exc
 
 
 def plan_work(references: list[ReferenceImage], seeds: list[int], shard_index: int, shard_count: int) -> list[WorkUnit]:
@@ -95,7 +76,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
     Returns a summary (counts and paths). Samples already done (their row exists) are skipped.
     """
     # 1. Validate the combination before anything expensive.
-    cfg = apply_ablation(cfg)
+    check_ablation(cfg)
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size}; expected an integer >= 1.")
     set_cpu_threads(cfg.get("cpu_threads"))
@@ -148,12 +129,12 @@ def run_benchmark(cfg: DictConfig) -> dict:
         base = row_base(cfg, method)
         with tqdm(total=len(pending), desc=method.label, unit="sample") as bar:
             for batch in batches(pending, cfg.batch_size):
-                samples = [Sample(unit=u, reference=refs[u.image.image_id][0]) for u in batch]
+                samples = [u.sample(refs[u.image.image_id][0]) for u in batch]
                 results = method.generate(backbone, samples, sampling)
-                for sample, result in zip(samples, results, strict=True):
-                    conversion = refs[sample.unit.image.image_id][1]
+                for unit, sample, result in zip(batch, samples, results, strict=True):
+                    conversion = refs[unit.image.image_id][1]
                     with writing(run_dir):
-                        record_sample(cfg, run_dir, base, sample, result, metrics, conversion)
+                        record_sample(cfg, run_dir, base, unit, sample, result, metrics, conversion)
                     bar.update(1)
         # 6. Rebuild the task's samples table from every row on disk (all methods, all shards).
         task_dir = Path(cfg.paths.output_dir) / cfg.task_name
@@ -227,13 +208,13 @@ def record_sample(
     cfg: DictConfig,
     run_dir: Path,
     base: dict,
+    unit: WorkUnit,
     sample: Sample,
     result: Generated,
     metrics: dict,
     conversion: str,
 ) -> None:
     """Save the image and masks, score the sample, then write its row (the row marks it done)."""
-    unit = sample.unit
     row = {
         **base,
         "image_id": unit.image.image_id,
@@ -269,8 +250,18 @@ def record_sample(
         reference_path=relative_to_root(reference_path, cfg.paths.root_dir),
         masks_dir=relative_to_root(run_dir / "masks" / unit.key, cfg.paths.root_dir) if result.masks else "",
     )
+    context = SampleContext(
+        generated=result.image,
+        reference=sample.reference,
+        prompt=sample.prompt,
+        subject=sample.subject,
+        image_id=sample.image_id,
+        seed=sample.seed,
+        masks=result.masks,
+        native_reference=unit.image.load,
+    )
     for metric in metrics.values():
-        row.update(metric(result.image, sample.reference, prompt=unit.prompt.text, masks=result.masks, unit=unit))
+        row.update(metric(context))
         row[f"{metric.name}_provenance"] = metric.provenance
     write_row(run_dir, unit.key, row)
 

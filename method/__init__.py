@@ -7,9 +7,19 @@ post_jacobian.py   closed-form Jacobian of the output head GroupNorm -> SiLU -> 
 tokens.py          subject word -> CLIP columns
 masks.py           scores -> masks (blur, dilation, threshold, union) and the background swap
 sampler.py         the GradSAM method: guided DDPM with injections (PAPER_SPEC §2.2)
+config.py          GradSAMConfig: every switch, validated once from the method node
 """
 
-from method.gradsam import attention_scores, importance_scores
-from method.sampler import GradSAM
+from __future__ import annotations
+
+import importlib
 
 __all__ = ["GradSAM", "attention_scores", "importance_scores"]
+_HOMES = {"GradSAM": "method.sampler", "attention_scores": "method.gradsam", "importance_scores": "method.gradsam"}
+
+
+def __getattr__(name: str):
+    """Load on first use: `import method.gradsam` stays light (no tokenizer, no open_clip, no timm)."""
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'method' has no attribute {name!r}")

@@ -21,7 +21,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
-from bench.config import ConfigError
+from bench.sd.errors import ConfigError
 
 PROCESSOR_SUFFIX = ".processor"
 

@@ -27,14 +27,16 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
-from bench.config import ConfigError
+from bench.sd.config import from_mapping
+from bench.sd.errors import ConfigError
 from method.attention import recording_attention, resolve_layers
+from method.config import TRANSFORM_NAMES, ScoreConfig
 from method.tail import TailInputs, TailNotApplicable, build_tail, capturing_tail_inputs, tail_modules, tail_scores
 
-TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"abs": torch.abs, "relu": torch.relu}
-TARGETS = ("eps_cond", "eps_cfg", "x0_pred", "x_prev")
-BASES = ("identity", "random_block8")
-PATHS = ("auto", "tail", "general")
+# The allowed settings (TARGETS, BASES, PATHS, ...) live in method.config; T by name, in its order:
+TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = dict(
+    zip(TRANSFORM_NAMES, (torch.abs, torch.relu), strict=True)
+)
 BLOCK = 8  # reference code: 8 consecutive outputs per batched backward pass
 
 
@@ -85,10 +87,44 @@ def score_with_path(
     Returns:
         S [T, C, h, w]: one score map per token position, in the order given, and the path taken
         (`tail` or `general`).
+
+    The settings are validated once, by the rules of `method.config.ScoreConfig` (a ConfigError
+    naming `method.score.<key>`); `scores_with_config` is the same computation on a validated config.
     """
-    check_choice("method.score.transform", transform, TRANSFORMS)
-    check_choice("method.score.vjp_basis", vjp_basis, BASES)
-    check_choice("method.score.path", path, PATHS)
+    settings = {"layers": layers, "transform": transform, "target": target, "vjp_basis": vjp_basis, "path": path}
+    settings |= {"chunk_size": chunk_size, "general_chunk_size": general_chunk_size}
+    config = from_mapping(ScoreConfig, settings, "method.score")
+    return scores_with_config(
+        unet,
+        latents,
+        timestep,
+        text_embeddings,
+        token_positions,
+        config,
+        guidance_scale=guidance_scale,
+        scheduler=scheduler,
+        generator=generator,
+    )
+
+
+def scores_with_config(
+    unet: UNet2DConditionModel,
+    latents: torch.Tensor,
+    timestep: torch.Tensor | int,
+    text_embeddings: torch.Tensor,
+    token_positions: Sequence[int],
+    config: ScoreConfig,
+    *,
+    guidance_scale: float = 8.0,
+    scheduler: DDPMScheduler | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, str]:
+    """`score_with_path` with its settings in a validated ScoreConfig (trusted: built by `from_mapping`).
+
+    `config.kind` is not consulted: these are always Grad-SAM scores (attention_scores is the other kind).
+    """
+    layers, transform, target, path = config.layers, config.transform, config.target, config.path
+    vjp_basis, chunk_size, general_chunk_size = config.vjp_basis, config.chunk_size, config.general_chunk_size
     latents = latents if latents.ndim == 4 else latents[None]
     if latents.shape[0] != 1 or text_embeddings.shape[0] != 1:
         raise ValueError(f"one sample at a time: latents {tuple(latents.shape)}, text {tuple(text_embeddings.shape)}.")
@@ -200,8 +236,10 @@ def grid_of(queries: int, height: int, width: int) -> tuple[int, int]:
 def target_factor(
     target: str, timestep: torch.Tensor | int, guidance_scale: float, scheduler: DDPMScheduler | None
 ) -> float:
-    """d target / d eps_cond as one scalar (exact for a fixed z_t and step noise; PAPER_SPEC §2.3)."""
-    check_choice("method.score.target", target, TARGETS)
+    """d target / d eps_cond as one scalar (exact for a fixed z_t and step noise; PAPER_SPEC §2.3).
+
+    `target` is one of method.config.TARGETS (validated by ScoreConfig, not here).
+    """
     if target == "eps_cond":
         return 1.0
     if target == "eps_cfg":
@@ -278,8 +316,3 @@ def float32(unet: UNet2DConditionModel) -> Iterator[None]:
         yield
     finally:
         unet.to(dtype)
-
-
-def check_choice(key: str, value: str, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r}; expected one of {sorted(allowed)}.")

@@ -10,84 +10,10 @@ loop repeats the same linear filter), with blur and dilation off.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-
 import torch
 import torch.nn.functional as F
 
-from bench.config import ConfigError
-
-STAGES = ("score", "mask")
-SCOPES = ("per_channel", "global")
-
-
-@dataclass(frozen=True)
-class BlurConfig:
-    """Depth-wise Gaussian blur (normalised kernel, zero padding, as the reference code)."""
-
-    enabled: bool = True
-    kernel: int = 3
-    sigma: float = 6.0
-    stage: str = "score"
-
-
-@dataclass(frozen=True)
-class DilationConfig:
-    """Max filter (grey dilation of a score, binary dilation of a mask), `iterations` times."""
-
-    enabled: bool = True
-    kernel: int = 3
-    iterations: int = 3
-    stage: str = "mask"
-
-
-@dataclass(frozen=True)
-class MaskConfig:
-    """`method.mask`: the paper's intended post-processing by default (PAPER_SPEC §2.4)."""
-
-    threshold_k: float = 0.5
-    threshold_scope: str = "per_channel"
-    box_sum_once: bool = False
-    blur: BlurConfig = field(default_factory=BlurConfig)
-    dilation: DilationConfig = field(default_factory=DilationConfig)
-
-    @classmethod
-    def from_dict(cls, values: Mapping | None) -> MaskConfig:
-        values = dict(values or {})
-        blur = build(BlurConfig, values.pop("blur", {}), "method.mask.blur")
-        dilation = build(DilationConfig, values.pop("dilation", {}), "method.mask.dilation")
-        cfg = build(cls, {**values, "blur": blur, "dilation": dilation}, "method.mask")
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        if self.threshold_scope not in SCOPES:
-            raise ConfigError(f"method.mask.threshold_scope={self.threshold_scope!r}; expected one of {SCOPES}.")
-        for name, part in (("blur", self.blur), ("dilation", self.dilation)):
-            if part.stage not in STAGES:
-                raise ConfigError(f"method.mask.{name}.stage={part.stage!r}; expected one of {STAGES}.")
-            if part.kernel < 1 or part.kernel % 2 == 0:
-                raise ConfigError(f"method.mask.{name}.kernel={part.kernel}; expected an odd size >= 1.")
-        if self.blur.sigma <= 0 or self.dilation.iterations < 1:
-            raise ConfigError(
-                f"method.mask.blur.sigma={self.blur.sigma} and dilation.iterations={self.dilation.iterations}; "
-                "expected sigma > 0 and iterations >= 1 (disable with enabled=false)."
-            )
-        if self.box_sum_once and (self.blur.enabled or self.dilation.enabled):
-            raise ConfigError(
-                "method.mask.box_sum_once=true is the reference code's whole filter (B5); set "
-                "mask.blur.enabled=false and mask.dilation.enabled=false with it (ablation=reference_code does)."
-            )
-
-
-def build(cls, values: Mapping, prefix: str):
-    """A config dataclass from a mapping; an unknown key is an error listing the known ones."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{prefix} has unknown keys {unknown}; known: {sorted(known)}.")
-    return cls(**values)
+from method.config import MaskConfig  # the settings (validated there); the functions below trust them
 
 
 def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:

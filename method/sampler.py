@@ -9,7 +9,7 @@
             M = mask(S) ;  z_next = M z_next + (1 - M) noised(z0_ref, t_{i+1})
         z = z_next
 
-Built on bench.diffusion.denoise: its step callback receives the step index and the timestep.
+Built on bench.sd.diffusion.denoise: its step callback receives the step index and the timestep.
 Randomness per sample: "vae" (posterior noise), "init" (start noise), "ref_noise" (eps_ref),
 "steps" (DDPM noise), "method" (random_block8 matrices).
 """
@@ -22,48 +22,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bench.backbone import Backbone
-from bench.config import ConfigError
-from bench.diffusion import SamplingConfig, denoise, encode_images, encode_text, truncated_timesteps
-from bench.methods import Generated, Method, Sample, images_or_failures
-from bench.seeding import draw_normal
+from bench.sd.backbone import Backbone
+from bench.sd.config import from_mapping
+from bench.sd.diffusion import SamplingConfig, denoise, encode_images, encode_text, truncated_timesteps
+from bench.sd.errors import ConfigError
+from bench.sd.methods import Generated, Method, Sample, images_or_failures
+from bench.sd.seeding import draw_normal
 from method.attention import resolve_layers
-from method.gradsam import BASES, PATHS, TARGETS, TRANSFORMS, attention_scores, score_with_path
-from method.masks import MaskConfig, build, replace_background, union_mask
-from method.tokens import INDEX_MODES, SubjectTokens, subject_tokens
+from method.config import GradSAMConfig, ScoreConfig
+from method.gradsam import attention_scores, scores_with_config
+from method.masks import replace_background, union_mask
+from method.tokens import SubjectTokens, subject_tokens
 
-INIT_LATENTS = ("noise", "noised_ref")
-REF_NOISES = ("shared", "fresh")
-SCORE_KINDS = ("gradsam", "attention_only")
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """`method.score`: what is differentiated and how (PAPER_SPEC §2.3, B2, B3)."""
-
-    kind: str = "gradsam"
-    layers: str | tuple[str, ...] = "last"
-    transform: str = "abs"
-    target: str = "eps_cond"
-    vjp_basis: str = "identity"
-    path: str = "auto"
-    chunk_size: int = 512
-    general_chunk_size: int = 8
-
-    def __post_init__(self):
-        for key, value, allowed in (
-            ("kind", self.kind, SCORE_KINDS),
-            ("transform", self.transform, tuple(TRANSFORMS)),
-            ("target", self.target, TARGETS),
-            ("vjp_basis", self.vjp_basis, BASES),
-            ("path", self.path, PATHS),
-        ):
-            if value not in allowed:
-                raise ConfigError(f"method.score.{key}={value!r}; expected one of {list(allowed)}.")
-        if self.chunk_size < 1 or self.general_chunk_size < 1:
-            raise ConfigError("method.score.chunk_size and general_chunk_size must be >= 1.")
-        if not isinstance(self.layers, str):
-            object.__setattr__(self, "layers", tuple(self.layers))
+__all__ = ["GradSAM", "GradSAMConfig", "SampleState", "ScoreConfig"]
 
 
 @dataclass
@@ -105,52 +76,48 @@ class GradSAM(Method):
         subject: Mapping | None = None,
         mask: Mapping | None = None,
     ):
-        self.name, self.label, self.strength = name, label, strength
-        self.injection_indices = tuple(int(i) for i in injection_indices)
-        self.init_latent, self.ref_noise, self.manipulate = init_latent, ref_noise, bool(manipulate)
-        self.score = build(ScoreConfig, dict(score or {}), "method.score")
-        subject = dict(subject or {})
-        unknown = sorted(set(subject) - {"index_mode"})
-        if unknown:
-            raise ConfigError(f"method.subject has unknown keys {unknown}; known: ['index_mode'].")
-        self.index_mode = subject.get("index_mode", "clip_aligned")
-        self.mask_cfg = MaskConfig.from_dict(mask)
-        self._validate()
+        """The arguments are the `method` node; they are validated once, into `self.config` (method/config.py)."""
+        self.name, self.label = name, label
+        values = {
+            "strength": strength,
+            self.indices_key: injection_indices,
+            "init_latent": init_latent,
+            "ref_noise": ref_noise,
+            "manipulate": manipulate,
+            "score": score,
+            "subject": subject,
+            "mask": mask,
+        }
+        aliases = {"injection_indices": self.indices_key}
+        self.config: GradSAMConfig = from_mapping(GradSAMConfig, values, "method", aliases=aliases)
 
-    def _validate(self) -> None:
-        checks = (
-            ("init_latent", self.init_latent, INIT_LATENTS),
-            ("ref_noise", self.ref_noise, REF_NOISES),
-            ("subject.index_mode", self.index_mode, INDEX_MODES),
-        )
-        for key, value, allowed in checks:
-            if value not in allowed:
-                raise ConfigError(f"method.{key}={value!r}; expected one of {list(allowed)}.")
-        if not self.injection_indices or sorted(set(self.injection_indices)) != list(self.injection_indices):
-            raise ConfigError(
-                f"method.{self.indices_key}={list(self.injection_indices)}; expected increasing schedule indices."
-            )
-        if not 0.0 < self.strength <= 1.0:
-            raise ConfigError(f"method.strength={self.strength}; expected a value in (0, 1].")
+    @property
+    def strength(self) -> float:
+        return self.config.strength
+
+    @property
+    def injection_indices(self) -> tuple[int, ...]:
+        return self.config.injection_indices
 
     def columns(self) -> dict:
-        blur, dil = self.mask_cfg.blur, self.mask_cfg.dilation
-        layers = self.score.layers if isinstance(self.score.layers, str) else ",".join(self.score.layers)
+        cfg = self.config
+        blur, dil = cfg.mask.blur, cfg.mask.dilation
+        layers = cfg.score.layers if isinstance(cfg.score.layers, str) else ",".join(cfg.score.layers)
         return {
-            "strength": self.strength,
-            "injection_indices": ",".join(map(str, self.injection_indices)),
-            "init_latent": self.init_latent,
-            "ref_noise": self.ref_noise,
-            "manipulate": self.manipulate,
-            "score.kind": self.score.kind,
+            "strength": cfg.strength,
+            "injection_indices": ",".join(map(str, cfg.injection_indices)),
+            "init_latent": cfg.init_latent,
+            "ref_noise": cfg.ref_noise,
+            "manipulate": cfg.manipulate,
+            "score.kind": cfg.score.kind,
             "score.layers": layers,
-            "score.transform": self.score.transform,
-            "score.target": self.score.target,
-            "score.vjp_basis": self.score.vjp_basis,
-            "subject.index_mode": self.index_mode,
-            "mask.threshold_k": self.mask_cfg.threshold_k,
-            "mask.threshold_scope": self.mask_cfg.threshold_scope,
-            "mask.box_sum_once": self.mask_cfg.box_sum_once,
+            "score.transform": cfg.score.transform,
+            "score.target": cfg.score.target,
+            "score.vjp_basis": cfg.score.vjp_basis,
+            "subject.index_mode": cfg.subject.index_mode,
+            "mask.threshold_k": cfg.mask.threshold_k,
+            "mask.threshold_scope": cfg.mask.threshold_scope,
+            "mask.box_sum_once": cfg.mask.box_sum_once,
             "mask.blur": f"k{blur.kernel}_s{blur.sigma:g}_on_{blur.stage}" if blur.enabled else "off",
             "mask.dilation": f"k{dil.kernel}_x{dil.iterations}_on_{dil.stage}" if dil.enabled else "off",
         }
@@ -175,24 +142,23 @@ class GradSAM(Method):
         scheduler = backbone.new_scheduler()
         timesteps = truncated_timesteps(scheduler, sampling.num_inference_steps, self.strength)
         self.check_schedule(len(timesteps), sampling)
-        resolve_layers(backbone.unet, self.score.layers)  # an unknown layer name fails now, listing the layers
-        units = [s.unit for s in samples]
+        resolve_layers(backbone.unet, self.config.score.layers)  # an unknown layer name fails now, listing them
         # 1. Subject columns first: a prompt without its subject word fails before any sampling.
         states = [
             SampleState(
-                subject=subject_tokens(backbone.tokenizer, u.prompt.text, u.prompt.subject, self.index_mode),
-                ref_generator=u.generator("ref_noise"),
-                method_generator=u.generator("method"),
+                subject=subject_tokens(backbone.tokenizer, s.prompt, s.subject, self.config.subject.index_mode),
+                ref_generator=s.generator("ref_noise"),
+                method_generator=s.generator("method"),
             )
-            for u in units
+            for s in samples
         ]
         # 2. Text conditioning [B, 77, D], reference latent z0 [B, C, h, w] (posterior sample).
-        cond = encode_text(backbone, [u.prompt.text for u in units])
-        uncond = encode_text(backbone, [sampling.negative_prompt] * len(units))
-        z0 = encode_images(backbone, np.stack([s.reference for s in samples]), [u.generator("vae") for u in units])
+        cond = encode_text(backbone, [s.prompt for s in samples])
+        uncond = encode_text(backbone, [sampling.negative_prompt] * len(samples))
+        z0 = encode_images(backbone, np.stack([s.reference for s in samples]), [s.generator("vae") for s in samples])
         # 3. Start latent at t_0: pure noise (B1, default) or the reference noised with it (SDEdit's start).
-        eps = draw_normal([u.generator("init") for u in units], z0.shape[1:], z0.device, torch.float32)
-        if self.init_latent == "noise":
+        eps = draw_normal([s.generator("init") for s in samples], z0.shape[1:], z0.device, torch.float32)
+        if self.config.init_latent == "noise":
             z = eps * scheduler.init_noise_sigma
         else:
             z = scheduler.add_noise(z0, eps, timesteps[:1])
@@ -205,11 +171,11 @@ class GradSAM(Method):
                 for b, state in enumerate(states):
                     mask = self.compute_mask(backbone, scheduler, z_t[b], t, cond[b], state, sampling)
                     state.set_mask(k, mask)
-            if self.manipulate and k in blends and k < len(timesteps):
+            if self.config.manipulate and k in blends and k < len(timesteps):
                 z_next = self.blend(z_next, z0, states, scheduler, timesteps[k])
             return z_next
 
-        steps = [u.generator("steps") for u in units]
+        steps = [s.generator("steps") for s in samples]
         z = denoise(backbone, scheduler, z, timesteps, cond, uncond, sampling, steps, on_step_end=on_step_end)
         results = images_or_failures(backbone, z)
         # 5. Per-sample columns and masks for the row.
@@ -240,9 +206,10 @@ class GradSAM(Method):
 
     def reference_noise(self, state: SampleState, like: torch.Tensor) -> torch.Tensor:
         """eps_ref [1, C, h, w] for a blend: the sample's one shared draw (B11), or its stream's next draw (fresh)."""
-        if self.ref_noise == "fresh" or state.eps_ref is None:
+        fresh = self.config.ref_noise == "fresh"
+        if fresh or state.eps_ref is None:
             eps = torch.randn(tuple(like.shape), generator=state.ref_generator, dtype=torch.float32).to(like.device)
-            if self.ref_noise == "fresh":
+            if fresh:
                 return eps[None]
             state.eps_ref = eps
         return state.eps_ref[None]
@@ -258,28 +225,22 @@ class GradSAM(Method):
         sampling: SamplingConfig,
     ) -> torch.Tensor:
         """M [C, h, w] from the scores of the UNet call at (z_t, t_i); the pieces of the subject word summed."""
-        positions, cfg = state.subject.positions, self.score
+        positions, cfg = state.subject.positions, self.config.score
         unet = backbone.float32_unet()  # the sampling UNet, or its float32 twin when sampling in half precision
         if cfg.kind == "attention_only":
             scores = attention_scores(unet, z_t[None], t, cond[None], positions, cfg.layers)
             state.path = "attention"
         else:
-            scores, state.path = score_with_path(
+            scores, state.path = scores_with_config(
                 unet,
                 z_t[None],
                 t,
                 cond[None],
                 positions,
-                cfg.layers,
-                cfg.transform,
-                cfg.target,
+                cfg,
                 guidance_scale=sampling.guidance_scale,
                 scheduler=scheduler,
-                vjp_basis=cfg.vjp_basis,
                 generator=state.method_generator,
-                path=cfg.path,
-                chunk_size=cfg.chunk_size,
-                general_chunk_size=cfg.general_chunk_size,
             )
         word_score = scores.sum(dim=0, keepdim=True)  # [1, C, h, w]: one subject word
-        return union_mask(word_score, self.mask_cfg)
+        return union_mask(word_score, self.config.mask)

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.config import ConfigError
-from bench.tokenizer import ClipBpeTokenizer
+from bench.sd.tokenizer import ClipBpeTokenizer
 
-INDEX_MODES = ("clip_aligned", "word_index_raw")
 WORD_END = "</w>"
 
 
@@ -31,9 +29,10 @@ class SubjectTokens:
 def subject_tokens(
     tokenizer: ClipBpeTokenizer, prompt: str, subject: str, index_mode: str = "clip_aligned"
 ) -> SubjectTokens:
-    """Columns of `subject` in `prompt`'s CLIP token sequence; an error naming the prompt if it is absent."""
-    if index_mode not in INDEX_MODES:
-        raise ConfigError(f"method.subject.index_mode={index_mode!r}; expected one of {list(INDEX_MODES)}.")
+    """Columns of `subject` in `prompt`'s CLIP token sequence; an error naming the prompt if it is absent.
+
+    `index_mode` is one of method.config.INDEX_MODES (validated by SubjectConfig, not here).
+    """
     ids = [tokenizer.bos_id, *tokenizer.pieces(prompt)][: tokenizer.context_length - 1]
     if index_mode == "word_index_raw":
         words = prompt.split()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.config import ConfigError
+from bench.sd.errors import ConfigError
+from bench.sd.methods import Sample
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,34 @@ class ReferenceImage:
     def load(self) -> Image.Image:
         """The image as stored (any mode and size); `to_model_input` converts it."""
         return self.loader()
+
+
+def sample_key(image_id: str, prompt: str, seed: int) -> str:
+    """Stable relative path of a sample, e.g. forest/00003/deer_roaming/s51828."""
+    slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")
+    return f"{image_id}/{slug}/s{seed}"
+
+
+class DatasetError(RuntimeError):
+    """A reference image or folder that cannot be used, named in the message."""
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One sample's identity: (reference image, prompt, seed). Its randomness depends on nothing else."""
+
+    image: ReferenceImage
+    prompt: PromptSpec
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return sample_key(self.image.image_id, self.prompt.text, self.seed)
+
+    def sample(self, reference: np.ndarray) -> Sample:
+        """The method's view of this unit: its identity and the reference at model resolution."""
+        image, prompt = self.image, self.prompt
+        return Sample(image.image_id, prompt.text, prompt.subject, self.seed, reference, scene=image.subcategory)
 
 
 class DrawnDataset:

@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.config import ConfigError
-from bench.datasets.base import ReferenceImage, file_sha256, protocol_subcategories
-from bench.task import DatasetError
+from bench.datasets.base import DatasetError, ReferenceImage, file_sha256, protocol_subcategories
+from bench.sd.errors import ConfigError
 
 LAYOUTS = ("auto", "torchvision", "folders")
 LABELLED_SPLITS = ("val", "train-standard", "train-challenge")

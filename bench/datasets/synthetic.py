@@ -11,8 +11,23 @@ import hashlib
 
 import numpy as np
 
-from bench.config import ConfigError
 from bench.datasets.base import DrawnDataset
+from bench.datasets.painters import (
+    Chimneys,
+    Dunes,
+    FieldLines,
+    Houses,
+    Peaks,
+    Pines,
+    RoundTrees,
+    Shore,
+    Towers,
+    Uniform,
+    Waves,
+    WorldStyle,
+    paint_scene,
+)
+from bench.sd.errors import ConfigError
 
 # Per subcategory: sky top colour, sky horizon colour, ground colour, structure kind.
 SCENE_STYLES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int], str]] = {
@@ -35,110 +50,70 @@ def scene_rng(seed: int, subcategory: str, k: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+# How synthetic_places paints its scenes (see bench.datasets.painters).
+PLACES_STYLE = WorldStyle(
+    colour_jitter=12.0,
+    horizon=(0.45, 0.7),
+    pixel_offset=0.0,
+    ground_shade=0.25,
+    structures={
+        "field_lines": FieldLines(count=3, x=(0.1, 0.9), half_width=0.01, colour=(235, 235, 235), across_max=0.95),
+        "chimneys": Chimneys(
+            count=(2, 5),
+            x=(0, 0.9),
+            width=(0.05, 0.2),
+            height=(0.1, 0.35),
+            wall=Uniform(60, 110),
+            stack_half_width=0.02,
+            stack_rise=0.2,
+            stack_colour=(150, 60, 50),
+            stack_from_centre=True,
+        ),
+        "houses": Houses(
+            count=(2, 5), x=(0, 0.85), width=(0.1, 0.2), height=(0.08, 0.15), wall=Uniform(150, 230), roof=(150, 50, 40)
+        ),
+        "towers": Towers(
+            count=(3, 7),
+            x=(0, 0.9),
+            width=(0.06, 0.15),
+            height=(0.2, 0.6),
+            wall=Uniform(90, 160),
+            windows=(230, 220, 140),
+        ),
+        "round_trees": RoundTrees(
+            count=(3, 7), below_horizon=(-0.05, 0.15), radius=(0.04, 0.1), leaves=Uniform((20, 90, 20), (60, 140, 50))
+        ),
+        "dunes": Dunes(frequency=(6, 14), below_horizon=0.0, band=0.03, darken=0.8),
+        "shore": Shore(land=Uniform((90, 140, 60), (130, 170, 90))),
+        "waves": Waves(frequency=(60, 90), bend=8, threshold=0.9, below_horizon=0.0, keep=0.6, lift=100),
+        "pines": Pines(
+            count=(5, 10),
+            height=(0.15, 0.35),
+            half_width=(0.04, 0.08),
+            foot=(0, 0.1),
+            needles=Uniform((15, 60, 20), (40, 100, 40)),
+        ),
+        "peaks": Peaks(
+            height=(0.2, 0.4),
+            half_width=(0.2, 0.4),
+            rock=Uniform(100, 140),
+            snow_depth=0.06,
+            snow_slope=0.2,
+            snow=(245, 245, 250),
+        ),
+    },
+)
+
+
 def draw_scene(subcategory: str, seed: int, k: int, size: int) -> np.ndarray:
     """Scene k of a subcategory as uint8 [size, size, 3]."""
     if subcategory not in SCENE_STYLES:
         raise ConfigError(f"no synthetic style for subcategory {subcategory!r}; known: {sorted(SCENE_STYLES)}.")
     rng = scene_rng(seed, subcategory, k)
     sky_top, sky_low, ground, kind = SCENE_STYLES[subcategory]
-    jitter = lambda c: np.clip(np.array(c, float) + rng.normal(0, 12, 3), 0, 255)  # noqa: E731
-    sky_top, sky_low, ground = jitter(sky_top), jitter(sky_low), jitter(ground)
-    yy, xx = np.mgrid[0:size, 0:size] / size  # [S, S] each, in [0, 1)
-    horizon = rng.uniform(0.45, 0.7)
-    img = np.empty((size, size, 3))
-    mix = np.clip(yy / horizon, 0, 1)[..., None]
-    img[:] = (1 - mix) * sky_top + mix * sky_low
-    below = yy >= horizon
-    shade = 1.0 - 0.25 * (yy - horizon) / max(1 - horizon, 1e-6)
-    img[below] = ground * shade[below][:, None]
-    STRUCTURES[kind](img, rng, xx, yy, horizon)
+    img = paint_scene(rng, PLACES_STYLE, (sky_top, sky_low, ground), kind, size)
     img += rng.normal(0, 3, img.shape)  # film grain, so no two scenes share pixels
     return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def _field_lines(img, rng, xx, yy, horizon):
-    for x0 in rng.uniform(0.1, 0.9, 3):
-        img[(np.abs(xx - x0) < 0.01) & (yy > horizon)] = (235, 235, 235)
-    img[(np.abs(yy - rng.uniform(horizon + 0.1, 0.95)) < 0.01)] = (235, 235, 235)
-
-
-def _chimneys(img, rng, xx, yy, horizon):
-    for _ in range(rng.integers(2, 5)):
-        x0, w, h = rng.uniform(0, 0.9), rng.uniform(0.05, 0.2), rng.uniform(0.1, 0.35)
-        img[(xx > x0) & (xx < x0 + w) & (yy > horizon - h) & (yy < horizon)] = rng.uniform(60, 110, 3)
-        cx = x0 + w / 2
-        img[(np.abs(xx - cx) < 0.02) & (yy > horizon - h - 0.2) & (yy < horizon)] = (150, 60, 50)
-
-
-def _houses(img, rng, xx, yy, horizon):
-    for _ in range(rng.integers(2, 5)):
-        x0, w, h = rng.uniform(0, 0.85), rng.uniform(0.1, 0.2), rng.uniform(0.08, 0.15)
-        body = (xx > x0) & (xx < x0 + w) & (yy > horizon - h) & (yy < horizon + 0.02)
-        img[body] = rng.uniform(150, 230, 3)
-        roof = (yy < horizon - h) & (yy > horizon - h - w / 2) & (np.abs(xx - x0 - w / 2) < (yy - horizon + h + w / 2))
-        img[roof] = (150, 50, 40)
-
-
-def _towers(img, rng, xx, yy, horizon):
-    for _ in range(rng.integers(3, 7)):
-        x0, w, h = rng.uniform(0, 0.9), rng.uniform(0.06, 0.15), rng.uniform(0.2, 0.6)
-        body = (xx > x0) & (xx < x0 + w) & (yy > horizon - h) & (yy < horizon)
-        img[body] = rng.uniform(90, 160, 3)
-        windows = body & (np.sin(xx * 120) > 0.5) & (np.sin(yy * 120) > 0.5)
-        img[windows] = (230, 220, 140)
-
-
-def _round_trees(img, rng, xx, yy, horizon):
-    for _ in range(rng.integers(3, 7)):
-        cx, cy, r = rng.uniform(0, 1), horizon + rng.uniform(-0.05, 0.15), rng.uniform(0.04, 0.1)
-        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r**2] = rng.uniform([20, 90, 20], [60, 140, 50])
-
-
-def _dunes(img, rng, xx, yy, horizon):
-    phase, freq = rng.uniform(0, 6.28), rng.uniform(6, 14)
-    crest = horizon + 0.05 * np.sin(xx * freq + phase)
-    img[(yy > crest) & (yy < crest + 0.03)] *= 0.8
-
-
-def _shore(img, rng, xx, yy, horizon):
-    shore = horizon + rng.uniform(0.15, 0.3) + 0.03 * np.sin(xx * rng.uniform(4, 9))
-    img[yy > shore] = rng.uniform([90, 140, 60], [130, 170, 90])
-
-
-def _waves(img, rng, xx, yy, horizon):
-    crests = (np.sin(yy * rng.uniform(60, 90) + np.sin(xx * 8)) > 0.9) & (yy > horizon)
-    img[crests] = img[crests] * 0.6 + 100
-
-
-def _pines(img, rng, xx, yy, horizon):
-    for _ in range(rng.integers(5, 10)):
-        cx, h, w = rng.uniform(0, 1), rng.uniform(0.15, 0.35), rng.uniform(0.04, 0.08)
-        base = horizon + rng.uniform(0, 0.1)
-        tri = (yy < base) & (yy > base - h) & (np.abs(xx - cx) < w * (yy - base + h) / h)
-        img[tri] = rng.uniform([15, 60, 20], [40, 100, 40])
-
-
-def _peaks(img, rng, xx, yy, horizon):
-    for _ in range(rng.integers(2, 4)):
-        cx, h, w = rng.uniform(0.1, 0.9), rng.uniform(0.2, 0.4), rng.uniform(0.2, 0.4)
-        top = horizon - h
-        tri = (yy > top + np.abs(xx - cx) * h / w) & (yy < horizon + 0.01)
-        img[tri] = rng.uniform(100, 140, 3)
-        img[tri & (yy < top + 0.06 + np.abs(xx - cx) * 0.2)] = (245, 245, 250)
-
-
-STRUCTURES = {
-    "field_lines": _field_lines,
-    "chimneys": _chimneys,
-    "houses": _houses,
-    "towers": _towers,
-    "round_trees": _round_trees,
-    "dunes": _dunes,
-    "shore": _shore,
-    "waves": _waves,
-    "pines": _pines,
-    "peaks": _peaks,
-}
 
 
 class SyntheticPlaces(DrawnDataset):

@@ -25,7 +25,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from bench.metrics import BG_PSNR, BG_SSIM
-from bench.metrics.common import nan_result
+from bench.metrics.common import SampleContext, nan_result
 
 SSIM_SIGMA = 1.5
 SSIM_MIN_SIDE = 11  # the Gaussian window's size at sigma 1.5 (truncate 3.5)
@@ -87,9 +87,9 @@ class BackgroundPreservation:
             "upsampled latent mask; whole image if the method has none); uint8 RGB at model resolution"
         )
 
-    def __call__(self, generated: np.ndarray, reference: np.ndarray, masks: dict | None = None, **context) -> dict:
+    def __call__(self, sample: SampleContext) -> dict:
         try:
-            return self.score(generated, reference, (masks or {}).get(self.mask_key))
+            return self.score(sample.generated, sample.reference, sample.masks.get(self.mask_key))
         except Exception as exc:  # noqa: BLE001 - a metric failure must not lose the row
             return nan_result(self.name, f"{type(exc).__name__}: {exc}", [BG_PSNR, BG_SSIM])
 

@@ -23,7 +23,7 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from PIL import Image
 
 from bench.metrics import CLIP_SCORE
-from bench.metrics.common import nan_result, resolve_device
+from bench.metrics.common import SampleContext, nan_result, resolve_device
 from bench.metrics.inception import MissingWeightsError, is_offline
 from bench.metrics.paper_io import paper_saved_image
 
@@ -103,7 +103,7 @@ class CLIPScore:
             self._preprocess = open_clip.transform.image_transform(TINY_CONFIG["vision_cfg"]["image_size"], False)
             self._tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=CONTEXT_LENGTH)
         elif self.arch == TOY:
-            from bench.toy.clip import scoring_components
+            from bench.metrics.toy_clip import scoring_components
 
             model, self._preprocess, self._tokenizer = scoring_components()
         else:
@@ -128,10 +128,11 @@ class CLIPScore:
         score = clip_score_from_embeddings(self._model.encode_image(pixels), self._model.encode_text(tokens))
         return float(score[0]), truncated
 
-    def __call__(self, generated: np.ndarray, reference: np.ndarray, prompt: str = "", **context) -> dict:
+    def __call__(self, sample: SampleContext) -> dict:
         try:
-            image = paper_saved_image(generated, self.jpeg_size, self.jpeg_quality) if self.paper_jpeg else generated
-            value, truncated = self.score(image, prompt)
+            image = sample.generated
+            image = paper_saved_image(image, self.jpeg_size, self.jpeg_quality) if self.paper_jpeg else image
+            value, truncated = self.score(image, sample.prompt)
             return {self.name: value, "clip_prompt_truncated": int(truncated), "clip_model": self.model_label}
         except Exception as exc:  # noqa: BLE001 - a metric failure must not lose the row
             return nan_result(self.name, f"{type(exc).__name__}: {exc}")

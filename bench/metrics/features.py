@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,8 +20,8 @@ from bench.records import atomic_write_bytes
 
 
 def default_cache_dir() -> Path:
-    """paths.cache_dir's default outside a Hydra run: BENCH_CACHE_DIR or <repo>/.cache."""
-    return Path(os.environ.get("BENCH_CACHE_DIR") or REPO_ROOT / ".cache")
+    """paths.cache_dir's default outside a Hydra run: <repo>/.cache."""
+    return REPO_ROOT / ".cache"
 
 
 def image_digest(image: np.ndarray) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.metrics import FID64_PAIR
-from bench.metrics.common import nan_result, resolve_device
+from bench.metrics.common import SampleContext, nan_result, resolve_device
 from bench.metrics.features import FeatureCache, default_cache_dir
 from bench.metrics.inception import InceptionFeatures, load_inception, resolve_inception_weights
 from bench.metrics.paper_io import as_rgb_array, in_color_order, paper_saved_image
@@ -78,10 +78,12 @@ class Fid64Pair:
             self._cache = FeatureCache(self._net, self._net.extractor_id, self.cache_dir or default_cache_dir())
         return self._cache.get([in_color_order(image, self.color_order)], "64")[0]
 
-    def __call__(self, generated: np.ndarray, reference: np.ndarray, unit=None, **context) -> dict:
+    def __call__(self, sample: SampleContext) -> dict:
         try:
-            ref = as_rgb_array(unit.image.load()) if self.reference == "native" and unit is not None else reference
-            gen = paper_saved_image(generated, self.jpeg_size, self.jpeg_quality) if self.generated_jpeg else generated
+            native = self.reference == "native" and sample.native_reference is not None
+            ref = as_rgb_array(sample.native_reference()) if native else sample.reference
+            gen = sample.generated
+            gen = paper_saved_image(gen, self.jpeg_size, self.jpeg_quality) if self.generated_jpeg else gen
             return {self.name: squared_feature_distance(self.features(ref), self.features(gen))}
         except Exception as exc:  # noqa: BLE001 - a metric failure must not lose the row
             return nan_result(self.name, f"{type(exc).__name__}: {exc}")

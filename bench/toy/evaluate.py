@@ -21,16 +21,16 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from baselines.txt2img import Txt2Img
-from bench.backbone import Backbone
 from bench.config import CONF_DIR, REPO_ROOT
-from bench.datasets.base import PromptSpec, ReferenceImage
-from bench.datasets.toy_world import COLOURS, SHAPES, all_captions, background
-from bench.diffusion import SamplingConfig, decode_latents
-from bench.methods import Sample, WorkUnit
+from bench.datasets.base import PromptSpec, ReferenceImage, WorkUnit
+from bench.metrics.toy_clip import load_toy_clip
+from bench.sd.backbone import Backbone
+from bench.sd.diffusion import SamplingConfig, decode_latents
 from bench.toy import MODEL_DIR
-from bench.toy.clip import ZeroShot, load_toy_clip
+from bench.toy.clip import ZeroShot
 from bench.toy.data import HELDOUT_SEED, ToySet, toy_set
 from bench.toy.oracle import colour_region, region_shape
+from bench.toy.world import COLOURS, SHAPES, all_captions, background
 
 BARS = {
     "vae_psnr_db": 25.0,
@@ -95,7 +95,7 @@ def txt2img_subjects(backbone: Backbone, zero_shot: ZeroShot, count: int, out_di
             loader=lambda s=sub: Image.fromarray(background(s, HELDOUT_SEED, 0)),
         )  # fmt: skip
         unit = WorkUnit(ref, PromptSpec(text=text, subject=shape), 51828)
-        image = method.generate(backbone, [Sample(unit=unit, reference=np.zeros((64, 64, 3), np.uint8))], sampling)
+        image = method.generate(backbone, [unit.sample(np.zeros((64, 64, 3), np.uint8))], sampling)
         image = image[0].image
         pred = zero_shot(image[None])[0]
         found = region_shape(colour_region(image, colour))

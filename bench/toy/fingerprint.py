@@ -7,9 +7,9 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
 
-from bench.datasets.toy_world import toy_scene
-from bench.tokenizer import ClipBpeTokenizer
-from bench.toy.clip import images_to_input
+from bench.metrics.toy_clip import images_to_input
+from bench.sd.tokenizer import ClipBpeTokenizer
+from bench.toy.world import toy_scene
 
 PROMPT = "a red ball in a forest"
 

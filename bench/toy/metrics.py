@@ -11,10 +11,12 @@ import hashlib
 
 import numpy as np
 
-from bench.datasets.toy_world import COLOURS, SHAPES
 from bench.metrics.background import masked_psnr, subject_mask_to_image
-from bench.toy.clip import ZeroShot, load_toy_clip, toy_clip_folder
+from bench.metrics.common import SampleContext
+from bench.metrics.toy_clip import load_toy_clip, toy_clip_folder
+from bench.toy.clip import ZeroShot
 from bench.toy.oracle import MAX_DISTANCE, MIN_AREA, colour_region, prompt_subject, region_shape
+from bench.toy.world import COLOURS, SHAPES
 
 MASK_KEY = "subject_mask"
 NAN = float("nan")
@@ -48,9 +50,9 @@ def random_mask_iou(mask: np.ndarray, truth: np.ndarray, rng: np.random.Generato
     return float(np.mean(values))
 
 
-def unit_rng(unit, purpose: str) -> np.random.Generator:
+def sample_rng(sample: SampleContext, purpose: str) -> np.random.Generator:
     """A generator of the sample's identity (image, prompt, seed) and the metric's purpose."""
-    key = f"{unit.image.image_id}\x1f{unit.prompt.text}\x1f{unit.seed}\x1f{purpose}" if unit else purpose
+    key = f"{sample.image_id}\x1f{sample.prompt}\x1f{sample.seed}\x1f{purpose}" if sample.image_id else purpose
     return np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
 
 
@@ -65,18 +67,19 @@ class ToyMaskIoU:
         "NaN without a mask or without a subject region"
     )
 
-    def __call__(self, generated: np.ndarray, reference: np.ndarray, prompt: str = "", masks=None, unit=None, **_):
-        colour, _shape = prompt_subject(prompt)
+    def __call__(self, sample: SampleContext) -> dict:
+        generated = sample.generated
+        colour, _shape = prompt_subject(sample.prompt)
         truth = colour_region(generated, colour)
         out = {"mask_iou": NAN, "mask_iou_random": NAN, "mask_area": NAN, "true_area": float(truth.mean())}
-        mask = (masks or {}).get(MASK_KEY)
+        mask = sample.masks.get(MASK_KEY)
         if mask is None:
             return out
         pred = upsample_mask(mask, generated.shape[0])
         out["mask_area"] = float(pred.mean())
         if truth.mean() >= MIN_AREA:
             out["mask_iou"] = iou(pred, truth)
-            out["mask_iou_random"] = random_mask_iou(mask, truth, unit_rng(unit, "mask_iou_random"))
+            out["mask_iou_random"] = random_mask_iou(mask, truth, sample_rng(sample, "mask_iou_random"))
         return out
 
 
@@ -94,8 +97,9 @@ class ToySubject:
         self.clip_folder = toy_clip_folder(clip_folder)  # fails before any sample is generated
         self._zero_shot: ZeroShot | None = None
 
-    def __call__(self, generated: np.ndarray, reference: np.ndarray, prompt: str = "", **_) -> dict:
-        colour, shape = prompt_subject(prompt)
+    def __call__(self, sample: SampleContext) -> dict:
+        generated = sample.generated
+        colour, shape = prompt_subject(sample.prompt)
         if self._zero_shot is None:
             self._zero_shot = ZeroShot(load_toy_clip(self.clip_folder))
         pred = self._zero_shot(generated[None])[0]
@@ -119,8 +123,9 @@ class ToyBackground:
         "the oracle region of the prompt's colour in the generated image; true_bg_mae: mean |difference| there (0-255)"
     )
 
-    def __call__(self, generated: np.ndarray, reference: np.ndarray, prompt: str = "", **_) -> dict:
-        colour, _shape = prompt_subject(prompt)
+    def __call__(self, sample: SampleContext) -> dict:
+        generated, reference = sample.generated, sample.reference
+        colour, _shape = prompt_subject(sample.prompt)
         keep = ~colour_region(generated, colour)
         if not keep.any():
             return {"true_bg_psnr": NAN, "true_bg_mae": NAN}

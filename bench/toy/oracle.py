@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from bench.config import ConfigError
-from bench.datasets.toy_world import COLOURS, SHAPES, subject_mask
+from bench.sd.errors import ConfigError
+from bench.toy.world import COLOURS, SHAPES, subject_mask
 
 MAX_DISTANCE = 70.0  # RGB units; backgrounds stay above 79 from every subject colour
 MIN_AREA = 0.01  # a region smaller than 1% of the image (41 px at 64x64) is no subject

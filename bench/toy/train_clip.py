@@ -11,7 +11,9 @@ from collections.abc import Callable
 import open_clip
 import torch
 
-from bench.toy.clip import new_clip, round_to_fp16
+from bench.metrics.toy_clip import new_clip
+from bench.toy.architecture import CLIP
+from bench.toy.clip import round_to_fp16
 from bench.toy.data import CAPTIONS, ToySet, to_unit_range
 from bench.toy.schedule import fit
 
@@ -33,7 +35,7 @@ def train_clip(
 ) -> tuple[open_clip.CLIP, dict]:
     """Train a new toy CLIP."""
     torch.manual_seed(seed)
-    model = new_clip().train()
+    model = new_clip(CLIP).train()
     gen = torch.Generator().manual_seed(seed)
     tokens = open_clip.tokenize(CAPTIONS)  # [120, 77]
 

@@ -12,7 +12,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
 
-from bench.tokenizer import ClipBpeTokenizer
+from bench.sd.tokenizer import ClipBpeTokenizer
 from bench.toy.architecture import new_scheduler, new_text_encoder, new_unet
 from bench.toy.data import CAPTIONS, ToySet, to_unit_range
 from bench.toy.schedule import fit

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from bench.config import ConfigError
+from bench.sd.errors import ConfigError
 from method.attention import ProbabilityProcessor, cross_attention_layers, recording_attention, resolve_layers
 from tests.method.unets import NO_TAIL, SD15_LAST, SD15_SHAPED, TINY, TINY_LAST, build_unet
 

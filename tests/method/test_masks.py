@@ -7,9 +7,10 @@ import pytest
 import torch
 from scipy import ndimage
 
-from bench.config import ConfigError
+from bench.sd.config import from_mapping
+from bench.sd.errors import ConfigError
+from method.config import MaskConfig
 from method.masks import (
-    MaskConfig,
     blur,
     box_sum,
     dilate,
@@ -22,9 +23,16 @@ from method.masks import (
 
 RNG = np.random.default_rng(0)
 SCORE = RNG.gamma(2.0, size=(4, 9, 9)).astype(np.float32)  # a positive, lumpy score map [C, h, w]
-PAPER = MaskConfig.from_dict({})
+
+
+def mask_config(values: dict) -> MaskConfig:
+    """`method.mask` as the sampler builds it."""
+    return from_mapping(MaskConfig, values, "method.mask")
+
+
+PAPER = mask_config({})
 OFF = {"enabled": False}
-REFERENCE_CODE = MaskConfig.from_dict({"box_sum_once": True, "blur": OFF, "dilation": OFF})
+REFERENCE_CODE = mask_config({"box_sum_once": True, "blur": OFF, "dilation": OFF})
 
 
 def np_threshold(score: np.ndarray, k: float, per_channel: bool = True) -> np.ndarray:
@@ -102,12 +110,12 @@ def test_reference_code_preset_is_one_box_sum_of_the_raw_score():
 
 
 def test_switches_off_leave_the_bare_threshold():
-    bare = MaskConfig.from_dict({"blur": {"enabled": False}, "dilation": {"enabled": False}})
+    bare = mask_config({"blur": {"enabled": False}, "dilation": {"enabled": False}})
     np.testing.assert_array_equal(subject_mask(torch.from_numpy(SCORE), bare).numpy(), np_threshold(SCORE, 0.5))
 
 
 def test_blur_on_the_mask_gives_a_soft_mask():
-    cfg = MaskConfig.from_dict({"blur": {"stage": "mask"}, "dilation": {"enabled": False}})
+    cfg = mask_config({"blur": {"stage": "mask"}, "dilation": {"enabled": False}})
     soft = subject_mask(torch.from_numpy(SCORE), cfg).numpy()
     ref = per_channel(lambda c: ndimage.convolve(c, np_gaussian(3, 6.0), mode="constant"), np_threshold(SCORE, 0.5))
     np.testing.assert_allclose(soft, ref, rtol=1e-5, atol=1e-6)
@@ -118,7 +126,7 @@ def test_union_over_subjects():
     a = np.zeros((1, 4, 4), np.float32)
     b = np.zeros((1, 4, 4), np.float32)
     a[0, 0, 0] = b[0, 3, 3] = 10.0
-    bare = MaskConfig.from_dict({"blur": {"enabled": False}, "dilation": {"enabled": False}})
+    bare = mask_config({"blur": {"enabled": False}, "dilation": {"enabled": False}})
     union = union_mask(torch.from_numpy(np.stack([a, b])), bare).numpy()
     expected = np.zeros((1, 4, 4), np.float32)
     expected[0, 0, 0] = expected[0, 3, 3] = 1
@@ -143,8 +151,17 @@ def test_mask_of_ones_keeps_the_latent_and_zeros_give_the_reference():
         ({"blur": {"kernel": 4}}, "odd"),
         ({"box_sum_once": True}, "box_sum_once"),
         ({"threshold_scope": "pixel"}, "threshold_scope"),
+        ({"threshold_k": float("nan")}, r"method\.mask\.threshold_k=nan is not a finite number"),
+        ({"threshold_k": float("-inf")}, r"method\.mask\.threshold_k=-inf is not a finite number"),
+        ({"blur": {"sigma": float("nan")}}, r"method\.mask\.blur\.sigma=nan is not a finite number > 0"),
+        ({"blur": {"sigma": float("inf")}}, r"method\.mask\.blur\.sigma=inf"),
+        ({"blur": {"sigma": 0.0}}, r"method\.mask\.blur\.enabled=false instead"),
+        ({"dilation": {"iterations": 0}}, r"method\.mask\.dilation\.iterations=0 is not an integer >= 1"),
+        ({"dilation": {"kernel": 3.0}}, r"method\.mask\.dilation\.kernel=3\.0 is not an odd integer"),
+        ({"blur": {"enabled": "no"}}, r"method\.mask\.blur\.enabled='no' is not true or false"),
+        ({"blur": 3}, r"method\.mask\.blur=3 is not a mapping"),
     ],
 )
 def test_bad_mask_config_is_explained(values, match):
     with pytest.raises(ConfigError, match=match):
-        MaskConfig.from_dict(values)
+        mask_config(values)

@@ -13,11 +13,10 @@ from omegaconf import OmegaConf
 
 from baselines.blended_latent import BlendedLatent
 from baselines.sdedit import SDEdit
-from bench.config import CONF_DIR, ConfigError, apply_ablation
-from bench.datasets.base import PromptSpec, ReferenceImage
-from bench.diffusion import SamplingConfig, decode_latents, denoise, encode_text, truncated_timesteps
-from bench.methods import Sample, WorkUnit
-from bench.seeding import draw_normal
+from bench.config import CONF_DIR, ConfigError
+from bench.sd.diffusion import SamplingConfig, decode_latents, denoise, encode_text, truncated_timesteps
+from bench.sd.methods import Sample
+from bench.sd.seeding import draw_normal
 from method.sampler import GradSAM, SampleState
 from method.tokens import SubjectTokens
 from tests.conftest import FAST, compose_cfg, run_cli
@@ -32,19 +31,17 @@ ABLATIONS = sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml") if p.s
 def make_sample(prompt: str = "Deer roaming", subject: str = "Deer", size: int = 32) -> Sample:
     yy, xx = np.mgrid[0:size, 0:size]
     image = np.stack([xx * 8 % 256, yy * 8 % 256, (xx + yy) * 4 % 256], axis=-1).astype(np.uint8)
-    ref = ReferenceImage("forest/00000", "natural", "forest", (PromptSpec(prompt, subject),), "test", lambda: None)
-    return Sample(WorkUnit(ref, ref.prompts[0], 51828), image)
+    return Sample("forest/00000", prompt, subject, 51828, image, scene="forest")
 
 
 def plain_chain(backbone, sample: Sample) -> np.ndarray:
     """The plain sampler with the sample's generators: txt2img at strength 0.9, from noise."""
-    unit = sample.unit
     scheduler = backbone.new_scheduler()
     timesteps = truncated_timesteps(scheduler, STEPS.num_inference_steps, 0.9)
-    cond, uncond = encode_text(backbone, [unit.prompt.text]), encode_text(backbone, [""])
+    cond, uncond = encode_text(backbone, [sample.prompt]), encode_text(backbone, [""])
     shape = (backbone.latent_channels, backbone.latent_size, backbone.latent_size)
-    z = draw_normal([unit.generator("init")], shape, backbone.device, torch.float32) * scheduler.init_noise_sigma
-    z = denoise(backbone, scheduler, z, timesteps, cond, uncond, STEPS, [unit.generator("steps")])
+    z = draw_normal([sample.generator("init")], shape, backbone.device, torch.float32) * scheduler.init_noise_sigma
+    z = denoise(backbone, scheduler, z, timesteps, cond, uncond, STEPS, [sample.generator("steps")])
     return decode_latents(backbone, z)[0]
 
 
@@ -94,14 +91,14 @@ def test_blend_keeps_ones_and_takes_the_noised_reference_at_zeros(tiny_backbone)
     truncated_timesteps(scheduler, 10, 0.9)
     t = torch.tensor(480)
     z, z0 = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    stream = sample.unit.generator("ref_noise")
+    stream = sample.generator("ref_noise")
     first, second = torch.randn(4, 8, 8, generator=stream), torch.randn(4, 8, 8, generator=stream)
     noised = lambda eps: scheduler.add_noise(z0[1:], eps[None], t.reshape(1))[0]  # noqa: E731
     for ref_noise, second_blend in (("shared", first), ("fresh", second)):
         method = GradSAM(injection_indices=INDICES, ref_noise=ref_noise)
         subject = SubjectTokens("Deer", (1,), ("deer</w>",))
         states = [
-            SampleState(subject, sample.unit.generator("ref_noise"), sample.unit.generator("method"), mask=m)
+            SampleState(subject, sample.generator("ref_noise"), sample.generator("method"), mask=m)
             for m in (torch.ones(4, 8, 8), torch.zeros(4, 8, 8))
         ]
         out = method.blend(z, z0, states, scheduler, t)
@@ -131,9 +128,9 @@ def test_prompt_without_its_subject_fails_before_sampling(tiny_backbone):
 
 @pytest.mark.parametrize("ablation", ABLATIONS)
 def test_every_ablation_flips_its_switch_and_runs(tiny_backbone, ablation):
-    cfg = apply_ablation(compose_cfg(["method=gradsam", f"ablation={ablation}"]))
+    cfg = compose_cfg(["method=gradsam", f"ablation={ablation}"])
     steps, baseline = STEPS, GradSAM(injection_indices=INDICES)
-    if "injection_indices" not in cfg.ablation.overrides:
+    if "injection_indices" not in OmegaConf.load(CONF_DIR / "ablation" / f"{ablation}.yaml").method:
         cfg.method.injection_indices = INDICES if ablation != "all_layers" else INDICES[:1]  # general path: slow
     else:
         steps, baseline = SamplingConfig(num_inference_steps=25), GradSAM()  # 22 steps: index 18 exists

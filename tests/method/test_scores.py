@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from bench.config import ConfigError
+from bench.sd.errors import ConfigError
 from method.attention import recording_attention, resolve_layers
 from method.gradsam import BLOCK, attention_scores, importance_scores, score_with_path
 from tests.method.unets import NO_TAIL, SD15_SHAPED, TINY, build_unet

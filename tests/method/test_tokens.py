@@ -6,7 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from bench.config import CONF_DIR, ConfigError
-from bench.tokenizer import ClipBpeTokenizer
+from bench.sd.tokenizer import ClipBpeTokenizer
+from method.sampler import GradSAM
 from method.tokens import subject_tokens
 
 PROTOCOL = OmegaConf.load(CONF_DIR / "protocol" / "places34.yaml")
@@ -76,6 +77,7 @@ def test_missing_subject_names_the_prompt(tokenizer):
         subject_tokens(tokenizer, "Cars parked", "Trucks", "word_index_raw")
 
 
-def test_unknown_index_mode(tokenizer):
-    with pytest.raises(ConfigError, match="index_mode"):
-        subject_tokens(tokenizer, "Cars parked", "Cars", "spacy")
+def test_unknown_index_mode():
+    # Validated once, by the method's config (subject_tokens trusts its index_mode).
+    with pytest.raises(ConfigError, match=r"method\.subject\.index_mode='spacy' is not one of \['clip_aligned'"):
+        GradSAM(subject={"index_mode": "spacy"})

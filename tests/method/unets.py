@@ -7,12 +7,11 @@ from diffusers import UNet2DConditionModel
 from omegaconf import OmegaConf
 
 from bench.config import CONF_DIR
+from bench.sd.architecture import UNET, with_changes
 
-# The offline model's UNet (conf/model/tiny.yaml): 3 levels, last cross-attention in up_blocks.2.
-TINY = {
-    k: tuple(v) if isinstance(v, list) else v
-    for k, v in OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "tiny.yaml").unet).items()
-}
+# The offline model's UNet (model=tiny: the toy-width architecture with conf/model/tiny.yaml's changes):
+# 3 levels, last cross-attention in up_blocks.2.
+TINY = with_changes(UNET, OmegaConf.load(CONF_DIR / "model" / "tiny.yaml").unet, "model.unet")
 # SD1.5's block structure with small channels: 4 levels, 2 layers per block, 16 cross-attention layers,
 # 3 attentions in each of up_blocks 1..3; linear projections (SD2-style) to cover both proj_out kinds.
 SD15_SHAPED = dict(

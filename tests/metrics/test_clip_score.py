@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from bench.metrics.clip_score import TINY_RANDOM, CLIPScore, clip_score_from_embeddings, resolve_arch
+from bench.metrics.common import SampleContext
 from bench.metrics.inception import MissingWeightsError
 from tests.conftest import compose_cfg
 from tests.metrics.conftest import smooth_image
@@ -38,21 +39,21 @@ def numpy_clip_score(metric: CLIPScore, image: np.ndarray, prompt: str) -> tuple
 def test_tiny_random_scores_like_its_own_embeddings_and_says_what_it_is():
     metric = CLIPScore(arch=TINY_RANDOM, paper_jpeg=False)
     image = smooth_image(64, 5)
-    positive = metric(image, image, prompt="Camel walking")
+    positive = metric(SampleContext(image, image, prompt="Camel walking"))
     assert "NOT real CLIP" in metric.provenance and "100*max(cos,0)" in metric.provenance
     assert "NOT real CLIP" in positive["clip_model"] and positive["clip_prompt_truncated"] == 0
     cos, expected = numpy_clip_score(metric, image, "Camel walking")
     assert cos > 0 and positive["clip_score"] == pytest.approx(expected, abs=1e-9)
-    clamped = metric(image, image, prompt="Deer roaming")
+    clamped = metric(SampleContext(image, image, prompt="Deer roaming"))
     cos, expected = numpy_clip_score(metric, image, "Deer roaming")
     assert cos < 0 and clamped["clip_score"] == expected == 0.0  # the max(cos, 0) clamp
-    again = CLIPScore(arch=TINY_RANDOM, paper_jpeg=False)(image, image, prompt="Camel walking")
+    again = CLIPScore(arch=TINY_RANDOM, paper_jpeg=False)(SampleContext(image, image, prompt="Camel walking"))
     assert again["clip_score"] == positive["clip_score"]  # seeded: the same "model" in every process
 
 
 def test_long_prompt_is_truncated_not_fatal():
     metric = CLIPScore(arch=TINY_RANDOM)
-    out = metric(smooth_image(64, 6), None, prompt=" ".join(["deer"] * 120))
+    out = metric(SampleContext(smooth_image(64, 6), None, prompt=" ".join(["deer"] * 120)))
     assert out["clip_prompt_truncated"] == 1 and np.isfinite(out["clip_score"])
 
 

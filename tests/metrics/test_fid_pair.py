@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from bench.datasets.base import PromptSpec, ReferenceImage
-from bench.methods import WorkUnit
+from bench.metrics.common import SampleContext
 from bench.metrics.fid_pair import Fid64Pair
 from bench.metrics.inception import weights_only_loads
 from tests.metrics.conftest import smooth_image
@@ -44,17 +43,15 @@ def jpeg_256(image: np.ndarray) -> np.ndarray:
 
 
 def test_fid64_pair_equals_torchmetrics_on_duplicated_pairs(torchmetrics_fid, converted_weights, tmp_path):
-    """Both colour orders, the JPEG step on and off, and the native reference read from the unit."""
+    """Both colour orders, the JPEG step on and off, and the native reference read from its file."""
     rng = np.random.default_rng(3)
     native = smooth_image(48, 10)  # the reference file at its own size
-    image = ReferenceImage("forest/00000", "natural", "forest", (), "test", loader=lambda: Image.fromarray(native))
-    unit = WorkUnit(image, PromptSpec("Deer roaming", "Deer"), 51828)
     model_input = smooth_image(32, 11)
     noise = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     cases = [("bgr", True, smooth_image(32, 12)), ("bgr", True, noise), ("rgb", False, noise)]  # the code's, corrected
     for color_order, jpeg, gen in cases:
         metric = Fid64Pair(color_order, jpeg, inception_weights=str(converted_weights), cache_dir=tmp_path)
-        ours = metric(gen, model_input, unit=unit)["fid64_pair"]
+        ours = metric(SampleContext(gen, model_input, native_reference=lambda: Image.fromarray(native)))["fid64_pair"]
         gen_fed = jpeg_256(gen) if jpeg else gen
         flip = (lambda a: a[..., ::-1].copy()) if color_order == "bgr" else (lambda a: a)  # noqa: E731
         expected = paper_fid(torchmetrics_fid, flip(native), flip(gen_fed))
@@ -67,21 +64,22 @@ def test_model_input_reference_and_identical_pair(converted_weights, tmp_path):
         "rgb", False, reference="model_input", inception_weights=str(converted_weights), cache_dir=tmp_path
     )
     image = smooth_image(32, 20)
-    assert metric(image, image)["fid64_pair"] == 0.0
+    assert metric(SampleContext(image, image))["fid64_pair"] == 0.0
 
 
 def test_second_pass_hits_the_feature_cache(converted_weights, inception, tmp_path):
     metric = Fid64Pair(inception_weights=str(converted_weights), reference="model_input", cache_dir=tmp_path)
     gen, ref = smooth_image(32, 30), smooth_image(32, 31)
-    first = metric(gen, ref)["fid64_pair"]
+    first = metric(SampleContext(gen, ref))["fid64_pair"]
     extracted = inception.extracted
     fresh = Fid64Pair(inception_weights=str(converted_weights), reference="model_input", cache_dir=tmp_path)
-    assert fresh(gen, ref)["fid64_pair"] == first  # a new metric object: features come from the disk cache
+    # a new metric object: features come from the disk cache
+    assert fresh(SampleContext(gen, ref))["fid64_pair"] == first
     assert inception.extracted == extracted  # nothing went through the network
     assert fresh._cache.hits == 2 and fresh._cache.misses == 0
 
 
 def test_bad_image_gives_nan_with_reason(converted_weights, tmp_path):
     metric = Fid64Pair(inception_weights=str(converted_weights), reference="model_input", cache_dir=tmp_path)
-    out = metric(np.zeros((32, 32), np.float64), smooth_image(32, 1))  # wrong dtype and shape
+    out = metric(SampleContext(np.zeros((32, 32), np.float64), smooth_image(32, 1)))  # wrong dtype and shape
     assert math.isnan(out["fid64_pair"]) and out["fid64_pair_nan_reason"]

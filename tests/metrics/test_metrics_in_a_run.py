@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.aggregate import aggregate_task
 from bench.metrics import BG_PSNR, BG_SSIM, CLIP_SCORE, FID64_PAIR, PIXEL_MAD
+from bench.reporting.aggregate import aggregate_task
 from bench.task import run_benchmark
 from tests.conftest import FAST, compose_cfg
 

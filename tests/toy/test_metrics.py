@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bench.config import ConfigError
-from bench.datasets.toy_world import COLOURS, background, subject_mask, toy_scene
+from bench.metrics.common import SampleContext
+from bench.sd.errors import ConfigError
 from bench.toy.metrics import ToyBackground, ToyMaskIoU, ToySubject, iou, random_mask_iou, upsample_mask
 from bench.toy.oracle import colour_region, prompt_subject, region_shape, shape_overlaps
+from bench.toy.world import COLOURS, background, subject_mask, toy_scene
 
 PROMPT = "a red box in a forest"
 
@@ -43,14 +44,16 @@ def test_perfect_mask_gives_iou_one_and_disjoint_gives_zero():
     metric = ToyMaskIoU()
     perfect = np.zeros((16, 16), np.float32)
     perfect[4:8, 4:8] = 1
-    out = metric(generated, reference, prompt=PROMPT, masks={"subject_mask": perfect}, unit=None)
+    out = metric(SampleContext(generated, reference, prompt=PROMPT, masks={"subject_mask": perfect}))
     assert out["mask_iou"] == 1.0 and out["true_area"] == pytest.approx(256 / 4096)
     assert out["mask_area"] == pytest.approx(256 / 4096)
     assert out["mask_iou_random"] < 0.2
     disjoint = np.zeros((16, 16), np.float32)
     disjoint[10:14, 10:14] = 1
-    assert metric(generated, reference, prompt=PROMPT, masks={"subject_mask": disjoint})["mask_iou"] == 0.0
-    none = metric(generated, reference, prompt=PROMPT, masks={})
+    assert (
+        metric(SampleContext(generated, reference, prompt=PROMPT, masks={"subject_mask": disjoint}))["mask_iou"] == 0.0
+    )
+    none = metric(SampleContext(generated, reference, prompt=PROMPT, masks={}))
     assert np.isnan(none["mask_iou"]) and np.isnan(none["mask_iou_random"])
 
 
@@ -68,12 +71,12 @@ def test_random_mask_of_full_area_has_iou_equal_to_truth_fraction():
 
 def test_background_psnr_excludes_the_subject_region():
     generated, reference, truth = red_square_image()
-    out = ToyBackground()(generated, reference, prompt=PROMPT)
+    out = ToyBackground()(SampleContext(generated, reference, prompt=PROMPT))
     assert out["true_bg_psnr"] == float("inf") and out["true_bg_mae"] == 0.0
     shifted = np.clip(generated.astype(int) + np.where(truth[..., None], 0, 10), 0, 255).astype(np.uint8)
     keep = ~truth
     mse = np.mean((shifted[keep].astype(float) - reference[keep]) ** 2)  # 100 unless clipped at 255
-    out = ToyBackground()(shifted, reference, prompt=PROMPT)
+    out = ToyBackground()(SampleContext(shifted, reference, prompt=PROMPT))
     assert out["true_bg_psnr"] == pytest.approx(10 * np.log10(255**2 / mse))
 
 

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from bench.datasets.toy_world import COLOURS, SHAPES
+from bench.metrics.common import SampleContext
+from bench.metrics.toy_clip import load_toy_clip
 from bench.toy import MODEL_DIR
-from bench.toy.clip import ZeroShot, load_toy_clip
+from bench.toy.clip import ZeroShot
 from bench.toy.data import HELDOUT_SEED, toy_set
 from bench.toy.evaluate import txt2img_subjects
 from bench.toy.fingerprint import clip_slice, unet_slice, vae_slice
 from bench.toy.metrics import ToySubject
+from bench.toy.world import COLOURS, SHAPES
 from tests.conftest import compose_cfg
 
 BUDGET_BYTES = 20_000_000
@@ -64,8 +66,8 @@ def test_subject_metric_on_a_drawn_scene_and_on_its_empty_background():
     image = data.images[0].permute(1, 2, 0).numpy()
     prompt = f"a {list(COLOURS)[int(data.colour_ids[0])]} {SHAPES[int(data.shape_ids[0])]} in a forest"
     metric = ToySubject()
-    assert metric(image, image, prompt=prompt)["subject_ok_oracle"] == 1.0
-    empty = metric(np.full_like(image, 128), image, prompt=prompt)
+    assert metric(SampleContext(image, image, prompt=prompt))["subject_ok_oracle"] == 1.0
+    empty = metric(SampleContext(np.full_like(image, 128), image, prompt=prompt))
     assert empty["subject_found_oracle"] == 0.0 and empty["subject_ok_oracle"] == 0.0
 
 

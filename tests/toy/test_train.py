@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
+from bench.metrics.toy_clip import load_toy_clip
 from bench.toy import MODEL_DIR
-from bench.toy.clip import load_toy_clip
 from bench.toy.fingerprint import clip_slice, unet_slice, vae_slice
 from bench.toy.train import main
 from tests.conftest import compose_cfg

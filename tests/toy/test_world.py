@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.config import ConfigError
-from bench.datasets.toy_world import COLOURS, SHAPES, SUBCATEGORIES, ToyWorld, background, toy_scene
+from bench.sd.errors import ConfigError
 from bench.toy.oracle import MAX_DISTANCE
+from bench.toy.world import COLOURS, SHAPES, SUBCATEGORIES, ToyWorld, background, toy_scene
 from tests.conftest import compose_cfg
 
 

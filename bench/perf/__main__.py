@@ -1,9 +1,9 @@
 """`python -m bench.perf [all|throughput|gradsam] [options]`: performance benchmarks -> results/perf/.
 
-    throughput  bench.perf_throughput: samples/s per method on the tiny model, Inception images/s,
+    throughput  bench.perf.throughput: samples/s per method on the tiny model, Inception images/s,
                 a second aggregation on warm caches, peak memory, the machine (perf.csv, perf.md)
-    gradsam     bench.perf_gradsam: the Grad-SAM Jacobian benchmark (skipped with a note if absent)
-    toy         bench.perf_toy: a toy UNet training step at 8 attention heads against the shipped 2
+    gradsam     bench.perf.gradsam: the Grad-SAM Jacobian benchmark (skipped with a note if absent)
+    toy         bench.perf.toy: a toy UNet training step at 8 attention heads against the shipped 2
     all         all three (the default; `make perf`)
 Options after the name go to that benchmark, e.g. `python -m bench.perf throughput --samples 8`.
 """
@@ -15,7 +15,7 @@ import importlib.util
 import inspect
 import sys
 
-BENCHMARKS = {"throughput": "bench.perf_throughput", "gradsam": "bench.perf_gradsam", "toy": "bench.perf_toy"}
+BENCHMARKS = {"throughput": "bench.perf.throughput", "gradsam": "bench.perf.gradsam", "toy": "bench.perf.toy"}
 
 
 def run_benchmark_module(name: str, argv: list[str]) -> bool:

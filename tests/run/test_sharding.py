@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from hydra.utils import instantiate
 
-from bench.config import ConfigError
 from bench.merge import main as merge_main
 from bench.records import merge_samples, write_row
+from bench.sd.errors import ConfigError
 from bench.task import plan_work, run_benchmark
 from tests.conftest import FAST, PIXEL_ONLY, compose_cfg
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hydra.utils import instantiate
 
-from bench.config import CONF_DIR, REPO_ROOT, ConfigError, apply_ablation
+from bench.config import CONF_DIR, REPO_ROOT, ConfigError, build, check_ablation
 from tests.conftest import compose_cfg
 
 # Options whose instantiation needs an asset these machines cannot have (weights, data): they
@@ -55,7 +55,8 @@ def test_model_options_compose(option):
 def test_ablation_options_apply_to_their_method(option):
     cfg = compose_cfg([f"ablation={option}"])
     target = cfg.ablation.applies_to or "sdedit"
-    cfg = apply_ablation(compose_cfg([f"method={target}", f"ablation={option}"]))
+    cfg = compose_cfg([f"method={target}", f"ablation={option}"])
+    check_ablation(cfg)
     instantiate(cfg.method, _convert_="all")
 
 
@@ -64,7 +65,7 @@ def test_ablation_on_the_wrong_method_is_an_error():
     if not gradsam_ablations:
         pytest.skip("no method-specific ablation defined")
     with pytest.raises(ConfigError, match="ablation=.*method=sdedit"):
-        apply_ablation(compose_cfg(["method=sdedit", f"ablation={gradsam_ablations[0]}"]))
+        check_ablation(compose_cfg(["method=sdedit", f"ablation={gradsam_ablations[0]}"]))
 
 
 @pytest.mark.parametrize("group", ["metrics", "logger", "row", "experiment"])
@@ -83,3 +84,21 @@ def test_struct_mode_rejects_unknown_keys():
 
     with pytest.raises(ConfigCompositionException):
         compose_cfg(["sampling.guidnce_scale=3"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["method=gradsam", "+method.mask.blur.sigmaa=1"], "method.mask.blur has unknown keys ['sigmaa']"),
+        (["method=gradsam", "+method.score.transfrom=relu"], "known: ['chunk_size', 'general_chunk_size', 'kind'"),
+        (["method=gradsam", "method.mask.threshold_k=nan"], "method.mask.threshold_k=nan is not a finite number"),
+        (["method=blended_latent", "method.strength=inf"], "method.strength=inf is not a finite number in (0, 1]"),
+        (["method=sdedit", "method.strength=nan"], "method.strength=nan is not a finite number in (0, 1]"),
+        (["method=diffedit", "method.mask_threshold=-inf"], "method.mask_threshold=-inf"),
+        (["method=gradsam", "method.score.path=fast"], "method.score.path='fast' is not one of ['auto', 'tail'"),
+    ],
+)
+def test_bad_method_settings_from_the_command_line_are_one_config_error(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        build(compose_cfg(overrides).method)
+    assert type(err.value) is ConfigError and message in str(err.value)

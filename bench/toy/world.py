@@ -20,8 +20,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.config import ConfigError
 from bench.datasets.base import DrawnDataset, PromptSpec
+from bench.datasets.painters import (
+    Chimneys,
+    Dunes,
+    FieldLines,
+    Houses,
+    Peaks,
+    Pines,
+    RoundTrees,
+    Shore,
+    Towers,
+    Uniform,
+    Waves,
+    WorldStyle,
+    paint_scene,
+)
+from bench.sd.errors import ConfigError
 
 # Subject vocabulary: saturated colours kept far (RGB distance > 100) from every background colour.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -47,6 +62,48 @@ SCENES: dict[str, tuple[str, tuple[int, int, int], tuple[int, int, int], tuple[i
     "mountain": ("the mountains", (110, 150, 220), (205, 215, 235), (105, 115, 95), "peaks"),
 }
 SUBCATEGORIES: tuple[str, ...] = tuple(SCENES)
+
+# How the toy world paints its backgrounds (see bench.datasets.painters): pixel centres, no film grain,
+# and fixed structure colours that stay clear of the subject colours.
+TOY_STYLE = WorldStyle(
+    colour_jitter=8.0,
+    horizon=(0.35, 0.6),
+    pixel_offset=0.5,
+    ground_shade=0.2,
+    structures={
+        "field_lines": FieldLines(count=2, x=(0.15, 0.85), half_width=0.02, colour=(225, 230, 225), across_max=0.9),
+        "chimneys": Chimneys(
+            count=(2, 4),
+            x=(0, 0.85),
+            width=(0.1, 0.2),
+            height=(0.1, 0.3),
+            wall=Uniform(70, 110),
+            stack_half_width=0.03,
+            stack_rise=0.15,
+            stack_colour=(120, 85, 75),
+            stack_from_centre=False,
+        ),
+        "houses": Houses(
+            count=(2, 4), x=(0, 0.8), width=(0.12, 0.22), height=(0.08, 0.15), wall=(215, 200, 170), roof=(130, 80, 65)
+        ),
+        "towers": Towers(
+            count=(3, 6), x=(0, 0.9), width=(0.08, 0.16), height=(0.2, 0.5), wall=Uniform(110, 160), windows=None
+        ),
+        "round_trees": RoundTrees(count=(3, 6), below_horizon=(-0.05, 0.1), radius=(0.05, 0.1), leaves=(45, 110, 45)),
+        "dunes": Dunes(frequency=(6, 12), below_horizon=0.1, band=0.05, darken=0.85),
+        "shore": Shore(land=(120, 160, 90)),
+        "waves": Waves(frequency=(30, 45), bend=6, threshold=0.8, below_horizon=0.03, keep=0.7, lift=60),
+        "pines": Pines(count=(4, 8), height=(0.15, 0.3), half_width=(0.05, 0.08), foot=(0, 0.08), needles=(30, 70, 35)),
+        "peaks": Peaks(
+            height=(0.2, 0.3),
+            half_width=(0.2, 0.35),
+            rock=(125, 125, 130),
+            snow_depth=0.07,
+            snow_slope=0.0,
+            snow=(240, 240, 245),
+        ),
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -86,17 +143,7 @@ def background(subcategory: str, seed: int, j: int, size: int = 64) -> np.ndarra
         raise ConfigError(f"toy_world has no subcategory {subcategory!r}; known: {list(SUBCATEGORIES)}.")
     rng = _rng("background", seed, subcategory, j)
     _, sky_top, sky_low, ground, texture = SCENES[subcategory]
-    jitter = lambda c: np.clip(np.array(c, float) + rng.normal(0, 8, 3), 0, 255)  # noqa: E731
-    sky_top, sky_low, ground = jitter(sky_top), jitter(sky_low), jitter(ground)
-    yy, xx = (np.mgrid[0:size, 0:size] + 0.5) / size  # [S, S] each, pixel centres in (0, 1)
-    horizon = rng.uniform(0.35, 0.6)
-    img = np.empty((size, size, 3))
-    mix = np.clip(yy / horizon, 0, 1)[..., None]
-    img[:] = (1 - mix) * sky_top + mix * sky_low
-    below = yy >= horizon
-    shade = 1.0 - 0.2 * (yy - horizon) / (1 - horizon)
-    img[below] = ground * shade[below][:, None]
-    TEXTURES[texture](img, rng, xx, yy, horizon)
+    img = paint_scene(rng, TOY_STYLE, (sky_top, sky_low, ground), texture, size)
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
@@ -127,85 +174,6 @@ def toy_scene(seed: int, k: int, size: int = 64) -> ToyScene:
     image = bg.copy()
     image[mask] = rgb
     return ToyScene(image=image, background=bg, mask=mask, subcategory=subcategory, colour=colour, shape=shape)
-
-
-def _field_lines(img, rng, xx, yy, horizon):
-    for x0 in rng.uniform(0.15, 0.85, 2):
-        img[(np.abs(xx - x0) < 0.02) & (yy > horizon)] = (225, 230, 225)
-    img[(np.abs(yy - rng.uniform(horizon + 0.1, 0.9)) < 0.02)] = (225, 230, 225)
-
-
-def _chimneys(img, rng, xx, yy, horizon):
-    for _ in range(rng.integers(2, 4)):
-        x0, w, h = rng.uniform(0, 0.85), rng.uniform(0.1, 0.2), rng.uniform(0.1, 0.3)
-        img[(xx > x0) & (xx < x0 + w) & (yy > horizon - h) & (yy < horizon)] = rng.uniform(70, 110, 3)
-        img[(np.abs(xx - x0 - w / 2) < 0.03) & (yy > horizon - h - 0.15) & (yy < horizon)] = (120, 85, 75)
-
-
-def _houses(img, rng, xx, yy, horizon):
-    for _ in range(rng.integers(2, 4)):
-        x0, w, h = rng.uniform(0, 0.8), rng.uniform(0.12, 0.22), rng.uniform(0.08, 0.15)
-        img[(xx > x0) & (xx < x0 + w) & (yy > horizon - h) & (yy < horizon + 0.02)] = (215, 200, 170)
-        roof = (yy < horizon - h) & (yy > horizon - h - w / 2) & (np.abs(xx - x0 - w / 2) < (yy - horizon + h + w / 2))
-        img[roof] = (130, 80, 65)
-
-
-def _towers(img, rng, xx, yy, horizon):
-    for _ in range(rng.integers(3, 6)):
-        x0, w, h = rng.uniform(0, 0.9), rng.uniform(0.08, 0.16), rng.uniform(0.2, 0.5)
-        img[(xx > x0) & (xx < x0 + w) & (yy > horizon - h) & (yy < horizon)] = rng.uniform(110, 160, 3)
-
-
-def _round_trees(img, rng, xx, yy, horizon):
-    for _ in range(rng.integers(3, 6)):
-        cx, cy, r = rng.uniform(0, 1), horizon + rng.uniform(-0.05, 0.1), rng.uniform(0.05, 0.1)
-        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r**2] = (45, 110, 45)
-
-
-def _dunes(img, rng, xx, yy, horizon):
-    phase, freq = rng.uniform(0, 6.28), rng.uniform(6, 12)
-    crest = horizon + 0.1 + 0.05 * np.sin(xx * freq + phase)
-    img[(yy > crest) & (yy < crest + 0.05)] *= 0.85
-
-
-def _shore(img, rng, xx, yy, horizon):
-    shore = horizon + rng.uniform(0.15, 0.3) + 0.03 * np.sin(xx * rng.uniform(4, 9))
-    img[yy > shore] = (120, 160, 90)
-
-
-def _waves(img, rng, xx, yy, horizon):
-    crests = (np.sin(yy * rng.uniform(30, 45) + np.sin(xx * 6)) > 0.8) & (yy > horizon + 0.03)
-    img[crests] = img[crests] * 0.7 + 60
-
-
-def _pines(img, rng, xx, yy, horizon):
-    for _ in range(rng.integers(4, 8)):
-        cx, h, w = rng.uniform(0, 1), rng.uniform(0.15, 0.3), rng.uniform(0.05, 0.08)
-        base = horizon + rng.uniform(0, 0.08)
-        img[(yy < base) & (yy > base - h) & (np.abs(xx - cx) < w * (yy - base + h) / h)] = (30, 70, 35)
-
-
-def _peaks(img, rng, xx, yy, horizon):
-    for _ in range(rng.integers(2, 4)):
-        cx, h, w = rng.uniform(0.1, 0.9), rng.uniform(0.2, 0.3), rng.uniform(0.2, 0.35)
-        top = horizon - h
-        tri = (yy > top + np.abs(xx - cx) * h / w) & (yy < horizon + 0.01)
-        img[tri] = (125, 125, 130)
-        img[tri & (yy < top + 0.07)] = (240, 240, 245)
-
-
-TEXTURES = {
-    "field_lines": _field_lines,
-    "chimneys": _chimneys,
-    "houses": _houses,
-    "towers": _towers,
-    "round_trees": _round_trees,
-    "dunes": _dunes,
-    "shore": _shore,
-    "waves": _waves,
-    "pines": _pines,
-    "peaks": _peaks,
-}
 
 
 def toy_prompts(subcategory: str, count: int, offset: int) -> tuple[PromptSpec, ...]:

@@ -10,10 +10,10 @@ from diffusers import StableDiffusionDiffEditPipeline
 from PIL import Image
 
 from baselines.diffedit import DiffEdit, ddim_inversion, ddim_schedulers, masked_decoding, semantic_mask
-from bench.config import ConfigError
+from bench.datasets.base import WorkUnit
 from bench.datasets.synthetic import SyntheticPlaces
-from bench.diffusion import SamplingConfig, encode_text, truncated_timesteps
-from bench.methods import Sample, WorkUnit
+from bench.sd.diffusion import SamplingConfig, encode_text, truncated_timesteps
+from bench.sd.errors import ConfigError
 from bench.task import run_benchmark
 from tests.conftest import compose_cfg, minimal_run
 
@@ -141,7 +141,7 @@ def test_diffedit_samples_do_not_depend_on_the_batch(tiny_backbone):
         subcategories=["forest", "ocean"],
         prompts_per_subcategory=1,
     ).references()
-    samples = [Sample(WorkUnit(r, r.prompts[0], 51828), np.asarray(r.load())) for r in refs]
+    samples = [WorkUnit(r, r.prompts[0], 51828).sample(np.asarray(r.load())) for r in refs]
     sampling = SamplingConfig(num_inference_steps=3)
     together = method.generate(tiny_backbone, samples, sampling)
     alone = [method.generate(tiny_backbone, [s], sampling)[0] for s in samples]
@@ -150,7 +150,7 @@ def test_diffedit_samples_do_not_depend_on_the_batch(tiny_backbone):
         assert np.array_equal(a.masks["subject_mask"], b.masks["subject_mask"])
         assert a.masks["subject_mask"].shape == (8, 8) and set(np.unique(a.masks["subject_mask"])) <= {0.0, 1.0}
         assert a.info["mask_fraction"] == pytest.approx(a.masks["subject_mask"].mean())
-    assert method.texts(samples[0].unit) == ("ocean", "Seagull standing")
+    assert method.texts(samples[0]) == ("ocean", "Seagull standing")
 
 
 def test_diffedit_rejects_bad_settings():

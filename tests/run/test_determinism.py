@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from bench.datasets.synthetic import SyntheticPlaces, draw_scene
-from bench.seeding import sample_seed
+from bench.sd.seeding import sample_seed
 from bench.task import run_benchmark
 from tests.conftest import FAST, compose_cfg
 

@@ -20,11 +20,11 @@ from hydra.utils import instantiate
 from open_clip.tokenizer import bytes_to_unicode, default_bpe
 from transformers import CLIPTokenizer
 
-from bench.backbone import Backbone
-from bench.config import ConfigError
-from bench.sd15 import AssetMissingError, check_tokenizer, load_sd15, resolve_dtype, sd15_scheduler
+from bench.sd.backbone import Backbone
+from bench.sd.errors import ConfigError
+from bench.sd.sd15 import AssetMissingError, check_tokenizer, load_sd15, resolve_dtype, sd15_scheduler
+from bench.sd.tokenizer import ClipBpeTokenizer
 from bench.task import run_benchmark
-from bench.tokenizer import ClipBpeTokenizer
 from tests.conftest import compose_cfg, minimal_run
 
 REPO_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"

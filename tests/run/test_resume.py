@@ -50,7 +50,7 @@ def test_wandb_offline_run_folder_is_written(tmp_path: Path, monkeypatch):
 
 
 def test_resuming_with_other_image_settings_is_refused(tmp_path):
-    from bench.config import ConfigError
+    from bench.sd.errors import ConfigError
 
     small = [*OVERRIDES, "dataset.subcategories=[forest]"]
     run_benchmark(compose_cfg(small, tmp_root=tmp_path))

@@ -1,44 +1,35 @@
-"""The interface every Table 1 row implements, and the unit of work it is called on."""
+"""The interface every Table 1 row implements, and the sample it is called on."""
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from bench.backbone import Backbone
-from bench.datasets.base import PromptSpec, ReferenceImage
-from bench.diffusion import SamplingConfig, decode_latents
-from bench.seeding import sample_generator
+from bench.sd.backbone import Backbone
+from bench.sd.diffusion import SamplingConfig, decode_latents
+from bench.sd.seeding import sample_generator
 
 
-@dataclass(frozen=True)
-class WorkUnit:
-    """One sample's identity: (reference image, prompt, seed). Its randomness depends on nothing else."""
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """What a method receives for one sample: its identity (image, prompt, seed) and its reference.
 
-    image: ReferenceImage
-    prompt: PromptSpec
+    The sample's randomness depends on its identity alone: `generator(stream)` gives a fresh CPU
+    generator per purpose (bench/sd/seeding.py), whatever the batch, the order or the shard.
+    """
+
+    image_id: str  # stable across runs, e.g. "forest/00003"
+    prompt: str
+    subject: str  # the prompt's subject word (the noun Grad-SAM explains)
     seed: int
-
-    @property
-    def key(self) -> str:
-        """Stable relative path of the sample, e.g. forest/00003/deer_roaming/s51828."""
-        slug = re.sub(r"[^a-z0-9]+", "_", self.prompt.text.lower()).strip("_")
-        return f"{self.image.image_id}/{slug}/s{self.seed}"
+    reference: np.ndarray  # uint8 [H, W, 3] at model resolution
+    scene: str = ""  # the reference's subcategory, e.g. "inland_water_body"
 
     def generator(self, stream: str) -> torch.Generator:
-        return sample_generator(self.image.image_id, self.prompt.text, self.seed, stream)
-
-
-@dataclass
-class Sample:
-    """What a method receives: the unit and its reference image at model resolution."""
-
-    unit: WorkUnit
-    reference: np.ndarray  # uint8 [H, W, 3]
+        return sample_generator(self.image_id, self.prompt, self.seed, stream)
 
 
 @dataclass

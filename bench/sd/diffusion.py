@@ -1,7 +1,7 @@
 """Sampling primitives shared by every method: text and image encoding, guided noise, DDPM steps.
 
 Latents stay in float32 between steps; the networks run in `backbone.dtype`. All randomness comes
-in through per-sample generators (bench/seeding.py).
+in through per-sample generators (bench/sd/seeding.py).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler
 
-from bench.backbone import Backbone
-from bench.config import ConfigError
-from bench.seeding import draw_normal
+from bench.sd.backbone import Backbone
+from bench.sd.errors import ConfigError
+from bench.sd.seeding import draw_normal
 
 # on_step_end(step_index, t, z_t, z_next) -> z_next, called after each DDPM step.
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -36,9 +36,11 @@ class SamplingConfig:
 
 
 def truncated_timesteps(scheduler: DDPMScheduler, num_inference_steps: int, strength: float) -> torch.Tensor:
-    """The img2img schedule: t_start = n - int(n * strength); 0.9 of 50 steps gives 880, 860, ..., 0."""
-    if not 0.0 < strength <= 1.0:
-        raise ConfigError(f"strength={strength}; expected a value in (0, 1] (1.0 = from pure noise).")
+    """The img2img schedule: t_start = n - int(n * strength); 0.9 of 50 steps gives 880, 860, ..., 0.
+
+    `strength` in (0, 1] is the method config's rule (checked there, bench/sd/config.py); only what
+    needs the step count is checked here.
+    """
     scheduler.set_timesteps(num_inference_steps)
     start = num_inference_steps - int(num_inference_steps * strength)
     timesteps = scheduler.timesteps[start:]

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from bench.config import ConfigError, build
-from bench.task import DatasetError, run_benchmark
+from bench.datasets.base import DatasetError
+from bench.task import run_benchmark
 from tests.conftest import compose_cfg, minimal_run
 
 # A few lines of Places365's categories file: the two classes the protocol maps forest and ocean to, and

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFile
 
-from bench.datasets.base import to_model_input
-from bench.task import DatasetError, run_benchmark
+from bench.datasets.base import DatasetError, to_model_input
+from bench.task import run_benchmark
 from tests.conftest import compose_cfg, minimal_run
 
 RNG = np.random.default_rng(7)

@@ -25,11 +25,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from bench.aggregate import markdown_table
-from bench.config import CONF_DIR, REPO_ROOT, apply_ablation, build
-from bench.diffusion import SamplingConfig
-from bench.methods import Sample
+from bench.config import CONF_DIR, REPO_ROOT, build
 from bench.records import atomic_write_text, git_state, write_csv
+from bench.reporting.aggregate import markdown_table
+from bench.sd.diffusion import SamplingConfig
 from bench.task import load_references, plan_work, run_benchmark
 
 COLUMNS = ["section", "item", "setting", "value", "unit", "note"]
@@ -81,7 +80,7 @@ def record(section: str, item: str, setting: str, value: float, unit: str, note:
 def method_throughput(method_name: str, backbone, n_samples: int, batch_size: int, device: torch.device) -> list[dict]:
     """samples/s of one method's `generate` on the first n work units (after one untimed warm-up sample)."""
     invariant = batch_size == 1
-    cfg = apply_ablation(compose_bench([f"method={method_name}", f"sampling.batch_invariant={invariant}"]))
+    cfg = compose_bench([f"method={method_name}", f"sampling.batch_invariant={invariant}"])
     setting = f"{cfg.model.image_size}px, {cfg.sampling.num_inference_steps} steps, batch {batch_size}" + (
         "" if invariant else " (batch_invariant=false)"
     )
@@ -89,7 +88,7 @@ def method_throughput(method_name: str, backbone, n_samples: int, batch_size: in
     sampling = SamplingConfig(**cfg.sampling)
     units = plan_work(build(cfg.dataset).references(), list(cfg.seeds), 0, 1)[: n_samples + 1]
     refs = load_references(units, cfg.model.image_size, cfg.dataset.get("resample", "bicubic"))
-    samples = [Sample(unit=u, reference=refs[u.image.image_id][0]) for u in units]
+    samples = [u.sample(refs[u.image.image_id][0]) for u in units]
     method.generate(backbone, samples[:1], sampling)  # warm-up: first-call allocations, lazy imports
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench.aggregate import aggregate_task
 from bench.metrics import PIXEL_MAD
 from bench.records import write_csv
-from bench.report import referenced_files
-from bench.tables import cluster_bootstrap, paired_deltas, summarize
+from bench.reporting.aggregate import aggregate_task
+from bench.reporting.html import referenced_files
+from bench.reporting.tables import cluster_bootstrap, paired_deltas, summarize
 
 
 def hand_made(tmp_path, task="table1", ablations=("none",), values=None) -> pd.DataFrame:

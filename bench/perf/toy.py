@@ -1,4 +1,4 @@
-"""`python -m bench.perf_toy`: one toy UNet training step with 8 attention heads against the shipped 2.
+"""`python -m bench.perf.toy`: one toy UNet training step with 8 attention heads against the shipped 2.
 
 diffusers' `attention_head_dim` is the number of heads: the toy UNet's 32/64-wide attention at 8 heads
 has heads of width 4 and 8, which CPU flash attention runs slowly; 2 heads hold the same parameters.
@@ -13,7 +13,7 @@ import argparse
 import torch
 from diffusers import UNet2DConditionModel
 
-from bench.perf_gradsam import best_time
+from bench.perf.gradsam import best_time
 from bench.toy.architecture import UNET, new_text_encoder, num_params
 
 

@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 
 from bench.config import REPO_ROOT
-from bench.report import referenced_files
+from bench.reporting.html import referenced_files
 
 SMALL = [
     "dataset.images_per_subcategory=1",

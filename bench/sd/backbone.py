@@ -1,7 +1,7 @@
 """The Stable Diffusion v1 backbone: text encoder, UNet, VAE and DDPM scheduler.
 
-`build_tiny` builds it from small configs with seeded weights (offline profile); `load_sd15`
-(bench/sd15.py) loads the real weights. Everything downstream sees the same `Backbone`.
+`build_tiny` builds it at toy width with seeded weights (offline profile); `load_sd15`
+(bench/sd/sd15.py) loads the real weights. Everything downstream sees the same `Backbone`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from bench.tokenizer import ClipBpeTokenizer
+from bench.sd import architecture
+from bench.sd.tokenizer import ClipBpeTokenizer
 
 
 def resolve_device(device: str) -> torch.device:
@@ -38,7 +39,7 @@ class Backbone:
     device: torch.device
     dtype: torch.dtype = torch.float32  # sampling precision; gradients always run in float32
     provenance: dict = field(default_factory=dict)
-    # Loads the UNet with float32 weights when `dtype` is not float32 (bench/sd15.py supplies it).
+    # Loads the UNet with float32 weights when `dtype` is not float32 (bench/sd/sd15.py supplies it).
     unet_float32_loader: Callable[[], UNet2DConditionModel] | None = field(default=None, repr=False)
     _unet_float32: UNet2DConditionModel | None = field(default=None, init=False, repr=False)
 
@@ -84,18 +85,21 @@ def build_tiny(
     name: str,
     seed: int,
     image_size: int,
-    unet: Mapping,
-    vae: Mapping,
-    text_encoder: Mapping,
     scheduler: Mapping,
+    unet: Mapping | None = None,
+    vae: Mapping | None = None,
+    text_encoder: Mapping | None = None,
     device: str = "auto",
 ) -> Backbone:
-    """The SD1 architecture from small configs, with weights drawn from `seed` (no download)."""
+    """The toy-width SD1 architecture (bench/sd/architecture.py) with some keys changed, weights drawn from `seed`."""
+    unet_config = architecture.with_changes(architecture.UNET, unet, "model.unet")
+    vae_config = architecture.with_changes(architecture.VAE, vae, "model.vae")
+    text_config = architecture.with_changes(architecture.TEXT_ENCODER, text_encoder, "model.text_encoder")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_model = CLIPTextModel(CLIPTextConfig(**dict(text_encoder)))
-        unet_model = UNet2DConditionModel(**_listify(unet))
-        vae_model = AutoencoderKL(**_listify(vae))
+        text_model = CLIPTextModel(CLIPTextConfig(**text_config))
+        unet_model = UNet2DConditionModel(**unet_config)
+        vae_model = AutoencoderKL(**vae_config)
     dev = resolve_device(device)
     for module in (text_model, unet_model, vae_model):
         module.to(dev).eval().requires_grad_(False)
@@ -110,8 +114,3 @@ def build_tiny(
         device=dev,
         provenance={"model": name, "weights": f"random(seed={seed})"},
     )
-
-
-def _listify(kwargs: Mapping) -> dict:
-    """Config lists -> tuples, as diffusers' constructors expect for block types and channels."""
-    return {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in dict(kwargs).items()}

@@ -16,9 +16,10 @@ import pytest
 
 from baselines.sdedit import SDEdit
 from bench.config import REPO_ROOT
-from bench.records import merge_samples, write_row
-from bench.tables import summarize
-from bench.task import StorageError, run_benchmark
+from bench.datasets.base import sample_key
+from bench.records import StorageError, merge_samples, write_row
+from bench.reporting.tables import summarize
+from bench.task import run_benchmark
 from tests.conftest import FAST, PIXEL_ONLY, compose_cfg
 
 # One CPU thread everywhere: the subprocess and in-process runs then make the same bits (conf/bench.yaml).
@@ -84,7 +85,7 @@ class NaNInjectingSDEdit(SDEdit):
     def generate(self, backbone, samples, sampling):
         out = []
         for sample in samples:
-            poisoned = sample.unit.key == self.poison_key
+            poisoned = sample_key(sample.image_id, sample.prompt, sample.seed) == self.poison_key
             handle = backbone.unet.register_forward_hook(_first_value_nan) if poisoned else None
             try:
                 out += super().generate(backbone, [sample], sampling)

@@ -28,9 +28,9 @@ from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, Revi
 from safetensors import SafetensorError
 from transformers import CLIPTextModel
 
-from bench.backbone import Backbone, make_scheduler, resolve_device
-from bench.config import ConfigError
-from bench.tokenizer import ClipBpeTokenizer
+from bench.sd.backbone import Backbone, make_scheduler, resolve_device
+from bench.sd.errors import AssetMissingError, ConfigError
+from bench.sd.tokenizer import ClipBpeTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 # Scheduler keys fixed by training: the checkpoint and the config must agree on them.
 TRAINING_SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
 HUB_PROBE_TIMEOUT_S = 10.0
-
-
-class AssetMissingError(ConfigError):
-    """Model weights that are neither on disk nor reachable; the message says how to provide them."""
 
 
 def required_files(variant: str | None) -> list[str]:

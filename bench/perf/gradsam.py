@@ -1,4 +1,4 @@
-"""`python -m bench.perf_gradsam`: what the exact fast Jacobian buys (PAPER_SPEC B12), on the tiny offline model.
+"""`python -m bench.perf.gradsam`: what the exact fast Jacobian buys (PAPER_SPEC B12), on the tiny offline model.
 
 Prints, from one run:
 1. Grad-SAM scores of one injection: the exact tail path (method/tail.py) and the general batched
@@ -22,9 +22,8 @@ from hydra.utils import instantiate
 
 from baselines.sdedit import SDEdit
 from bench.config import CONF_DIR
-from bench.datasets.base import to_model_input
-from bench.diffusion import SamplingConfig, encode_text
-from bench.methods import Sample, WorkUnit
+from bench.datasets.base import WorkUnit, to_model_input
+from bench.sd.diffusion import SamplingConfig, encode_text
 from method.attention import recording_attention, resolve_layers
 from method.gradsam import score_with_path
 from method.sampler import GradSAM
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     # One image: gradsam against sdedit with the same 45 steps (strength 0.9), at the first size.
     backbone, reference = tiny_backbone(sizes[0])
     sampling = SamplingConfig(num_inference_steps=args.steps)
-    sample = Sample(WorkUnit(reference, reference.prompts[0], 51828), to_model_input(reference.load(), sizes[0])[0])
+    sample = WorkUnit(reference, reference.prompts[0], 51828).sample(to_model_input(reference.load(), sizes[0])[0])
     methods = {"sdedit": SDEdit(strength=0.9), "gradsam": GradSAM()}
     best = {name: float("inf") for name in methods}
     for _ in range(args.repeats):  # interleaved, so that a load spike hits both

@@ -1,0 +1,1 @@
+"""Reporting: per-sample rows -> tables with intervals (tables.py), figures (figures.py) and report.html (html.py)."""

@@ -1,0 +1,125 @@
+"""The Grad-SAM method's settings: one validated config tree per method node (conf/method/gradsam.yaml).
+
+    GradSAMConfig    method.*          strength, injection_indices, init_latent, ref_noise, manipulate
+      ScoreConfig    method.score.*    kind, layers, transform, target, vjp_basis, path, chunk sizes
+      SubjectConfig  method.subject.*  index_mode
+      MaskConfig     method.mask.*     threshold_k, threshold_scope, box_sum_once
+        BlurConfig     method.mask.blur.*
+        DilationConfig method.mask.dilation.*
+
+Built once by `bench.sd.config.from_mapping` (unknown keys, enums, ranges, finite numbers; one
+`ConfigError`). This module is also the one home of the allowed values: gradsam.py, tokens.py and
+masks.py trust what a config hands them. Rules that need the model or the schedule (layer names,
+injection indices inside the truncated schedule, the tail path) are checked where those exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+from bench.sd.config import Rule, boolean, integer, is_integer, one_of, real, setting
+from bench.sd.errors import ConfigError
+
+SCORE_KINDS = ("gradsam", "attention_only")
+TRANSFORM_NAMES = ("abs", "relu")  # method.gradsam.TRANSFORMS maps them to their functions
+TARGETS = ("eps_cond", "eps_cfg", "x0_pred", "x_prev")
+BASES = ("identity", "random_block8")
+PATHS = ("auto", "tail", "general")
+INDEX_MODES = ("clip_aligned", "word_index_raw")
+INIT_LATENTS = ("noise", "noised_ref")
+REF_NOISES = ("shared", "fresh")
+STAGES = ("score", "mask")
+SCOPES = ("per_channel", "global")
+
+
+def is_list(value) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str)
+
+
+LAYERS = Rule(
+    "'last', 'all', a layer name or a non-empty list of layer names",
+    lambda v: (isinstance(v, str) and v != "") or (is_list(v) and len(v) > 0 and all(isinstance(x, str) for x in v)),
+    convert=lambda v: v if isinstance(v, str) else tuple(v),
+)
+INDICES = Rule(
+    "a non-empty, strictly increasing list of integer schedule indices",
+    lambda v: is_list(v) and len(v) > 0 and all(map(is_integer, v)) and all(a < b for a, b in pairwise(v)),
+    convert=lambda v: tuple(int(i) for i in v),
+)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """`method.score`: what is differentiated and how (PAPER_SPEC §2.3, B2, B3)."""
+
+    kind: str = setting("gradsam", one_of(SCORE_KINDS))
+    layers: str | tuple[str, ...] = setting("last", LAYERS)
+    transform: str = setting("abs", one_of(TRANSFORM_NAMES))
+    target: str = setting("eps_cond", one_of(TARGETS))
+    vjp_basis: str = setting("identity", one_of(BASES))
+    path: str = setting("auto", one_of(PATHS))
+    chunk_size: int = setting(512, integer(1))
+    general_chunk_size: int = setting(8, integer(1))
+
+
+@dataclass(frozen=True)
+class SubjectConfig:
+    """`method.subject`: how the subject word maps to CLIP columns (B4)."""
+
+    index_mode: str = setting("clip_aligned", one_of(INDEX_MODES))
+
+
+@dataclass(frozen=True)
+class BlurConfig:
+    """Depth-wise Gaussian blur (normalised kernel, zero padding, as the reference code)."""
+
+    enabled: bool = setting(True, boolean())
+    kernel: int = setting(3, integer(1, odd=True))
+    sigma: float = setting(6.0, real(0.0, low_open=True, hint="to turn the blur off, set {node}.enabled=false instead"))
+    stage: str = setting("score", one_of(STAGES))
+
+
+@dataclass(frozen=True)
+class DilationConfig:
+    """Max filter (grey dilation of a score, binary dilation of a mask), `iterations` times."""
+
+    enabled: bool = setting(True, boolean())
+    kernel: int = setting(3, integer(1, odd=True))
+    iterations: int = setting(3, integer(1, hint="to turn the dilation off, set {node}.enabled=false instead"))
+    stage: str = setting("mask", one_of(STAGES))
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """`method.mask`: the paper's intended post-processing by default (PAPER_SPEC §2.4)."""
+
+    threshold_k: float = setting(0.5, real())
+    threshold_scope: str = setting("per_channel", one_of(SCOPES))
+    box_sum_once: bool = setting(False, boolean())
+    blur: BlurConfig = setting(factory=BlurConfig)
+    dilation: DilationConfig = setting(factory=DilationConfig)
+
+    def check(self, prefix: str) -> None:
+        if self.box_sum_once and (self.blur.enabled or self.dilation.enabled):
+            raise ConfigError(
+                f"{prefix}.box_sum_once=true with {prefix}.blur.enabled={str(self.blur.enabled).lower()} and "
+                f"{prefix}.dilation.enabled={str(self.dilation.enabled).lower()}: box_sum_once is the reference "
+                f"code's whole filter (B5) and replaces both. Fix: set {prefix}.blur.enabled=false and "
+                f"{prefix}.dilation.enabled=false with it (ablation=reference_code does)."
+            )
+
+
+@dataclass(frozen=True)
+class GradSAMConfig:
+    """`method`: the sampler's switches (PAPER_SPEC §2.2, B1, B11) and its three sub-nodes."""
+
+    strength: float = setting(0.9, real(0.0, 1.0, low_open=True, hint="1.0 = from pure noise"))
+    injection_indices: tuple[int, ...] = setting((5, 18, 28), INDICES)
+    init_latent: str = setting("noise", one_of(INIT_LATENTS))
+    ref_noise: str = setting("shared", one_of(REF_NOISES))
+    manipulate: bool = setting(True, boolean())
+    score: ScoreConfig = setting(factory=ScoreConfig)
+    subject: SubjectConfig = setting(factory=SubjectConfig)
+    mask: MaskConfig = setting(factory=MaskConfig)
