@@ -17,6 +17,7 @@ autograd before the result is used.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -60,11 +61,19 @@ def linearize_head(
     slope = torch.func.jvp(act, (a,), (torch.ones_like(a),))[1] if act is not None else torch.ones_like(a)
     sigma_c = sigma.repeat_interleave(channels // groups, dim=0).view(channels, 1, 1)
     p = slope * gamma[:, None, None] / sigma_c
-    in_group = torch.eye(groups, dtype=u.dtype, device=u.device).repeat_interleave(channels // groups, dim=1)  # [G, C']
-    fields = torch.cat([p[None] * in_group[..., None, None], (p * xhat)[None] * in_group[..., None, None]])
-    n_g = grouped.shape[1]
-    alpha = F.conv2d(fields, conv.weight, padding=conv.padding) / n_g  # [2G, C_out, h, w]
-    return PostLinearization(conv.weight, p, xhat, alpha.flatten(1).T.contiguous(), groups)
+    alpha = group_convolutions(torch.stack([p, p * xhat]), conv, groups) / grouped.shape[1]  # [2, G, C_out, h, w]
+    return PostLinearization(conv.weight, p, xhat, alpha.flatten(2).flatten(0, 1).T.contiguous(), groups)
+
+
+def group_convolutions(fields: torch.Tensor, conv: nn.Conv2d, groups: int) -> torch.Tensor:
+    """conv (no bias) of each field [F, C', h, w] restricted to each channel group: [F, G, C_out, h, w].
+
+    One grouped convolution: output block g sees only the input channels of group g.
+    """
+    c_out, channels, k, _ = conv.weight.shape
+    weight = conv.weight.view(c_out, groups, channels // groups, k, k).transpose(0, 1).flatten(0, 1)
+    out = F.conv2d(fields, weight, padding=conv.padding, groups=groups)  # [F, G*C_out, h, w]
+    return out.view(len(fields), groups, c_out, *fields.shape[2:])
 
 
 def check_head(norm: nn.Module | None, conv: nn.Module) -> None:
@@ -80,36 +89,78 @@ def check_head(norm: nn.Module | None, conv: nn.Module) -> None:
 
 
 class HeadProducts:
-    """Rows of (d eps / d u) contracted with tangent fields d [X, C', N], for chunks of outputs m."""
+    """Rows of (d eps / d u) contracted with tangent fields d [X, N, C'], for chunks of outputs m.
+
+    Row m as [N, X] (x = one tangent field) is -alpha[m] @ beta (dense, rank 2G) plus a local k x k
+    term; `contract` builds rows a tile at a time into one reused buffer and reduces each tile at once.
+    """
 
     def __init__(self, lin: PostLinearization, d: torch.Tensor):
-        self.lin, self.fields, self.channels, self.n = lin, *d.shape
+        self.lin, (self.fields, self.n, self.channels) = lin, d.shape
         c_out, _, self.kernel, _ = lin.weight.shape
         self.height, self.width = lin.p.shape[1:]
-        if lin.groups:  # sums of d and x * d over each group's channels [2G, X*N]
-            per_group = lambda v: v.view(self.fields, lin.groups, -1, self.n).sum(dim=2)  # noqa: E731  [X, G, N]
-            xd = lin.xhat.reshape(1, self.channels, self.n) * d
-            beta = torch.cat([per_group(d), per_group(xd)], dim=1)  # [X, 2G, N]
-            self.beta = beta.permute(1, 0, 2).reshape(2 * lin.groups, -1)
-        e = lin.p.reshape(1, self.channels, self.n) * d  # [X, C', N]
-        # sum_c W[o, c, di, dj] e[x, c, q] for every kernel offset: [k*k, C_out, N, X]
-        self.local = torch.einsum("ocab,xcq->aboqx", lin.weight, e).reshape(-1, c_out, self.n, self.fields)
+        if lin.groups:  # minus the sums of d and x * d over each group's channels [2G, N*X]
+            per_group = lambda v: v.view(self.fields, self.n, lin.groups, -1).sum(dim=3)  # noqa: E731  [X, N, G]
+            xd = lin.xhat.reshape(self.channels, self.n).T * d
+            beta = torch.cat([per_group(d), per_group(xd)], dim=2)  # [X, N, 2G]
+            self.beta = beta.permute(2, 1, 0).reshape(2 * lin.groups, -1).neg()
+        e = lin.p.reshape(self.channels, self.n).T * d  # [X, N, C']
+        # sum_c W[o, c, di, dj] e[x, q, c] for every kernel offset: [k*k, C_out, N, X]
+        self.local = torch.einsum("ocab,xqc->aboqx", lin.weight, e).reshape(-1, c_out, self.n, self.fields)
 
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        """sum_c (d eps[m] / d u[c, q]) d[x, c, q] for m in [start, stop): [k, N, X]."""
-        k, n, fields, lin = stop - start, self.n, self.fields, self.lin
-        # 1. The 2G rank-one terms (GroupNorm's mean and variance), dense over q.
-        if lin.groups:
-            out = -(lin.alpha[start:stop] @ self.beta).view(k, fields, n).permute(0, 2, 1).contiguous()
+    def rows(self, start: int, stop: int, mix: torch.Tensor | None = None) -> torch.Tensor:
+        """(mix @) sum_c (d eps[m] / d u[c, q]) d[x, c, q] for m in [start, stop): [k, N, X]."""
+        return self.contract(start, stop, torch.clone, mix, tile=stop - start)
+
+    def contract(
+        self,
+        start: int,
+        stop: int,
+        reduce: Callable[[torch.Tensor], torch.Tensor],
+        mix: torch.Tensor | None = None,
+        scale: float = 1.0,
+        tile: int = 64,
+    ) -> torch.Tensor:
+        """reduce(scale * rows) for the rows of outputs start..stop-1, optionally mixed first, tile by tile.
+
+        mix [k, k] replaces row r by sum_j mix[r, j] row_j (the dense part through alpha, the local
+        part over mix's nonzeros). `reduce` gets a [t, N, X] buffer it may overwrite; results are
+        concatenated along the first dimension.
+        """
+        k = stop - start
+        alpha = self.lin.alpha[start:stop] * scale  # [k, 2G]
+        if mix is None:
+            r = j = torch.arange(k, device=alpha.device)
+            coef = torch.full((k,), scale, dtype=alpha.dtype, device=alpha.device)
         else:
-            out = torch.zeros(k, n, fields, dtype=self.local.dtype, device=self.local.device)
-        # 2. The local k x k term: output m = (o, i, j) sees q = (i + di - pad, j + dj - pad).
-        m = torch.arange(start, stop, device=out.device)
+            alpha = mix @ alpha
+            r, j = mix.nonzero(as_tuple=True)  # sorted by r
+            coef = mix[r, j] * scale
+        buffer = torch.empty(min(tile, k), self.n, self.fields, dtype=alpha.dtype, device=alpha.device)
+        bounds = torch.searchsorted(r, torch.arange(0, k + tile, tile, device=r.device)).tolist()
+        out = []
+        for t, lo, hi in zip(range(0, k, tile), bounds, bounds[1:], strict=False):
+            rows = buffer[: min(tile, k - t)]
+            self.dense(alpha[t : t + len(rows)], rows)
+            self.add_local(rows, r[lo:hi] - t, start + j[lo:hi], coef[lo:hi])
+            out.append(reduce(rows))
+        return torch.cat(out)
+
+    def dense(self, alpha: torch.Tensor, rows: torch.Tensor) -> None:
+        """rows [t, N, X] = the 2G rank-one terms (GroupNorm's mean and variance) of alpha [t, 2G]."""
+        if self.lin.groups:
+            torch.mm(alpha, self.beta, out=rows.view(len(rows), -1))
+        else:
+            rows.zero_()
+
+    def add_local(self, rows: torch.Tensor, r: torch.Tensor, m: torch.Tensor, coef: torch.Tensor) -> None:
+        """rows[r] += coef * (local k x k term of output m), for pairs (r, m, coef) [P] each."""
         o, i, j = m // (self.height * self.width), (m // self.width) % self.height, m % self.width
-        flat, pad = out.view(-1, fields), self.kernel // 2
-        for offset, local in enumerate(self.local):
-            qi, qj = i + offset // self.kernel - pad, j + offset % self.kernel - pad
-            valid = (qi >= 0) & (qi < self.height) & (qj >= 0) & (qj < self.width)
-            q = qi[valid] * self.width + qj[valid]
-            flat.index_add_(0, (m[valid] - start) * n + q, local[o[valid], q])
-        return out
+        pad = self.kernel // 2
+        offset = torch.arange(self.kernel**2, device=m.device)[:, None]  # [k*k, 1]: output (o, i, j) sees
+        qi, qj = i + offset // self.kernel - pad, j + offset % self.kernel - pad  # q = (i + di - pad, j + dj - pad)
+        valid = (qi >= 0) & (qi < self.height) & (qj >= 0) & (qj < self.width)  # [k*k, P]
+        offset, pair = valid.nonzero(as_tuple=True)
+        q = qi[offset, pair] * self.width + qj[offset, pair]
+        values = self.local[offset, o[pair], q] * coef[pair, None]  # [V, X]
+        rows.view(-1, self.fields).index_add_(0, r[pair] * self.n + q, values)

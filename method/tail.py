@@ -5,8 +5,13 @@ After the last cross-attention layer of an SD1 UNet, eps depends on its probabil
     A @ V -> to_out -> + residual -> norm3 -> FF -> + residual -> proj_out -> + block residual   (per position q)
           -> conv_norm_out -> SiLU -> conv_out                                                   (couples positions)
 
-The first part acts on each query position q separately, so d u_q / d A[h, q, s] (u = hidden state
-before conv_norm_out, C' channels) for ALL q comes from one forward-mode JVP per (head h, token s).
+The first part acts on each query position q separately, and A @ V -> to_out is linear, so
+d hidden_q / d A[h, q, s] is one vector w_hs [C'] for every q. Hence d u_q / d A[h, q, s] (u = hidden
+state before conv_norm_out, C' channels) for ALL q is one forward-mode JVP of the rest of the tail
+with the tangent w_hs at every position. For diffusers' LayerNorm -> GEGLU feed-forward that JVP is
+written out (`geglu_jacobian`: LayerNorm's tangent is a rank-one correction of a q-independent
+vector, so the first linear layer needs no per-position matmul); otherwise the JVPs of all
+(head h, token s) are batched with vmap over one primal computation.
 The second part (the output head) has a closed-form Jacobian, local plus GroupNorm's low-rank
 coupling of all positions (method/post_jacobian.py; no locality truncation). Then
 
@@ -27,7 +32,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
+from diffusers.models.activations import GEGLU
 from torch import nn
 
 from method.post_jacobian import HeadProducts, UnsupportedHead, check_head, linearize_head
@@ -113,10 +120,12 @@ class Tail:
     """eps_cond as a function of the subject columns of A: eps = post(rest(attention_out(a_sub)))."""
 
     attention_out: Callable[[torch.Tensor], torch.Tensor]  # a_sub [H, N, S] -> hidden after attn2 + residual [N, C']
+    directions: torch.Tensor  # d hidden_q / d A[h, q, s] [H*S, C'], the same for every q
     rest: Callable[[torch.Tensor], torch.Tensor]  # [N, C'] -> u [N, C'], position by position
     post: Callable[[torch.Tensor], torch.Tensor]  # u [N, C'] -> eps [C*h*w], couples positions
     head: tuple[nn.Module | None, nn.Module | None, nn.Module]  # conv_norm_out, conv_act, conv_out
     grid: tuple[int, int, int]  # (C', h, w) of u
+    mods: TailModules | None = None  # for the written-out JVP (None: vmap over JVPs)
 
     def position_wise(self, a_sub: torch.Tensor) -> torch.Tensor:
         return self.rest(self.attention_out(a_sub))
@@ -135,12 +144,11 @@ def build_tail(
     residual = inputs.transformer_residual.reshape(channels, n).T  # [N, C']
     attn, block, transformer, unet = mods.attn, mods.block, mods.transformer, mods.unet
 
-    # Both position-wise parts take optional leading batch dimensions (one per tangent direction).
+    def project(heads: torch.Tensor) -> torch.Tensor:  # [..., H, d] -> to_out(batch_to_head_dim) [..., C']
+        return attn.to_out[1](attn.to_out[0](heads.flatten(-2))) / attn.rescale_output_factor
+
     def attention_out(a_sub: torch.Tensor) -> torch.Tensor:
-        out = base + a_sub @ v_sub  # A @ V [..., H, N, d]
-        out = out.movedim(-3, -2).flatten(-2)  # batch_to_head_dim [..., N, H*d]
-        out = attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor
-        return out + inputs.block_residual  # [..., N, C']
+        return project((base + a_sub @ v_sub).movedim(-3, -2)) + inputs.block_residual  # [..., N, C']
 
     def rest(hidden: torch.Tensor) -> torch.Tensor:
         hidden = block.ff(block.norm3(hidden)) + hidden
@@ -159,25 +167,89 @@ def build_tail(
         return unet.conv_out(x).flatten()  # [C*h*w]
 
     head = (unet.conv_norm_out, unet.conv_act if unet.conv_norm_out is not None else None, unet.conv_out)
-    return Tail(attention_out, rest, post, head, (channels, height, width))
+    return Tail(attention_out, directions(project, v_sub), rest, post, head, (channels, height, width), mods)
 
 
-def position_jacobian(tail: Tail, a_sub: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-    """D[h*S + s, q, :] = d u_q / d A[h, q, s] for all q at once: forward-mode JVPs [H*S, N, C'].
+def directions(project: Callable[[torch.Tensor], torch.Tensor], v_sub: torch.Tensor) -> torch.Tensor:
+    """w[h*S + s] = the linear part of project at V[h, s] placed in head h (zero elsewhere): [H*S, C']."""
+    heads, tokens, dim = v_sub.shape
+    placed = torch.zeros(heads, tokens, heads, dim, dtype=v_sub.dtype, device=v_sub.device)
+    placed[range(heads), :, range(heads)] = v_sub  # [H, S, H, d]
+    placed = placed.flatten(0, 1)
+    return torch.func.jvp(project, (torch.zeros_like(placed),), (placed,))[1]
 
-    The tangent "1 at (h, s) for every query" is exact per query because each position's output
-    depends only on its own A[:, q, :]. `chunk` directions go through the tail as one batch.
+
+def position_jacobian(tail: Tail, a_sub: torch.Tensor, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """u [N, C'] and D[h*S + s, q, :] = d u_q / d A[h, q, s] for all q at once [H*S, N, C'].
+
+    D[x] is the JVP of `rest` at the primal hidden state with the tangent directions[x] at every
+    position (exact per query: each position's output depends only on its own row). vmap batches
+    `chunk` directions over one primal computation.
     """
-    heads, _, tokens = a_sub.shape
-    tangents = torch.zeros(heads * tokens, *a_sub.shape, dtype=a_sub.dtype, device=a_sub.device)
-    eye = torch.eye(tokens, dtype=a_sub.dtype, device=a_sub.device)[:, None]  # [S, 1, S]
-    for h in range(heads):
-        tangents[h * tokens : (h + 1) * tokens, h, :, range(tokens)] = eye
-    parts = []
-    for part in tangents.split(chunk):
-        primal = a_sub.expand(len(part), *a_sub.shape).contiguous()
-        parts.append(torch.func.jvp(tail.position_wise, (primal,), (part,))[1])
-    return torch.cat(parts)
+    hidden = tail.attention_out(a_sub)  # [N, C']
+    if tail.mods is not None and geglu_parts(tail.mods) is not None:
+        return tail.rest(hidden), geglu_jacobian(tail.mods, hidden, tail.directions, chunk)
+    tangents = tail.directions[:, None, :].expand(-1, hidden.shape[0], -1)  # [H*S, N, C']
+
+    def along(tangent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.func.jvp(tail.rest, (hidden,), (tangent,))
+
+    parts = [torch.func.vmap(along, out_dims=(None, 0))(part) for part in tangents.split(chunk)]
+    return parts[0][0], torch.cat([d for _, d in parts])
+
+
+def geglu_parts(mods: TailModules) -> tuple[nn.LayerNorm, GEGLU, nn.Linear, torch.Tensor] | None:
+    """norm3, GEGLU, the output Linear and proj_out's matrix [C', C'], if `rest` is exactly their chain (eval mode)."""
+    net, norm, proj = mods.block.ff.net, mods.block.norm3, mods.transformer.proj_out
+    plain = isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) == 1 and type(net[0]) is GEGLU
+    plain = plain and len(net) >= 3 and isinstance(net[2], nn.Linear)
+    plain = plain and all(isinstance(m, nn.Dropout) for m in [net[1], *net[3:]])
+    pointwise = isinstance(proj, nn.Linear) or (isinstance(proj, nn.Conv2d) and proj.kernel_size == (1, 1))
+    if not (plain and pointwise) or mods.block.ff.training:
+        return None
+    return norm, net[0], net[2], proj.weight.flatten(1)
+
+
+def geglu_jacobian(mods: TailModules, hidden: torch.Tensor, directions: torch.Tensor, chunk: int) -> torch.Tensor:
+    """JVPs of u = proj_out(FF(LayerNorm(h)) + h) at h [N, C'] along each direction [X, C'] at every position.
+
+    FF = Linear(x * gelu(gate)) with (x, gate) = W1 LayerNorm(h) + b1 (diffusers' GEGLU). Returns [X, N, C'].
+    """
+    norm, geglu, out, p = geglu_parts(mods)
+    z, first = layer_norm_linear_jvp(norm, geglu.proj, hidden)  # [N, 2F]
+    x, gate = z.chunk(2, dim=-1)  # [N, F] each
+    gelu, x_slope = F.gelu(gate), x * torch.func.jvp(F.gelu, (gate,), (torch.ones_like(gate),))[1]
+    head = (p @ out.weight).T  # proj_out after the output Linear [F, C']
+
+    def along(w: torch.Tensor) -> torch.Tensor:  # w [X, C'] -> [X, N, C']
+        dx, dgate = first(w).chunk(2, dim=-1)  # [X, N, F] each
+        return (dx * gelu + dgate * x_slope) @ head + (w @ p.T)[:, None]
+
+    return torch.cat([along(w) for w in directions.split(chunk)])
+
+
+def layer_norm_linear_jvp(
+    norm: nn.LayerNorm, linear: nn.Linear, hidden: torch.Tensor
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """z = linear(norm(h)) [N, F'] at h [N, C'], and w [X, C'] -> its JVP along w at every position [X, N, F'].
+
+    LayerNorm's tangent at q is (gamma / sigma_q) (w~ - xhat_q <xhat_q, w~> / C'), w~ = w - mean(w), so
+    after the linear layer it is (a_x - c_qx b_q) / sigma_q with a = W (gamma w~), b_q = W (gamma xhat_q):
+    no per-position matmul.
+    """
+    var, mean = torch.var_mean(hidden, dim=1, unbiased=False, keepdim=True)
+    sigma = (var + norm.eps).sqrt()  # [N, 1]
+    xhat = (hidden - mean) / sigma  # [N, C']
+    gamma = norm.weight if norm.weight is not None else torch.ones_like(hidden[0])
+    b = (xhat * gamma) @ linear.weight.T  # [N, F']
+
+    def tangent(w: torch.Tensor) -> torch.Tensor:
+        w_centred = w - w.mean(dim=1, keepdim=True)  # [X, C']
+        coef = xhat @ w_centred.T / hidden.shape[1]  # [N, X]
+        dz = ((w_centred * gamma) @ linear.weight.T)[:, None] - coef.T[..., None] * b  # sigma * JVP [X, N, F']
+        return dz.div_(sigma)
+
+    return linear(norm(hidden)), tangent
 
 
 def tail_scores(
@@ -194,23 +266,33 @@ def tail_scores(
     `mix(start, stop)` gives the [k, k] cotangent block of outputs start..stop-1 (None: identity);
     chunks start at multiples of `chunk_size`.
     """
-    heads, n, tokens = a_sub.shape
-    d = position_jacobian(tail, a_sub)  # d u_q / d A[h, q, s] as [H*S, N, C']
-    u = tail.position_wise(a_sub)  # [N, C']
+    u, d = position_jacobian(tail, a_sub)  # [N, C'], d u_q / d A[h, q, s] as [H*S, N, C']
     lin = linearize_head(*tail.head, u.T.reshape(tail.grid))
-    products = HeadProducts(lin, d.permute(0, 2, 1).contiguous())
+    products = HeadProducts(lin, d)
     check_rows(tail, u, d, products, size)
-    weights = a_sub.permute(1, 0, 2).reshape(1, n, heads * tokens)  # A[h, q, s] as [1, N, H*S]
-    scores = torch.empty(tokens, size, dtype=a_sub.dtype, device=a_sub.device)
+    reduce = weighted_sum(a_sub, transform)
+    scores = torch.empty(size, a_sub.shape[2], dtype=a_sub.dtype, device=a_sub.device)
     for start in range(0, size, chunk_size):
         stop = min(start + chunk_size, size)
-        grads = products.rows(start, stop)  # d eps_m / d A[h, q, s] as [k, N, H*S]
-        block = mix(start, stop)
-        if block is not None:
-            grads = torch.einsum("kj,jqx->kqx", block, grads)
-        contrib = transform(grads * factor) * weights  # [k, N, H*S]
-        scores[:, start:stop] = contrib.view(stop - start, n, heads, tokens).sum(dim=(1, 2)).T
-    return scores
+        scores[start:stop] = products.contract(start, stop, reduce, mix(start, stop), scale=factor)
+    return scores.T.contiguous()
+
+
+IN_PLACE = {torch.abs: torch.abs_, torch.relu: torch.relu_}
+
+
+def weighted_sum(a_sub: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
+    """grads [k, N, H*S] (d eps_m / d A[h, q, s], overwritten) -> sum_{h,q} A[h,q,s] T(grads) [k, S], one matmul."""
+    heads, n, tokens = a_sub.shape
+    weights = a_sub.permute(1, 0, 2).reshape(-1, 1)  # A[h, q, s] at (q, h*S + s) [N*H*S, 1]
+    select = torch.eye(tokens, dtype=a_sub.dtype, device=a_sub.device).repeat(n * heads, 1)  # [N*H*S, S]
+    weights = weights * select
+    in_place = IN_PLACE.get(transform, transform)
+
+    def reduce(grads: torch.Tensor) -> torch.Tensor:
+        return in_place(grads).view(len(grads), -1) @ weights
+
+    return reduce
 
 
 VERIFIED_HEADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # conv_out -> (norm, act) checked

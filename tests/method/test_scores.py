@@ -6,6 +6,8 @@ one torch.autograd.grad per latent element of the target, w.r.t. the recorded pr
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers import DDPMScheduler
@@ -13,6 +15,15 @@ from diffusers import DDPMScheduler
 from bench.sd.errors import ConfigError
 from method.attention import recording_attention, resolve_layers
 from method.gradsam import BLOCK, attention_scores, importance_scores, score_with_path
+from method.post_jacobian import HeadProducts, linearize_head
+from method.tail import (
+    TailInputs,
+    build_tail,
+    capturing_tail_inputs,
+    geglu_parts,
+    position_jacobian,
+    tail_modules,
+)
 from tests.method.unets import NO_TAIL, SD15_SHAPED, TINY, build_unet
 
 W = 8.0  # guidance scale
@@ -88,6 +99,46 @@ def test_last_layer_scores_equal_brute_force(unet_and_rows, path, transform):
     assert taken == path
     assert ours.shape == (len(POSITIONS), 4, 4, 4)
     assert_close(ours, grad_sam(rows, probs, transform))
+
+
+def last_layer_tail(unet, z, cond):
+    """The tail of the last layer and its subject columns a_sub [H, N, S], as the tail path builds them."""
+    (layer,) = resolve_layers(unet, "last")
+    mods = tail_modules(unet, layer)
+    with recording_attention(unet, [layer]) as store, capturing_tail_inputs(mods) as kept, torch.no_grad():
+        unet(z, T, encoder_hidden_states=cond)
+    probs, value = store.records[layer].probs[0].detach(), store.records[layer].value[0]
+    inputs = TailInputs(kept["block_residual"][0], kept["transformer_residual"][0])
+    positions = torch.tensor(POSITIONS)
+    return build_tail(mods, inputs, probs, value, positions), probs[:, :, positions]
+
+
+@pytest.mark.parametrize("config", [TINY, SD15_SHAPED], ids=["tiny_conv_proj", "sd15_shaped_linear_proj"])
+def test_position_jacobian_paths_equal_a_jvp_through_the_whole_position_wise_tail(config):
+    unet = build_unet(config)
+    z, cond, _ = inputs(unet)
+    tail, a_sub = last_layer_tail(unet, z, cond)
+    heads, _, tokens = a_sub.shape
+    reference = []
+    for h in range(heads):
+        for s in range(tokens):  # tangent 1 at (h, s) for every query
+            tangent = torch.zeros_like(a_sub)
+            tangent[h, :, s] = 1.0
+            reference.append(torch.func.jvp(tail.position_wise, (a_sub,), (tangent,))[1])
+    reference = torch.stack(reference)  # [H*S, N, C']
+    assert geglu_parts(tail.mods) is not None
+    u, written_out = position_jacobian(tail, a_sub)
+    u_vmap, vmapped = position_jacobian(dataclasses.replace(tail, mods=None), a_sub, chunk=3)
+    torch.testing.assert_close(u, tail.position_wise(a_sub))
+    torch.testing.assert_close(u_vmap, u)
+    assert_close(written_out, reference)
+    assert_close(vmapped, reference)
+    # Mixed rows (any mix matrix, zeros included) are mix @ rows.
+    products = HeadProducts(linearize_head(*tail.head, u.T.reshape(tail.grid)), written_out)
+    mix = torch.randn(16, 16, generator=torch.Generator().manual_seed(0)) * (torch.rand(16, 16) < 0.5)
+    expected = torch.einsum("kj,jqx->kqx", mix, products.rows(8, 24))
+    assert_close(products.rows(8, 24, mix), expected)
+    assert_close(products.contract(8, 24, torch.clone, mix, scale=-2.0, tile=5), -2 * expected)
 
 
 def test_all_layers_general_path_equals_brute_force():
