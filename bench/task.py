@@ -29,6 +29,7 @@ from bench.records import (
 )
 from bench.sd.diffusion import SamplingConfig
 from bench.sd.methods import Generated, Method, Sample
+from bench.truth.record import TRUTH_FILE, TruthRecorder
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,13 @@ def run_benchmark(cfg: DictConfig) -> dict:
     # 3. Read every reference first: a bad file fails now, not after an hour of sampling.
     refs = load_references(pending, cfg.model.image_size, cfg.dataset.get("resample", "bicubic"))
 
-    # 4. Build the backbone, the method, the metrics and the tracker.
+    # 4. Build the subject-truth segmenter (missing weights fail here), the method, the backbone, the metrics
+    #    and the tracker.
+    truth = truth_recorder(cfg, dataset)
     method: Method = build(cfg.method)
     backbone = build(cfg.model)
+    if truth is not None:
+        truth.latent_size = backbone.latent_size
     metrics = {name: build(node) for name, node in cfg.metrics.per_sample.items()}
     tracker = build(cfg.logger)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -134,7 +139,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
                 for unit, sample, result in zip(batch, samples, results, strict=True):
                     conversion = refs[unit.image.image_id][1]
                     with writing(run_dir):
-                        record_sample(cfg, run_dir, base, unit, sample, result, metrics, conversion)
+                        record_sample(cfg, run_dir, base, unit, sample, result, metrics, conversion, truth)
                     bar.update(1)
         # 6. Rebuild the task's samples table from every row on disk (all methods, all shards).
         task_dir = Path(cfg.paths.output_dir) / cfg.task_name
@@ -204,6 +209,29 @@ def row_base(cfg: DictConfig, method: Method) -> dict:
     return base
 
 
+def truth_recorder(cfg: DictConfig, dataset) -> TruthRecorder | None:
+    """The run's subject-truth recorder, or None when `truth_record.enabled` is off.
+
+    auto: on for datasets of real images (`records_truth`, e.g. dataset=places365), whose subjects are
+    found only by a segmenter; off elsewhere, so those rows keep exactly their columns.
+    """
+    node = cfg.get("truth_record") or {}
+    enabled = node.get("enabled", False)
+    if enabled == "auto":
+        enabled = bool(getattr(dataset, "records_truth", False))
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"truth_record.enabled={enabled!r}; expected auto, true or false.")
+    if not enabled:
+        return None
+    if not cfg.get("truth"):
+        raise ConfigError(
+            "truth_record.enabled is on but truth=none; pick a segmenter (truth=clipseg on real images, "
+            "truth=oracle on dataset=toy_world) or set truth_record.enabled=false."
+        )
+    compare = build(cfg.truth_compare) if cfg.get("truth_compare") else None
+    return TruthRecorder(build(cfg.truth), node.get("alt_threshold"), compare)
+
+
 def record_sample(
     cfg: DictConfig,
     run_dir: Path,
@@ -213,8 +241,9 @@ def record_sample(
     result: Generated,
     metrics: dict,
     conversion: str,
+    truth: TruthRecorder | None = None,
 ) -> None:
-    """Save the image and masks, score the sample, then write its row (the row marks it done)."""
+    """Save the image and masks (and the truth), score the sample, then write its row (the row marks it done)."""
     row = {
         **base,
         "image_id": unit.image.image_id,
@@ -250,6 +279,10 @@ def record_sample(
         reference_path=relative_to_root(reference_path, cfg.paths.root_dir),
         masks_dir=relative_to_root(run_dir / "masks" / unit.key, cfg.paths.root_dir) if result.masks else "",
     )
+    if truth is not None:
+        truth_path = run_dir / "masks" / unit.key / TRUTH_FILE
+        row.update(truth(result.image, sample.subject, sample.prompt, truth_path))
+        row["truth_path"] = relative_to_root(truth_path, cfg.paths.root_dir)
     context = SampleContext(
         generated=result.image,
         reference=sample.reference,

@@ -63,6 +63,10 @@ def read_image(path: Path) -> Image.Image:
 class Places365Scenes:
     """The protocol's subcategories, each with N Places365 images."""
 
+    # Real images: where a generated subject is can only be found by a segmenter, so a run records its
+    # subject truth by default (truth_record.enabled=auto; bench/truth).
+    records_truth = True
+
     def __init__(
         self,
         name: str,

@@ -5,6 +5,6 @@ text-prompted segmentation model (bench/truth/clipseg.py). The attribution study
 take a `SubjectTruth` and do not care where it came from.
 """
 
-from bench.truth.base import SubjectSegmenter, SubjectTruth, latent_truth
+from bench.truth.base import SubjectSegmenter, SubjectTruth, latent_truth, threshold_truth
 
-__all__ = ["SubjectSegmenter", "SubjectTruth", "latent_truth"]
+__all__ = ["SubjectSegmenter", "SubjectTruth", "latent_truth", "threshold_truth"]

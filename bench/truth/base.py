@@ -44,3 +44,17 @@ def latent_truth(mask: np.ndarray, height: int, width: int) -> np.ndarray:
         raise ValueError(f"a {big_h}x{big_w} mask does not tile a {height}x{width} latent grid.")
     cells = mask.reshape(height, big_h // height, width, big_w // width)
     return cells.mean(axis=(1, 3)).astype(np.float32)
+
+
+def threshold_truth(
+    probability: np.ndarray, threshold: float, subject: str, source: str, provenance: str
+) -> SubjectTruth:
+    """`SubjectTruth` with mask = probability >= threshold, and the reason when that mask is empty."""
+    mask = probability >= threshold
+    reason = ""
+    if not mask.any():
+        reason = (
+            f"{source} finds no pixel of {subject!r} with probability >= {threshold:g} "
+            f"(highest {float(probability.max()):.3g}): empty truth"
+        )
+    return SubjectTruth(probability, mask, source, provenance, empty_reason=reason)
