@@ -196,7 +196,7 @@ def how_to_provide(repo_id: str, revision: str | None) -> str:
         "Hugging Face cache (config.json, preprocessor_config.json, model.safetensors: about 0.6 GB); "
         "(2) point HF_HOME (or HF_HUB_CACHE, or truth.cache_dir) at a Hugging Face cache that already holds it; "
         "(3) pass truth.path=<a folder with config.json and model.safetensors> (pickled pytorch_model.bin is "
-        "refused). Or run without subject truth: record_truth=false."
+        "refused). Or run without subject truth: truth_record.enabled=false."
     )
 
 

@@ -10,7 +10,7 @@ from tests.conftest import compose_cfg
 
 # Options whose instantiation needs an asset these machines cannot have (weights, data): they
 # compose here; their clear "missing asset" errors are tested beside their loaders.
-NEEDS_ASSETS = {("model", "sd15"), ("dataset", "places365")}
+NEEDS_ASSETS = {("model", "sd15"), ("dataset", "places365"), ("truth", "clipseg")}
 
 
 def options(group: str) -> list[str]:
@@ -49,6 +49,15 @@ def test_model_options_compose(option):
     if ("model", option) not in NEEDS_ASSETS:
         backbone = instantiate(cfg.model, _convert_="all")
         assert backbone.image_size == cfg.model.image_size
+
+
+@pytest.mark.parametrize("option", options("truth"))
+def test_truth_options_instantiate(option):
+    cfg = compose_cfg([f"truth={option}", "device=cpu"])
+    if ("truth", option) in NEEDS_ASSETS or not cfg.truth:
+        return
+    segmenter = instantiate(cfg.truth, _convert_="all")
+    assert segmenter.name and segmenter.provenance
 
 
 @pytest.mark.parametrize("option", options("ablation"))

@@ -1,0 +1,176 @@
+"""Subject truth in a run: the oracle behind the interface, the truth file and columns, the NaN path of an
+empty truth, the pairing with the no_manipulation row, and the fail-fast of the real protocol."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bench.sd.errors import AssetMissingError, ConfigError
+from bench.task import run_benchmark
+from bench.toy.oracle import colour_region
+from bench.toy.truth import OracleTruth
+from bench.toy.world import toy_scene
+from bench.truth import SubjectTruth
+from bench.truth.record import TruthRecorder, control_row, load_truth
+from tests.conftest import compose_cfg, minimal_run
+from tests.sd.test_sd15 import tiny_folder  # noqa: F401  (fixture: the tiny SD model in SD1.5's folder layout)
+from tests.truth.test_clipseg import tiny_clipseg_folder  # noqa: F401  (fixture: a tiny CLIPSeg folder)
+
+
+def find_scene(colour: str):
+    return next(s for k in range(100) if (s := toy_scene(seed=0, k=k)).colour == colour)
+
+
+def test_oracle_truth_is_the_prompts_colour_region():
+    scene = find_scene("red")
+    truth = OracleTruth()(scene.image, "ball", f"a red ball in a {scene.subcategory}")
+    assert isinstance(truth, SubjectTruth) and truth.source == "oracle" and not truth.is_empty
+    assert np.array_equal(truth.mask, colour_region(scene.image, "red"))
+    assert np.array_equal(truth.mask, scene.mask) and truth.empty_reason == ""
+    empty = OracleTruth()(scene.background, "ball", "a red ball in a forest")
+    assert empty.is_empty and empty.empty_reason == "oracle finds no red pixel in the image: empty truth"
+
+
+class Fixed:
+    """A segmenter with a fixed probability map (the recorder's own logic under test, not a segmenter's)."""
+
+    name, provenance, threshold = "fixed", "fixed map", 0.5
+
+    def __init__(self, probability: np.ndarray):
+        self.probability = probability
+
+    def __call__(self, image, subject, prompt) -> SubjectTruth:
+        mask = self.probability >= self.threshold
+        return SubjectTruth(self.probability, mask, self.name, self.provenance, "" if mask.any() else "nothing")
+
+
+def test_recorder_writes_image_and_latent_truth_with_both_thresholds_and_the_comparison(tmp_path):
+    probability = np.zeros((8, 8), dtype=np.float32)
+    probability[:4, :4] = 0.9  # 16 px at 0.5
+    probability[4:6, :4] = 0.4  # 8 more px at 0.3
+    other = probability.copy()
+    other[:4, :2] = 0.0  # the second source sees half of the 0.5 region
+    recorder = TruthRecorder(Fixed(probability), alt_threshold=0.3, compare=Fixed(other), latent_size=4)
+    row = recorder(np.zeros((8, 8, 3), np.uint8), "ball", "a red ball", tmp_path / "truth.npz")
+    assert row["truth_area"] == 16 / 64 and row["truth_empty"] == 0.0 and row["truth_nan_reason"] == ""
+    assert row["truth_area_alt"] == 24 / 64 and row["truth_iou_alt"] == 16 / 24
+    assert row["truth_iou_compare"] == 8 / 16 and row["truth_compare_nan_reason"] == ""
+    assert row["truth_area_latent"] == 4 / 16
+    saved = load_truth(tmp_path / "truth.npz")
+    assert saved["mask"].shape == (8, 8) and saved["latent"].shape == (4, 4)
+    assert saved["latent"][0, 0] == 1.0 and saved["latent"][2, 0] == 0.0
+    assert saved["mask_alt"].sum() == 24 and saved["compare_mask"].sum() == 8
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_an_empty_truth_gives_nan_with_the_reason_never_a_zero(tmp_path):
+    recorder = TruthRecorder(Fixed(np.full((8, 8), 0.1, np.float32)), 0.05, Fixed(np.ones((8, 8), np.float32)), 2)
+    row = recorder(np.zeros((8, 8, 3), np.uint8), "ball", "a red ball", tmp_path / "truth.npz")
+    assert row["truth_area"] == 0.0 and row["truth_empty"] == 1.0 and row["truth_nan_reason"] == "nothing"
+    assert math.isnan(row["truth_iou_alt"]) and math.isnan(row["truth_iou_compare"])
+    assert row["truth_compare_nan_reason"] == "nothing"
+    assert not load_truth(tmp_path / "truth.npz")["mask"].any()
+
+
+def samples_table() -> pd.DataFrame:
+    base = {"model": "toy", "dataset": "toy_world", "image_id": "forest/0", "seed": 1, "status": "ok"}
+    return pd.DataFrame(
+        [
+            {**base, "prompt": "a red ball", "ablation": "none", "label": "gradsam"},
+            {**base, "prompt": "a red ball", "ablation": "no_manipulation", "label": "gradsam"},
+            {**base, "prompt": "a blue box", "ablation": "none", "label": "gradsam"},
+            {**base, "prompt": "a blue box", "ablation": "no_manipulation", "label": "gradsam", "status": "failed"},
+        ]
+    )
+
+
+def test_control_row_pairs_by_sample_identity():
+    table = samples_table()
+    found = control_row(table, table.iloc[0])
+    assert found is not None and found["ablation"] == "no_manipulation" and found["prompt"] == "a red ball"
+    assert control_row(table, table.iloc[2]) is None  # its control failed
+    with pytest.raises(ValueError, match="2 no_manipulation rows share the identity"):
+        control_row(pd.concat([table, table]), table.iloc[0])
+
+
+def test_a_toy_world_run_records_oracle_truth_and_its_agreement_with_clipseg(tmp_path):
+    overrides = [
+        *minimal_run(),
+        "dataset=toy_world",
+        "truth_record.enabled=true",
+        "truth@truth_compare=clipseg_tiny",
+    ]
+    cfg = compose_cfg(overrides, tmp_root=tmp_path)
+    assert cfg.truth._target_ == "bench.toy.truth.OracleTruth"  # the dataset's default truth
+    summary = run_benchmark(cfg)
+    samples = pd.read_csv(summary["samples_csv"])
+    row = samples.iloc[0]
+    assert row["truth_source"] == "oracle" and row["truth_compare_source"] == "clipseg_tiny"
+    assert "not a trained segmenter" in row["truth_compare_provenance"]
+    assert row["truth_empty"] in (0.0, 1.0)
+    if row["truth_empty"]:  # the random tiny model rarely paints the prompt's colour: the NaN path, with reason
+        assert math.isnan(row["truth_iou_compare"]) and row["truth_nan_reason"].startswith("oracle finds no")
+    assert "truth_iou_alt" not in samples.columns  # the oracle has no probability threshold
+    saved = load_truth(tmp_path / row["truth_path"])
+    assert saved["mask"].shape == (32, 32) and saved["latent"].shape == (8, 8) and "compare_mask" in saved
+
+
+def test_without_truth_the_rows_keep_their_columns(tmp_path):
+    cfg = compose_cfg([*minimal_run(), "dataset=toy_world"], tmp_root=tmp_path)
+    samples = pd.read_csv(run_benchmark(cfg)["samples_csv"])
+    assert not [c for c in samples.columns if c.startswith("truth")]
+    assert not list((tmp_path / "outputs").rglob("truth.npz"))
+
+
+def test_truth_enabled_with_no_segmenter_is_refused(tmp_path):
+    cfg = compose_cfg([*minimal_run(), "truth_record.enabled=true", "truth=none"], tmp_root=tmp_path)
+    with pytest.raises(ConfigError, match="truth=none"):
+        run_benchmark(cfg)
+
+
+def places365_root(tmp_path: Path) -> Path:
+    root = tmp_path / "DATA-1"
+    for k in range(2):
+        path = root / "natural" / "forest" / f"forest_{k:03d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(k)
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(path, quality=90)
+    return root
+
+
+def real_protocol(tmp_path: Path, sd_folder: Path, *extra: str) -> list[str]:
+    return [
+        *minimal_run(),
+        "model=sd15",
+        f"model.path={sd_folder}",
+        "dataset=places365",
+        f"dataset.root={places365_root(tmp_path)}",
+        *extra,
+    ]
+
+
+def test_sd15_on_places365_without_clipseg_weights_fails_before_generation(tmp_path, tiny_folder):  # noqa: F811
+    cfg = compose_cfg(real_protocol(tmp_path, tiny_folder, f"truth.cache_dir={tmp_path / 'empty'}"), tmp_root=tmp_path)
+    with pytest.raises(AssetMissingError) as info:
+        run_benchmark(cfg)
+    message = str(info.value)
+    assert "CIDAS/clipseg-rd64-refined" in message and "truth.path=" in message and "record_truth" not in message
+    assert "truth_record.enabled=false" in message
+    assert not list((tmp_path / "outputs").rglob("*.png"))
+
+
+def test_sd15_on_places365_with_a_clipseg_folder_records_truth(tmp_path, tiny_folder, tiny_clipseg_folder):  # noqa: F811
+    cfg = compose_cfg(real_protocol(tmp_path, tiny_folder, f"truth.path={tiny_clipseg_folder}"), tmp_root=tmp_path)
+    samples = pd.read_csv(run_benchmark(cfg)["samples_csv"])
+    row = samples.iloc[0]
+    assert row["truth_source"] == "clipseg" and str(tiny_clipseg_folder) in row["truth_provenance"]
+    assert row["truth_threshold"] == 0.5 and row["truth_alt_threshold"] == 0.3
+    saved = load_truth(tmp_path / row["truth_path"])
+    assert saved["mask"].shape == (32, 32) and saved["latent"].shape == (8, 8) and "mask_alt" in saved
+    assert row["truth_area"] == pytest.approx(float(saved["mask"].mean()), rel=1e-5)  # samples.csv: 6 digits
