@@ -26,4 +26,8 @@ PER_SAMPLE_METRICS: dict[str, bool] = {
     "subject_ok": True,  # toy CLIP: prompted colour and shape
     "subject_ok_oracle": True,  # oracle segmenter: prompted colour and shape
     "true_bg_psnr": True,  # background kept, outside the true subject region
+    # Subject truth (truth_record, bench/truth/record.py): how stable the truth itself is. NaN for an empty
+    # truth (reason in truth_nan_reason), so the tables count those samples apart (`<metric>_nan`).
+    "truth_iou_alt": True,  # the truth mask at its threshold vs at truth_record.alt_threshold
+    "truth_iou_compare": True,  # the truth vs a second source (truth@truth_compare=...)
 }
