@@ -278,3 +278,24 @@ def resolve_revision(repo_id: str, revision: str | None, cache: str) -> str:
         f"{repo_id} has no pull request '{SAFETENSORS_PR_TITLE}' by {SAFETENSORS_PR_AUTHOR}, so no safetensors "
         "revision to pin. " + how_to_provide(repo_id, revision)
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m bench.truth.clipseg`: fetch the CLIPSeg weights once (or find them) and print the commit to pin."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--repo-id", default="CIDAS/clipseg-rd64-refined")
+    parser.add_argument("--revision", default=None, help="a commit; default: the safetensors PR's (found online)")
+    parser.add_argument("--cache-dir", default=None, help="default: the Hugging Face cache (HF_HOME / HF_HUB_CACHE)")
+    args = parser.parse_args(argv)
+    try:
+        folder, weights = locate_clipseg(args.repo_id, args.revision, None, args.cache_dir)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    commit = weights.rsplit("@", 1)[-1]
+    print(f"{weights} in {folder}\npin it: truth.revision={commit}")
+
+
+if __name__ == "__main__":
+    main()
