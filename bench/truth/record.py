@@ -122,3 +122,14 @@ def control_row(samples: pd.DataFrame, row: Mapping, ablation: str = CONTROL_ABL
             "holds one per sample (is it a concatenation of several tasks?)."
         )
     return found.iloc[0] if len(found) else None
+
+
+def control_truth(samples: pd.DataFrame, row: Mapping, root_dir: str | Path) -> dict[str, np.ndarray] | None:
+    """The truth arrays of `row`'s no_manipulation row (`control_row`), or None if it has none recorded.
+
+    `root_dir` is the runs' `paths.root_dir` (truth paths in samples.csv are relative to it).
+    """
+    control = control_row(samples, row)
+    if control is None or not isinstance(control.get("truth_path"), str) or not control["truth_path"]:
+        return None
+    return load_truth(Path(root_dir) / control["truth_path"])

@@ -17,7 +17,7 @@ from bench.toy.oracle import colour_region
 from bench.toy.truth import OracleTruth
 from bench.toy.world import toy_scene
 from bench.truth import SubjectTruth
-from bench.truth.record import TruthRecorder, control_row, load_truth
+from bench.truth.record import TruthRecorder, control_row, control_truth, load_truth
 from tests.conftest import compose_cfg, minimal_run
 from tests.sd.test_sd15 import tiny_folder  # noqa: F401  (fixture: the tiny SD model in SD1.5's folder layout)
 from tests.truth.test_clipseg import tiny_clipseg_folder  # noqa: F401  (fixture: a tiny CLIPSeg folder)
@@ -90,11 +90,16 @@ def samples_table() -> pd.DataFrame:
     )
 
 
-def test_control_row_pairs_by_sample_identity():
+def test_control_row_pairs_by_sample_identity(tmp_path):
     table = samples_table()
     found = control_row(table, table.iloc[0])
     assert found is not None and found["ablation"] == "no_manipulation" and found["prompt"] == "a red ball"
     assert control_row(table, table.iloc[2]) is None  # its control failed
+    assert control_truth(table, table.iloc[0], tmp_path) is None  # no truth recorded
+    recorder = TruthRecorder(Fixed(np.eye(4, dtype=np.float32)), latent_size=2)
+    recorder(np.zeros((4, 4, 3), np.uint8), "ball", "a red ball", tmp_path / "control" / "truth.npz")
+    table["truth_path"] = ["", "control/truth.npz", "", ""]
+    assert np.array_equal(control_truth(table, table.iloc[0], tmp_path)["mask"], np.eye(4, dtype=bool))
     with pytest.raises(ValueError, match="2 no_manipulation rows share the identity"):
         control_row(pd.concat([table, table]), table.iloc[0])
 
