@@ -281,7 +281,9 @@ def record_sample(
     )
     if truth is not None:
         truth_path = run_dir / "masks" / unit.key / TRUTH_FILE
-        row.update(truth(result.image, sample.subject, sample.prompt, truth_path))
+        row.update(
+            truth(result.image, sample.subject, sample.prompt, truth_path, result.masks, sample.reference, unit.key)
+        )
         row["truth_path"] = relative_to_root(truth_path, cfg.paths.root_dir)
     context = SampleContext(
         generated=result.image,

@@ -30,4 +30,7 @@ PER_SAMPLE_METRICS: dict[str, bool] = {
     # truth (reason in truth_nan_reason), so the tables count those samples apart (`<metric>_nan`).
     "truth_iou_alt": True,  # the truth mask at its threshold vs at truth_record.alt_threshold
     "truth_iou_compare": True,  # the truth vs a second source (truth@truth_compare=...)
+    "truth_mask_iou": True,  # the method's subject mask vs the truth
+    "truth_mask_iou_random": True,  # a random mask of the same latent cells (chance level)
+    "truth_bg_psnr": True,  # background kept, outside the truth
 }

@@ -10,6 +10,7 @@ truth-derived column is NaN with the reason in `truth_nan_reason` (never a silen
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 from collections.abc import Mapping
@@ -27,6 +28,8 @@ NAN = math.nan
 # A sample's identity across the runs of one task: the same reference image, prompt and seed.
 IDENTITY = ("model", "dataset", "image_id", "prompt", "seed")
 CONTROL_ABLATION = "no_manipulation"
+MASK_KEY = "subject_mask"  # the method's mask that the mask columns score (as bg_psnr reads it)
+RANDOM_DRAWS = 32
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -44,8 +47,21 @@ class TruthRecorder:
     compare: SubjectSegmenter | None = None  # a second source, scored against `segmenter` (IoU)
     latent_size: int | None = None  # the backbone's latent grid (h = w), known once the backbone is built
 
-    def __call__(self, image: np.ndarray, subject: str, prompt: str, path: Path) -> dict:
-        """Columns for uint8 [H, W, 3] `image`; writes `path` (npz, atomic)."""
+    def __call__(
+        self,
+        image: np.ndarray,
+        subject: str,
+        prompt: str,
+        path: Path,
+        masks: Mapping[str, np.ndarray] | None = None,
+        reference: np.ndarray | None = None,
+        identity: str = "",
+    ) -> dict:
+        """Columns for uint8 [H, W, 3] `image`; writes `path` (npz, atomic).
+
+        With the method's `masks` and the `reference`, also the mask columns (`mask_columns`); `identity`
+        (the sample key) seeds their random baseline.
+        """
         if self.latent_size is None:
             raise ValueError("TruthRecorder.latent_size is unset; set it to the backbone's latent_size.")
         truth = self.segmenter(image, subject, prompt)
@@ -64,6 +80,8 @@ class TruthRecorder:
         }
         row.update(self.alt_columns(truth, subject, arrays))
         row.update(self.compare_columns(truth, image, subject, prompt, arrays))
+        if masks is not None and reference is not None:
+            row.update(mask_columns(truth, masks.get(MASK_KEY), image, reference, identity))
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         atomic_write_bytes(path, buf.getvalue())
@@ -98,6 +116,58 @@ class TruthRecorder:
             "truth_iou_compare": NAN if reason else iou(truth.mask, other.mask),
             "truth_compare_nan_reason": reason,
         }
+
+
+def mask_columns(
+    truth: SubjectTruth, mask: np.ndarray | None, image: np.ndarray, reference: np.ndarray, identity: str
+) -> dict:
+    """The method's subject mask against the truth, beside chance, and the background kept outside the truth.
+
+    truth_mask_iou: IoU of the method's mask (channel mean >= 0.5, nearest-upsampled) with the truth;
+    truth_mask_iou_random: mean IoU of 32 masks with the same latent cells shuffled (seeded by `identity`);
+    truth_bg_psnr: PSNR of image vs reference outside the truth. All NaN for an empty truth (its reason).
+    """
+    out = {"truth_mask_iou": NAN, "truth_mask_iou_random": NAN, "truth_bg_psnr": NAN, "truth_mask_nan_reason": ""}
+    if truth.is_empty:
+        out["truth_mask_nan_reason"] = truth.empty_reason
+        return out
+    keep = ~truth.mask
+    if keep.any():
+        out["truth_bg_psnr"] = psnr(image[keep], reference[keep])
+    if mask is None:
+        out["truth_mask_nan_reason"] = f"the method records no '{MASK_KEY}'"
+        return out
+    cells = cell_mask(mask)  # bool [h, w]
+    out["truth_mask_iou"] = iou(upsample(cells, truth.mask.shape), truth.mask)
+    rng = np.random.default_rng(
+        int.from_bytes(hashlib.sha256(f"{identity}|truth_mask_iou_random".encode()).digest()[:8], "little")
+    )
+    draws = [
+        iou(upsample(rng.permutation(cells.ravel()).reshape(cells.shape), truth.mask.shape), truth.mask)
+        for _ in range(RANDOM_DRAWS)
+    ]
+    out["truth_mask_iou_random"] = float(np.mean(draws))
+    return out
+
+
+def cell_mask(mask: np.ndarray) -> np.ndarray:
+    """bool [h, w]: latent cells of a [h, w] or [C, h, w] mask in [0, 1] whose (channel mean) value is >= 0.5."""
+    mask = np.asarray(mask, dtype=np.float32)
+    return (mask.mean(axis=0) if mask.ndim == 3 else mask) >= 0.5
+
+
+def upsample(cells: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest upsampling of bool [h, w] to `shape` (integer factors, as SD's latent grid has)."""
+    (h, w), (big_h, big_w) = cells.shape, shape
+    if big_h % h or big_w % w:
+        raise ValueError(f"a {h}x{w} mask does not tile a {big_h}x{big_w} image.")
+    return cells.repeat(big_h // h, axis=0).repeat(big_w // w, axis=1)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB, peak 255) of two uint8 arrays of the same shape; inf if they are equal."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
 
 
 def load_truth(path: str | Path) -> dict[str, np.ndarray]:

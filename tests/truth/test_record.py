@@ -69,11 +69,37 @@ def test_recorder_writes_image_and_latent_truth_with_both_thresholds_and_the_com
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_the_methods_mask_is_scored_against_the_truth_beside_chance(tmp_path):
+    probability = np.zeros((8, 8), dtype=np.float32)
+    probability[:4, :4] = 0.9  # truth: the top-left 2x2 latent cells
+    method_mask = np.zeros((4, 2, 2), dtype=np.float32)  # [C, h, w] at a 4x4-pixel latent cell
+    method_mask[:, 0, :] = 1.0  # the whole top latent row: 2 cells, one of them right
+    image = np.full((8, 8, 3), 100, np.uint8)
+    reference = image.copy()
+    reference[:4, :4] = 0  # differs only inside the truth
+    recorder = TruthRecorder(Fixed(probability), latent_size=2)
+    masks = {"subject_mask": method_mask}
+    row = recorder(image, "ball", "a red ball", tmp_path / "t.npz", masks, reference, "forest/0/a/s1")
+    assert row["truth_mask_iou"] == 16 / 32 and row["truth_bg_psnr"] == math.inf
+    # chance: 2 of 4 cells at random: IoU 1/2 (the right cell among them) or 0, 1/4 on average
+    assert 0.1 < row["truth_mask_iou_random"] < 0.5 and row["truth_mask_nan_reason"] == ""
+    again = recorder(image, "ball", "a red ball", tmp_path / "t.npz", masks, reference, "forest/0/a/s1")
+    assert again["truth_mask_iou_random"] == row["truth_mask_iou_random"]  # seeded by the sample's identity
+    none = recorder(image, "ball", "a red ball", tmp_path / "t.npz", {}, reference, "forest/0/a/s1")
+    assert (
+        math.isnan(none["truth_mask_iou"]) and none["truth_mask_nan_reason"] == "the method records no 'subject_mask'"
+    )
+    assert none["truth_bg_psnr"] == math.inf
+
+
 def test_an_empty_truth_gives_nan_with_the_reason_never_a_zero(tmp_path):
     recorder = TruthRecorder(Fixed(np.full((8, 8), 0.1, np.float32)), 0.05, Fixed(np.ones((8, 8), np.float32)), 2)
-    row = recorder(np.zeros((8, 8, 3), np.uint8), "ball", "a red ball", tmp_path / "truth.npz")
+    image, masks = np.zeros((8, 8, 3), np.uint8), {"subject_mask": np.ones((2, 2), np.float32)}
+    row = recorder(image, "ball", "a red ball", tmp_path / "truth.npz", masks, image + 1, "k")
     assert row["truth_area"] == 0.0 and row["truth_empty"] == 1.0 and row["truth_nan_reason"] == "nothing"
     assert math.isnan(row["truth_iou_alt"]) and math.isnan(row["truth_iou_compare"])
+    assert all(math.isnan(row[k]) for k in ("truth_mask_iou", "truth_mask_iou_random", "truth_bg_psnr"))
+    assert row["truth_mask_nan_reason"] == "nothing"
     assert row["truth_compare_nan_reason"] == "nothing"
     assert not load_truth(tmp_path / "truth.npz")["mask"].any()
 
