@@ -108,8 +108,9 @@ def test_aggregate_writes_every_file_byte_identically(tmp_path, task):
     folder = tmp_path / "results" / task
     name = "ablations" if task == "ablations" else "table1"
     expected = {f"{name}.csv", f"{name}.md", f"{name}_by_category.csv", f"{name}_by_prompt.csv", "report.html"}
-    expected |= {"paper_comparison.csv"} if task == "table1" else {"ablation_deltas.csv"}
+    expected |= {f"{name}_headline.md"} | ({"ablation_deltas.csv"} if task == "ablations" else set())
     assert expected <= {p.name for p in folder.iterdir()}
+    assert not (folder / "paper_comparison.csv").exists()  # model=tiny: nothing to compare with the paper
     assert paths["figures"] and all(p.exists() for p in paths["figures"])
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     aggregate_task(tmp_path / "results", task, tmp_path)
