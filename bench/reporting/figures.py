@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench.metrics import PER_SAMPLE_METRICS  # noqa: E402
-from bench.reporting.tables import metric_values  # noqa: E402
+from bench.reporting.tables import full_method_first, metric_values  # noqa: E402
 
 PNG_METADATA = {"Software": None}
 
@@ -65,7 +65,7 @@ def sample_grid(samples: pd.DataFrame, root: Path, out_path: Path, identity: tup
     """One sample under every method: reference | each saved mask over the generated image | generated."""
     image_id, prompt, seed = identity
     rows = samples[(samples["image_id"] == image_id) & (samples["prompt"] == prompt) & (samples["seed"] == seed)]
-    rows = rows[rows["status"] == "ok"].sort_values(["label", "ablation"])
+    rows = full_method_first(rows[rows["status"] == "ok"], ["label", "ablation"])
     rows = rows[[(root / p).is_file() for p in rows["image_path"]]]  # images may have been cleaned away
     if rows.empty:
         return None

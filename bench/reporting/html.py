@@ -36,6 +36,7 @@ tr.paper td { background: #fff8e1; font-style: italic; }
 .warn { color: var(--bad); }
 .figs { display: flex; flex-wrap: wrap; gap: 10px; }
 .figs figure { margin: 0; flex: 0 1 auto; max-width: 100%; }
+.figs.pairs figure { max-width: calc(50% - 5px); }
 img { max-width: 100%; height: auto; border: 1px solid #e3e3e3; }
 figcaption { color: var(--mute); font-size: 12px; }
 details { margin: 0.6em 0; } summary { cursor: pointer; font-weight: 600; }
@@ -64,7 +65,8 @@ class Report:
     headline: pd.DataFrame
     headline_notes: list[str]
     compact: list[tuple[str, pd.DataFrame, list[str]]] = field(default_factory=list)  # (title, frame, notes)
-    comparison_figures: list[Path] = field(default_factory=list)
+    comparison_figures: list[Path] = field(default_factory=list)  # the paired-delta figure
+    box_figures: list[Path] = field(default_factory=list)
     comparison_tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     attribution: tuple[pd.DataFrame, list[Path], list[str]] | None = None  # (table, figures, notes)
     grids: list[Path] = field(default_factory=list)
@@ -100,7 +102,8 @@ def notes_html(notes: list[str]) -> str:
     return "".join(f"<p class='note{' warn' if n.startswith('WARNING') else ''}'>{html.escape(n)}</p>" for n in notes)
 
 
-def figures_html(folder: Path, figures: list[Path]) -> str:
+def figures_html(folder: Path, figures: list[Path], pairs: bool = False) -> str:
+    """Figures side by side, wrapping; `pairs`: at most two a line (box plots)."""
     items = []
     for fig in figures:
         rel = html.escape(fig.relative_to(folder).as_posix())
@@ -108,7 +111,7 @@ def figures_html(folder: Path, figures: list[Path]) -> str:
             f"<figure><img src='{rel}' alt='{html.escape(fig.stem)}' loading='eager'>"
             f"<figcaption>{html.escape(fig.stem)}</figcaption></figure>"
         )
-    return f"<div class='figs'>{''.join(items)}</div>"
+    return f"<div class='figs{' pairs' if pairs else ''}'>{''.join(items)}</div>"
 
 
 def collapsed(summary: str, body: str) -> str:
@@ -128,9 +131,10 @@ def report_html(folder: Path, r: Report) -> str:
     ]
     for title, frame, notes in r.compact:
         parts += [f"<h3>{html.escape(title)}</h3>", frame_html(frame), notes_html(notes)]
-    if r.comparison_figures or r.comparison_tables:
+    if r.comparison_figures or r.box_figures or r.comparison_tables:
         parts.append("<h2>Method comparison</h2>")
         parts.append(figures_html(folder, r.comparison_figures))
+        parts.append(figures_html(folder, r.box_figures, pairs=True))
         parts += [collapsed(t, frame_html(f)) for t, f in r.comparison_tables]
     if r.attribution is not None:
         frame, figures, notes = r.attribution

@@ -71,6 +71,16 @@ def metric_values(frame: pd.DataFrame, metric: str) -> pd.Series:
     return values.where(np.isfinite(values))
 
 
+def full_method_first(table: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFrame:
+    """Rows sorted by `by`, except that each label's full method (ablation none) comes before its ablations."""
+    if table.empty or "ablation" not in by:
+        return table
+    order = list(by)
+    order.insert(order.index("ablation"), "_ablated")
+    key = table.assign(_ablated=table["ablation"] != "none")
+    return key.sort_values(order, kind="stable").drop(columns="_ablated").reset_index(drop=True)
+
+
 def summarize(
     samples: pd.DataFrame, by: Sequence[str] = GROUP, intervals: bool = True, table: str = "table1"
 ) -> pd.DataFrame:
@@ -94,7 +104,7 @@ def summarize(
                     row[f"{m}_{name}_lo"], row[f"{m}_{name}_hi"] = lo, hi
             row[f"{m}_n"] = int(len(values))  # non-missing values behind the mean; < N when some are NaN
         out.append(row)
-    return pd.DataFrame(out)
+    return full_method_first(pd.DataFrame(out), by)
 
 
 def paper_incomparable(samples: pd.DataFrame) -> str:
@@ -113,7 +123,7 @@ def paper_incomparable(samples: pd.DataFrame) -> str:
     if not wrong:
         return ""
     want = ", ".join(f"{k}={v}" for k, v in PAPER_PROFILE.items())
-    return f"its row is absent: comparable only with {want}; these rows have {'; '.join(wrong)}."
+    return f"row is absent: it is comparable only with {want}; these rows have {'; '.join(wrong)}."
 
 
 def paper_comparison(table: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:

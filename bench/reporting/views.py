@@ -82,8 +82,8 @@ def headline_view(table: pd.DataFrame, samples: pd.DataFrame) -> tuple[pd.DataFr
         "FID64 = the paper's per-pair 64-d Inception distance (fid64_pair, lower is better), not FID-2048; "
         f"CLIP = 100*max(cos, 0) (clip_score, higher is better) with {clip or 'no CLIP'}.",
         "N = successful samples (failures counted apart); [lo, hi] = percentile bootstrap 95% over reference "
-        "images; (n=k) = the mean of k < N values (the others are missing: see <metric>_nan_reason).",
-        f"Paper: {why_not}" if why_not else "Paper: its Table 1 row as reported (N not stated; no intervals).",
+        "images; (n=k) = the mean of k < N values (the others are missing: see the *_nan_reason columns).",
+        f"The paper's {why_not}" if why_not else "The paper's row: as reported in its Table 1 (N not stated).",
     ]
     return view, notes
 

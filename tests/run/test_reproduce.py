@@ -61,7 +61,7 @@ def test_reproduce_table1_offline_writes_every_file(tmp_path):
     links = referenced_files(folder / "report.html")
     assert links and all((folder / link).is_file() for link in links)
     md = (folder / "table1.md").read_text()
-    assert "its row is absent" in md and "6.89" not in md and "model=toy" in md
+    assert "row is absent" in md and "6.89" not in md and "model=toy" in md
     assert "FID64 mean" in proc.stdout and "report: " in proc.stdout
     assert max(len(line) for line in proc.stdout[proc.stdout.index("method ") :].splitlines()) <= 100
 
