@@ -220,3 +220,15 @@ def test_report_order_and_the_attribution_section(tmp_path):
     assert [report.index(s) for s in order] == sorted(report.index(s) for s in order)
     assert "figures/attribution_auroc_by_layer.png" in report and ">0.71<" in report
     assert "http" not in report.replace("http-equiv", "")  # no CDN, no remote font: one static file
+
+
+def test_aggregate_command_prints_the_tables_and_fails_in_one_line(tmp_path, capsys):
+    from bench.aggregate import main
+
+    profiled(tmp_path)
+    main(["--results-dir", str(tmp_path / "results"), "--task", "table1", "--no-set-level"])
+    out = capsys.readouterr().out
+    assert "FID64 mean" in out and "report: " in out and max(map(len, out.splitlines())) <= 100
+    with pytest.raises(SystemExit, match=r"^error: .*nope/samples.csv does not exist") as exc:
+        main(["--results-dir", str(tmp_path / "results"), "--task", "nope"])
+    assert "\n" not in str(exc.value)
