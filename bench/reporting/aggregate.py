@@ -22,7 +22,6 @@ from pathlib import Path
 import pandas as pd
 
 from bench.config import REPO_ROOT, env_path
-from bench.metrics import PER_SAMPLE_METRICS
 from bench.metrics.set_level import add_set_level
 from bench.records import atomic_write_text, write_csv
 from bench.reporting.figures import box_plots, delta_plot, sample_grids
@@ -194,7 +193,7 @@ def aggregate_task(
         *provenance_notes(samples),
         f"set-level: {set_level_note}",
     ]
-    wide = wide_view(table, list(PER_SAMPLE_METRICS))
+    wide = wide_view(table, metric_columns(samples))
     head_md = [markdown_table(headline), "", *[f"- {n}" for n in headline_notes]]
     md = [f"# {name} ({task})", "", subtitle(task, samples), "", "## Headline", "", *head_md, ""]
     if compact is not None:

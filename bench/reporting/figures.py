@@ -19,8 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.metrics import PER_SAMPLE_METRICS  # noqa: E402
-from bench.reporting.tables import full_method_first, metric_values  # noqa: E402
+from bench.reporting.tables import full_method_first, higher_is_better, metric_columns, metric_values  # noqa: E402
 
 PNG_METADATA = {"Software": None}
 
@@ -108,7 +107,7 @@ def sample_grid(samples: pd.DataFrame, root: Path, out_path: Path, identity: tup
 def box_plots(samples: pd.DataFrame, out_dir: Path, metrics: list[str] | None = None) -> list[Path]:
     """One box plot per metric: the per-sample distribution of each table row."""
     ok = samples[samples["status"] == "ok"]
-    names = metrics or [m for m in PER_SAMPLE_METRICS if m in ok.columns]
+    names = metrics or metric_columns(ok)
     paths = []
     for metric in names:
         if metric not in ok.columns:
@@ -123,7 +122,7 @@ def box_plots(samples: pd.DataFrame, out_dir: Path, metrics: list[str] | None = 
         fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(groups)), 3.2))
         ax.boxplot([v for _, v in groups], showmeans=True)
         ax.set_xticks(range(1, len(groups) + 1), [n for n, _ in groups], rotation=30, ha="right", fontsize=7)
-        direction = "higher is better" if PER_SAMPLE_METRICS.get(metric) else "lower is better"
+        direction = "higher is better" if higher_is_better(metric) else "lower is better"
         ax.set_title(f"{metric} per sample ({direction})", fontsize=9)
         fig.tight_layout()
         path = out_dir / f"box_{metric}.png"
@@ -155,7 +154,7 @@ def delta_plot(deltas: pd.DataFrame, out_path: Path, reference: str, metrics: li
         err = np.vstack([mid - lo, hi - mid])
         ax.errorbar(mid, y, xerr=np.where(np.isfinite(err), err, 0), fmt="o", ms=3, capsize=2, color="#1f5fa8")
         ax.axvline(0, color="#888", lw=0.8)
-        better = "higher" if PER_SAMPLE_METRICS.get(metric) else "lower"
+        better = "higher" if higher_is_better(metric) else "lower"
         ax.set_title(f"{metric}\n({better} is better)", fontsize=8)
         ax.set_yticks(y, names if i % n_cols == 0 else [""] * len(y), fontsize=7)
         ax.tick_params(axis="x", labelsize=7)

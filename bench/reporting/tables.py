@@ -58,8 +58,27 @@ def cluster_bootstrap(
     return float(np.quantile(stats, ALPHA / 2)), float(np.quantile(stats, 1 - ALPHA / 2))
 
 
+# Numeric per-sample columns that tables aggregate besides PER_SAMPLE_METRICS, when a run wrote them: further
+# mask IoU chance lines (mask_iou_<baseline>) and the attribution study's headline (attr_auroc); higher is better.
+EXTRA_METRIC_PREFIXES = ("mask_iou_", "attr_auroc")
+
+
 def metric_columns(samples: pd.DataFrame) -> list[str]:
-    return [m for m in PER_SAMPLE_METRICS if m in samples.columns]
+    """PER_SAMPLE_METRICS in their order, then any numeric EXTRA_METRIC_PREFIXES column the rows hold."""
+    known = [m for m in PER_SAMPLE_METRICS if m in samples.columns]
+    extra = [
+        c
+        for c in samples.columns
+        if c.startswith(EXTRA_METRIC_PREFIXES)
+        and c not in known
+        and not c.endswith(("_provenance", "_reason"))
+        and pd.api.types.is_numeric_dtype(samples[c])
+    ]
+    return known + sorted(extra)
+
+
+def higher_is_better(metric: str) -> bool:
+    return PER_SAMPLE_METRICS.get(metric, True)
 
 
 def metric_values(frame: pd.DataFrame, metric: str) -> pd.Series:

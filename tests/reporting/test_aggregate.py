@@ -232,3 +232,22 @@ def test_aggregate_command_prints_the_tables_and_fails_in_one_line(tmp_path, cap
     with pytest.raises(SystemExit, match=r"^error: .*nope/samples.csv does not exist") as exc:
         main(["--results-dir", str(tmp_path / "results"), "--task", "nope"])
     assert "\n" not in str(exc.value)
+
+
+def test_further_chance_lines_and_the_attribution_headline_join_the_compact_table(tmp_path):
+    samples = profiled(tmp_path)
+    gradsam = samples["label"] == "gradsam"
+    samples["mask_iou_centre"] = np.where(gradsam, 0.3, np.nan)  # e.g. a centre prior, written by another study
+    samples["attr_auroc"] = np.where(gradsam, 0.8, np.nan)
+    samples.loc[3, "attr_auroc"] = np.nan
+    write_csv(samples, tmp_path / "results" / "table1" / "samples.csv")
+    paths = aggregate_task(tmp_path / "results", "table1", tmp_path, set_level=False)
+    table = pd.read_csv(paths["csv"]).set_index("label")
+    assert table.loc["gradsam", "mask_iou_centre_mean"] == pytest.approx(0.3)
+    assert table.loc["gradsam", "attr_auroc_n"] == table.loc["gradsam", "N"] - 1
+    assert "mask_iou_provenance_mean" not in table.columns
+    harness = paths["md"].read_text().split("## Harness metrics")[1].split("##")[0]
+    header = next(line for line in harness.splitlines() if line.startswith("| method"))
+    assert header.index("mask IoU") < header.index("IoU centre") and "IoU random" in header and "attr AUROC" in header
+    assert f"0.8 [0.8, 0.8] (n={int(table.loc['gradsam', 'N']) - 1})" in harness
+    assert max(map(len, paths["terminal"].splitlines())) <= 100
