@@ -44,7 +44,9 @@ pre { background: #f7f7f9; padding: 0.6em; overflow-x: auto; font-size: 12px; ma
 @media print {
   body { max-width: none; padding: 0; font-size: 11px; }
   .scroll, pre { overflow: visible; }
-  table { font-size: 9px; } th { position: static; }
+  pre { white-space: pre-wrap; word-break: break-all; }
+  table { font-size: 8px; } th { position: static; }
+  th, td { white-space: normal; overflow-wrap: anywhere; padding: 1px 3px; }
   h2 { break-after: avoid; } figure, tr { break-inside: avoid; }
 }
 """
