@@ -18,7 +18,7 @@ export PYTHONHASHSEED := 0
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format reproduce-table1 ablations aggregate perf clean toy-models toy-eval
+.PHONY: help install demo readme test test-fast lint format reproduce-table1 ablations aggregate perf clean toy-models toy-eval
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ install: $(STAMP) ## create .venv (Python 3.11) and install the project with pin
 
 demo: $(STAMP) ## offline end-to-end Table 1 on the toy profile (every row, 10 samples each); prints it
 	$(PY) -m bench.reproduce demo --profile offline --logger $(LOGGER) $(ARGS)
+
+readme: $(STAMP) ## after `make demo`: its headline table into README.md, its report checked in Chromium and screenshot
+	$(PY) -m bench.readme
 
 test: $(STAMP) ## the test suite (CPU, offline)
 	$(PY) -m pytest -q

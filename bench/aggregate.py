@@ -1,11 +1,13 @@
 """`python -m bench.aggregate`: rebuild every table, figure and report from results/<task>/samples.csv.
 
-What it writes: bench/reporting/aggregate.py. Unchanged rows give identical bytes.
+What it writes: bench/reporting/aggregate.py. Unchanged rows give identical bytes. It prints each task's
+headline table (the paper's Table 1 shape), the harness's compact table and the paths, within 100 columns.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from bench.config import REPO_ROOT
@@ -29,16 +31,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.root_dir = args.root_dir or args.results_dir.resolve().parent
     tasks = args.task or sorted(p.parent.name for p in args.results_dir.glob("*/samples.csv"))
+    if not tasks:
+        sys.exit(f"error: no results/<task>/samples.csv under {args.results_dir}: run `python -m bench.run` first.")
     for task in tasks:
-        paths = aggregate_task(
-            args.results_dir,
-            task,
-            args.root_dir,
-            overwrite_ref_stats=args.overwrite_ref_stats,
-            wandb_dir=args.root_dir / "outputs" / "wandb" if args.wandb else None,
-            set_level=not args.no_set_level,
-        )
-        print(f"{task}: {paths['csv']} {paths['md']} {paths['report']}")
+        try:
+            paths = aggregate_task(
+                args.results_dir,
+                task,
+                args.root_dir,
+                overwrite_ref_stats=args.overwrite_ref_stats,
+                wandb_dir=args.root_dir / "outputs" / "wandb" if args.wandb else None,
+                set_level=not args.no_set_level,
+            )
+        except FileNotFoundError as exc:
+            sys.exit(f"error: {exc}")
+        print(f"== {task}")
+        print(paths["terminal"])
 
 
 if __name__ == "__main__":

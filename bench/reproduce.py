@@ -23,27 +23,63 @@ PROFILES = {
 TARGETS = ("demo", "table1", "ablations")
 
 
+class ReproduceError(RuntimeError):
+    """A failure the command line reports as one line (exit status in `code`)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def resolve_task_name(what: str, overrides: list[str]) -> str:
+    """The task_name the multirun writes to: the experiment's, or the user's `task_name=...` (composed by Hydra,
+    so `+`/`++` forms and interpolations count). A misspelt override fails here, before any job starts."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from bench.cli_checks import explain_override_error
+    from bench.config import CONF_DIR
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    swept = [o.input_line for o in parsed if o.is_sweep_override()]
+    if any(o.key_or_group.lstrip("+~") == "task_name" for o in parsed if o.is_sweep_override()):
+        raise ReproduceError(f"{swept}: task_name must be one value (the results folder the tables are built in).", 2)
+    plain = [f"experiment={what}", *(o.input_line for o in parsed if not o.is_sweep_override())]
+    message = explain_override_error(plain)
+    if message:
+        raise ReproduceError(message, 2)
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return str(compose("bench", overrides=plain).task_name)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ReproduceError(str(exc).replace("\n", " "), 2) from exc
+
+
 def reproduce(what: str, profile: str, extra: list[str], root_dir: Path, logger: str = "none") -> dict:
-    """Run the experiment's multirun in a subprocess (a real Hydra sweep), then build its tables."""
+    """Run the experiment's multirun in a subprocess (a real Hydra sweep), then build its task's tables."""
     if what not in TARGETS:
-        raise SystemExit(f"error: unknown target {what!r}; expected one of {TARGETS}.")
+        raise ReproduceError(f"unknown target {what!r}; expected one of {TARGETS}.", 2)
     if profile not in PROFILES:
-        raise SystemExit(f"error: PROFILE={profile!r}; expected one of {sorted(PROFILES)}.")
+        raise ReproduceError(f"PROFILE={profile!r}; expected one of {sorted(PROFILES)}.", 2)
     profile_overrides = [] if what == "demo" else PROFILES[profile]
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.run",
-        "-m",
-        f"experiment={what}",
-        f"paths.root_dir={root_dir}",
-        f"logger={logger}",
-    ]
-    cmd += [*profile_overrides, *extra]
+    overrides = [f"paths.root_dir={root_dir}", f"logger={logger}", *profile_overrides, *extra]
+    task = resolve_task_name(what, overrides)
+    cmd = [sys.executable, "-m", "bench.run", "-m", f"experiment={what}", *overrides]
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO_ROOT, env=os.environ.copy())
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=os.environ.copy())
+    if done.returncode != 0:
+        raise ReproduceError(
+            f"the {what} multirun (task_name={task}) failed with exit status {done.returncode}: its message is "
+            "above; fix it and rerun the same command (finished samples are kept).",
+            done.returncode,
+        )
     wandb_dir = root_dir / "outputs" / "wandb" if logger == "wandb" else None
-    return aggregate_task(root_dir / "results", what, root_dir, wandb_dir=wandb_dir)
+    try:
+        return aggregate_task(root_dir / "results", task, root_dir, wandb_dir=wandb_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ReproduceError(f"building the tables of task {task!r} failed: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,11 +90,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root-dir", type=Path, default=REPO_ROOT, help="outputs/ and results/ go under it")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. dataset.images_per_subcategory=2")
     args = parser.parse_intermixed_args(argv)
-    paths = reproduce(args.what, args.profile, args.overrides, args.root_dir.resolve(), args.logger)
+    try:
+        paths = reproduce(args.what, args.profile, args.overrides, args.root_dir.resolve(), args.logger)
+    except ReproduceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.code)
     print()
-    print(paths["md"].read_text())
-    for key in ("samples", "csv", "md", "report"):
-        print(f"{key:>8}: {paths[key]}")
+    print(paths["terminal"])
 
 
 if __name__ == "__main__":

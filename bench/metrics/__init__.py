@@ -34,3 +34,9 @@ PER_SAMPLE_METRICS: dict[str, bool] = {
     "truth_mask_iou_random": True,  # a random mask of the same latent cells (chance level)
     "truth_bg_psnr": True,  # background kept, outside the truth
 }
+
+# Caps applied when tables aggregate (bench.reporting.tables.metric_values, the one place): a PSNR of identical
+# pixels is inf in samples.csv; tables count it as PSNR_CAP_DB so a mean stays finite. Other non-finite values
+# count as missing.
+PSNR_CAP_DB = 100.0
+METRIC_CAPS: dict[str, float] = {BG_PSNR: PSNR_CAP_DB, "true_bg_psnr": PSNR_CAP_DB}

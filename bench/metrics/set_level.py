@@ -13,7 +13,8 @@ PIL-bicubic resize), with features cached per image content (bench.metrics.featu
   compare values at equal N only. NaN when a set has N < 2.
 * kid = torch-fidelity's kid_features_to_metric: unbiased MMD^2 with the cubic polynomial kernel
   k(x, y) = (x.y / d + 1)^3, mean and std over `kid_subsets` random subsets of size
-  min(kid_subset_size, N_gen, N_ref) (torch-fidelity refuses a subset larger than a set). NaN when < 2.
+  min(kid_subset_size, N_gen, N_ref) (torch-fidelity refuses a subset larger than a set). NaN when < 2;
+  kid_std is NaN ("n/a", kid_std_reason) when the subset is the whole of both sets.
 
 N is printed beside every value. Reference statistics are cached under a key naming dataset, split,
 scope, N, the reference ids, their size, the resize, the extractor, its weights and torch-fidelity's
@@ -147,6 +148,9 @@ def fid_and_kid(gen: np.ndarray, ref: dict, options: SetLevelOptions) -> dict:
         row[KID_MEAN], row["kid_std"] = kernel_inception_distance(
             gen, ref["features"], subset, options.kid_subsets, options.rng_seed
         )
+        if subset >= max(n_gen, n_ref):  # every subset is the whole of both sets: the spread is round-off
+            row["kid_std"] = math.nan
+            row["kid_std_reason"] = f"n/a: subset size {subset} = N_gen = N_ref, every subset is the whole set"
     return row
 
 

@@ -1,4 +1,5 @@
-"""Figures of a results table: sample grids (reference | masks | generated) and per-sample box plots.
+"""Figures of a results table: sample grids (reference | masks in timestep order | generated), per-sample box
+plots, and paired deltas against the paper's method.
 
 Matplotlib with the Agg backend; the PNG files depend only on the rows and the images, so
 regenerating them from unchanged rows gives the same bytes.
@@ -11,12 +12,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import re  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.metrics import PER_SAMPLE_METRICS  # noqa: E402
+from bench.reporting.tables import full_method_first, higher_is_better, metric_columns, metric_values  # noqa: E402
 
 PNG_METADATA = {"Software": None}
 
@@ -42,6 +45,12 @@ def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return ((1 - alpha) * image + alpha * red).astype(np.uint8)
 
 
+def mask_order(path: Path) -> tuple:
+    """Masks in sampling order: mask_i5, mask_i18, mask_i28 (by injection index), then unnumbered ones by name."""
+    found = re.search(r"_i(\d+)$", path.stem)
+    return (0, int(found.group(1)), path.stem) if found else (1, 0, path.stem)
+
+
 def pick_samples(samples: pd.DataFrame, n: int) -> list[tuple]:
     """The first n sample identities (sorted) that every row of the table generated successfully."""
     ok = samples[samples["status"] == "ok"]
@@ -55,12 +64,14 @@ def sample_grid(samples: pd.DataFrame, root: Path, out_path: Path, identity: tup
     """One sample under every method: reference | each saved mask over the generated image | generated."""
     image_id, prompt, seed = identity
     rows = samples[(samples["image_id"] == image_id) & (samples["prompt"] == prompt) & (samples["seed"] == seed)]
-    rows = rows[rows["status"] == "ok"].sort_values(["label", "ablation"])
+    rows = full_method_first(rows[rows["status"] == "ok"], ["label", "ablation"])
     rows = rows[[(root / p).is_file() for p in rows["image_path"]]]  # images may have been cleaned away
     if rows.empty:
         return None
     masks_dirs = rows["masks_dir"].tolist() if "masks_dir" in rows else [""] * len(rows)
-    mask_lists = [sorted((root / d).glob("*.png")) if isinstance(d, str) and d else [] for d in masks_dirs]
+    mask_lists = [
+        sorted((root / d).glob("*.png"), key=mask_order) if isinstance(d, str) and d else [] for d in masks_dirs
+    ]
     n_cols = 2 + max((len(m) for m in mask_lists), default=0)
     fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.9 * n_cols, 1.9 * len(rows)), squeeze=False)
     for ax in axes.flat:
@@ -96,13 +107,13 @@ def sample_grid(samples: pd.DataFrame, root: Path, out_path: Path, identity: tup
 def box_plots(samples: pd.DataFrame, out_dir: Path, metrics: list[str] | None = None) -> list[Path]:
     """One box plot per metric: the per-sample distribution of each table row."""
     ok = samples[samples["status"] == "ok"]
-    names = metrics or [m for m in PER_SAMPLE_METRICS if m in ok.columns]
+    names = metrics or metric_columns(ok)
     paths = []
     for metric in names:
         if metric not in ok.columns:
             continue
         groups = [
-            (f"{lab}\n{abl}" if abl != "none" else lab, pd.to_numeric(g[metric], errors="coerce").dropna())
+            (f"{lab}\n{abl}" if abl != "none" else lab, metric_values(g, metric).dropna())
             for (lab, abl), g in ok.groupby(["label", "ablation"], sort=True)
         ]
         groups = [(name, v.to_numpy()) for name, v in groups if len(v)]
@@ -111,7 +122,7 @@ def box_plots(samples: pd.DataFrame, out_dir: Path, metrics: list[str] | None = 
         fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(groups)), 3.2))
         ax.boxplot([v for _, v in groups], showmeans=True)
         ax.set_xticks(range(1, len(groups) + 1), [n for n, _ in groups], rotation=30, ha="right", fontsize=7)
-        direction = "higher is better" if PER_SAMPLE_METRICS.get(metric) else "lower is better"
+        direction = "higher is better" if higher_is_better(metric) else "lower is better"
         ax.set_title(f"{metric} per sample ({direction})", fontsize=9)
         fig.tight_layout()
         path = out_dir / f"box_{metric}.png"
@@ -122,10 +133,49 @@ def box_plots(samples: pd.DataFrame, out_dir: Path, metrics: list[str] | None = 
     return paths
 
 
-def make_figures(samples: pd.DataFrame, root: Path, out_dir: Path, n_samples: int = 3) -> list[Path]:
-    """Sample grids for a few fixed samples and box plots of every per-sample metric."""
+def delta_plot(deltas: pd.DataFrame, out_path: Path, reference: str, metrics: list[str]) -> Path | None:
+    """One panel per metric: each row's paired mean change against `reference`, with its 95% interval."""
+    metrics = [m for m in metrics if f"{m}_delta" in deltas and deltas[f"{m}_delta"].notna().any()]
+    if deltas.empty or not metrics:
+        return None
+    pairs = zip(deltas["label"], deltas["ablation"], strict=True)
+    names = [lab if abl == "none" else f"{lab}+{abl}" for lab, abl in pairs]
+    y = np.arange(len(deltas))
+    n_cols = min(3, len(metrics))
+    n_rows = -(-len(metrics) // n_cols)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(2.8 * n_cols + 1.6, (0.3 * len(deltas) + 1.0) * n_rows), squeeze=False
+    )
+    for ax in axes.flat[len(metrics) :]:
+        ax.axis("off")
+    for i, (ax, metric) in enumerate(zip(axes.flat, metrics, strict=False)):
+        mid = deltas[f"{metric}_delta"].to_numpy(float)
+        lo, hi = deltas[f"{metric}_delta_lo"].to_numpy(float), deltas[f"{metric}_delta_hi"].to_numpy(float)
+        err = np.vstack([mid - lo, hi - mid])
+        ax.errorbar(mid, y, xerr=np.where(np.isfinite(err), err, 0), fmt="o", ms=3, capsize=2, color="#1f5fa8")
+        ax.axvline(0, color="#888", lw=0.8)
+        better = "higher" if higher_is_better(metric) else "lower"
+        ax.set_title(f"{metric}\n({better} is better)", fontsize=8)
+        ax.set_yticks(y, names if i % n_cols == 0 else [""] * len(y), fontsize=7)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.invert_yaxis()
+    fig.suptitle(f"Paired change against {reference} (same image, prompt, seed; 95% interval)", fontsize=9)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110, metadata=PNG_METADATA)
+    plt.close(fig)
+    return out_path
+
+
+def sample_grids(samples: pd.DataFrame, root: Path, out_dir: Path, n_samples: int = 3) -> list[Path]:
+    """Grids for a few fixed samples that every row generated."""
     paths = [
         sample_grid(samples, root, out_dir / f"samples_{i}.png", identity)
         for i, identity in enumerate(pick_samples(samples, n_samples))
     ]
-    return [p for p in paths if p is not None] + box_plots(samples, out_dir)
+    return [p for p in paths if p is not None]
+
+
+def make_figures(samples: pd.DataFrame, root: Path, out_dir: Path, n_samples: int = 3) -> list[Path]:
+    """Sample grids for a few fixed samples and box plots of every per-sample metric."""
+    return sample_grids(samples, root, out_dir, n_samples) + box_plots(samples, out_dir)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.metrics import PER_SAMPLE_METRICS
+from bench.metrics import METRIC_CAPS, PER_SAMPLE_METRICS
 
 GROUP = ["model", "dataset", "label", "ablation"]
 SAMPLE_ID = ["image_id", "prompt", "seed"]
@@ -28,6 +28,9 @@ PAPER_TABLE1 = {
     "fid64_pair": {"mean": 6.89, "median": 5.32},
     "clip_score": {"mean": 27.98, "median": 28.24},
 }
+# The only profile whose numbers the paper's row can stand beside: SD1.5, Places365, the openai ViT-L/14 CLIP.
+PAPER_PROFILE = {"model": "sd15", "dataset": "places365", "clip_model": "open_clip ViT-L-14/openai"}
+PAPER_METHOD = ("gradsam", "none")  # (label, ablation) of the paper's method: paired deltas are taken against it
 
 
 def cell_rng(*key: object) -> np.random.Generator:
@@ -55,14 +58,53 @@ def cluster_bootstrap(
     return float(np.quantile(stats, ALPHA / 2)), float(np.quantile(stats, 1 - ALPHA / 2))
 
 
+# Numeric per-sample columns that tables aggregate besides PER_SAMPLE_METRICS, when a run wrote them: further
+# mask IoU chance lines (mask_iou_<baseline>) and the attribution study's headline (attr_auroc); higher is better.
+EXTRA_METRIC_PREFIXES = ("mask_iou_", "attr_auroc")
+
+
 def metric_columns(samples: pd.DataFrame) -> list[str]:
-    return [m for m in PER_SAMPLE_METRICS if m in samples.columns]
+    """PER_SAMPLE_METRICS in their order, then any numeric EXTRA_METRIC_PREFIXES column the rows hold."""
+    known = [m for m in PER_SAMPLE_METRICS if m in samples.columns]
+    extra = [
+        c
+        for c in samples.columns
+        if c.startswith(EXTRA_METRIC_PREFIXES)
+        and c not in known
+        and not c.endswith(("_provenance", "_reason"))
+        and pd.api.types.is_numeric_dtype(samples[c])
+    ]
+    return known + sorted(extra)
+
+
+def higher_is_better(metric: str) -> bool:
+    return PER_SAMPLE_METRICS.get(metric, True)
+
+
+def metric_values(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """A metric's values as tables use them: numeric, capped (METRIC_CAPS: a PSNR of identical pixels, inf in
+    samples.csv, counts as 100 dB), and every other non-finite value missing (NaN). The one place this is done."""
+    values = pd.to_numeric(frame[metric], errors="coerce").astype(float)
+    if metric in METRIC_CAPS:
+        values = values.clip(upper=METRIC_CAPS[metric])
+    return values.where(np.isfinite(values))
+
+
+def full_method_first(table: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.DataFrame:
+    """Rows sorted by `by`, except that each label's full method (ablation none) comes before its ablations."""
+    if table.empty or "ablation" not in by:
+        return table
+    order = list(by)
+    order.insert(order.index("ablation"), "_ablated")
+    key = table.assign(_ablated=table["ablation"] != "none")
+    return key.sort_values(order, kind="stable").drop(columns="_ablated").reset_index(drop=True)
 
 
 def summarize(
     samples: pd.DataFrame, by: Sequence[str] = GROUP, intervals: bool = True, table: str = "table1"
 ) -> pd.DataFrame:
-    """Per group: N (successful samples), failures, and mean/median (with 95% intervals) of every metric."""
+    """Per group: N (successful samples), failures, and per metric its count n of non-missing values and its
+    mean/median (with 95% intervals)."""
     out = []
     for keys, group in samples.groupby(list(by), sort=True, dropna=False):
         ok = group[group["status"] == "ok"]
@@ -70,24 +112,46 @@ def summarize(
         row["N"] = len(ok)
         row["failures"] = int((group["status"] != "ok").sum())
         for m in metric_columns(samples):
-            keep = pd.to_numeric(ok[m], errors="coerce").notna().to_numpy()
-            values = pd.to_numeric(ok[m], errors="coerce").to_numpy()[keep]
+            all_values = metric_values(ok, m)
+            keep = all_values.notna().to_numpy()
+            values = all_values.to_numpy()[keep]
             clusters = ok["image_id"].to_numpy()[keep]
             for name, stat in (("mean", np.mean), ("median", np.median)):
                 row[f"{m}_{name}"] = float(stat(values)) if len(values) else np.nan
                 if intervals:
                     lo, hi = cluster_bootstrap(values, clusters, stat, cell_rng(table, *row.values(), m, name))
                     row[f"{m}_{name}_lo"], row[f"{m}_{name}_hi"] = lo, hi
-            if len(values) < len(ok):
-                row[f"{m}_nan"] = int(len(ok) - len(values))
+            row[f"{m}_n"] = int(len(values))  # non-missing values behind the mean; < N when some are NaN
         out.append(row)
-    return pd.DataFrame(out)
+    return full_method_first(pd.DataFrame(out), by)
 
 
-def paper_comparison(table: pd.DataFrame) -> pd.DataFrame:
-    """Long format: per our row and per paper number, ours, the paper's, and ours minus the paper's."""
+def paper_incomparable(samples: pd.DataFrame) -> str:
+    """Why rows made from `samples` cannot stand beside the paper's row; "" when they can (PAPER_PROFILE)."""
+    clip = samples["clip_model"].dropna().unique() if "clip_model" in samples else []
+    found = {
+        "model": sorted(samples["model"].astype(str).unique()),
+        "dataset": sorted(samples["dataset"].astype(str).unique()),
+        "clip_model": sorted(map(str, clip)) or ["none"],
+    }
+    wrong = [
+        f"{key}={','.join(values)}"
+        for key, values in found.items()
+        if not all(v.startswith(PAPER_PROFILE[key]) for v in values)
+    ]
+    if not wrong:
+        return ""
+    want = ", ".join(f"{k}={v}" for k, v in PAPER_PROFILE.items())
+    return f"row is absent: it is comparable only with {want}; these rows have {'; '.join(wrong)}."
+
+
+def paper_comparison(table: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """Long format, for the rows comparable with the paper (PAPER_PROFILE): ours, the paper's, ours - paper's."""
     rows = []
     for _, ours in table.iterrows():
+        mine = samples[(samples[GROUP] == ours[GROUP]).all(axis=1)]
+        if paper_incomparable(mine):
+            continue
         for metric in ("fid64_pair", "clip_score"):
             for stat in ("mean", "median"):
                 value = ours.get(f"{metric}_{stat}", np.nan)
@@ -102,7 +166,24 @@ def paper_comparison(table: pd.DataFrame) -> pd.DataFrame:
                         "difference": value - paper,
                     }
                 )
-    return pd.DataFrame(rows)
+    columns = [*GROUP, "metric", "statistic", "ours", "paper", "difference"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def paired_row(abl: pd.DataFrame, base: pd.DataFrame, metrics: list[str], key: tuple) -> dict:
+    """Mean change of each metric on the samples present in both (indexed by SAMPLE_ID), with 95% intervals."""
+    common = abl.index.intersection(base.index)
+    row = {"N_paired": len(common)}
+    for m in metrics:
+        diff = metric_values(abl.loc[common], m) - metric_values(base.loc[common], m)
+        keep = diff.notna().to_numpy()
+        values = diff.to_numpy()[keep]
+        clusters = np.asarray(common.get_level_values("image_id"))[keep]
+        row[f"{m}_delta"] = float(np.mean(values)) if len(values) else np.nan
+        lo, hi = cluster_bootstrap(values, clusters, np.mean, cell_rng(*key, m))
+        row[f"{m}_delta_lo"], row[f"{m}_delta_hi"] = lo, hi
+        row[f"{m}_delta_n"] = int(len(values))
+    return row
 
 
 def paired_deltas(samples: pd.DataFrame, baseline_ablation: str = "none", table: str = "ablations") -> pd.DataFrame:
@@ -114,20 +195,24 @@ def paired_deltas(samples: pd.DataFrame, baseline_ablation: str = "none", table:
         for ablation, abl in group.groupby("ablation", sort=True):
             if ablation == baseline_ablation:
                 continue
-            abl = abl.set_index(SAMPLE_ID)
-            common = abl.index.intersection(base.index)
-            row = {"model": model, "dataset": dataset, "label": label, "ablation": ablation, "N_paired": len(common)}
-            for m in metric_columns(samples):
-                diff = pd.to_numeric(abl.loc[common, m], errors="coerce") - pd.to_numeric(
-                    base.loc[common, m], errors="coerce"
-                )
-                keep = diff.notna().to_numpy()
-                values = diff.to_numpy()[keep]
-                clusters = np.asarray(common.get_level_values("image_id"))[keep]
-                row[f"{m}_delta"] = float(np.mean(values)) if len(values) else np.nan
-                lo, hi = cluster_bootstrap(
-                    values, clusters, np.mean, cell_rng(table, model, dataset, label, ablation, m)
-                )
-                row[f"{m}_delta_lo"], row[f"{m}_delta_hi"] = lo, hi
-            out.append(row)
+            ident = {"model": model, "dataset": dataset, "label": label, "ablation": ablation}
+            key = (table, model, dataset, label, ablation)
+            out.append({**ident, **paired_row(abl.set_index(SAMPLE_ID), base, metric_columns(samples), key)})
+    return pd.DataFrame(out)
+
+
+def deltas_against(samples: pd.DataFrame, reference: tuple[str, str] = PAPER_METHOD) -> pd.DataFrame:
+    """Per (model, dataset) and every other row: each metric's paired mean change against the `reference`
+    (label, ablation) row on the same samples (image, prompt, seed), with a 95% interval. Empty without it."""
+    ok = samples[samples["status"] == "ok"]
+    out = []
+    for (model, dataset), group in ok.groupby(["model", "dataset"], sort=True):
+        is_ref = (group["label"] == reference[0]) & (group["ablation"] == reference[1])
+        if not is_ref.any():
+            continue
+        base = group[is_ref].set_index(SAMPLE_ID)
+        for (label, ablation), rows in group[~is_ref].groupby(["label", "ablation"], sort=True):
+            ident = {"model": model, "dataset": dataset, "label": label, "ablation": ablation}
+            key = ("against", *reference, model, dataset, label, ablation)
+            out.append({**ident, **paired_row(rows.set_index(SAMPLE_ID), base, metric_columns(samples), key)})
     return pd.DataFrame(out)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from bench.metrics import PIXEL_MAD
+from bench.metrics import PIXEL_MAD, PSNR_CAP_DB
 from bench.records import write_csv
 from bench.reporting.aggregate import aggregate_task
+from bench.reporting.figures import mask_order
 from bench.reporting.html import referenced_files
-from bench.reporting.tables import cluster_bootstrap, paired_deltas, summarize
+from bench.reporting.tables import cluster_bootstrap, deltas_against, paired_deltas, summarize
 
 
 def hand_made(tmp_path, task="table1", ablations=("none",), values=None) -> pd.DataFrame:
@@ -108,8 +111,9 @@ def test_aggregate_writes_every_file_byte_identically(tmp_path, task):
     folder = tmp_path / "results" / task
     name = "ablations" if task == "ablations" else "table1"
     expected = {f"{name}.csv", f"{name}.md", f"{name}_by_category.csv", f"{name}_by_prompt.csv", "report.html"}
-    expected |= {"paper_comparison.csv"} if task == "table1" else {"ablation_deltas.csv"}
+    expected |= {f"{name}_headline.md"} | ({"ablation_deltas.csv"} if task == "ablations" else set())
     assert expected <= {p.name for p in folder.iterdir()}
+    assert not (folder / "paper_comparison.csv").exists()  # model=tiny: nothing to compare with the paper
     assert paths["figures"] and all(p.exists() for p in paths["figures"])
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     aggregate_task(tmp_path / "results", task, tmp_path)
@@ -118,3 +122,132 @@ def test_aggregate_writes_every_file_byte_identically(tmp_path, task):
     links = referenced_files(paths["report"])
     assert links and all((folder / link).is_file() for link in links)
     assert not any(link.startswith("/") for link in links)
+
+
+def profiled(tmp_path, model="toy", dataset="toy_world", clip="toy (trained here)", task="table1") -> pd.DataFrame:
+    """hand_made rows as Table 1 rows (gradsam and a long-named baseline) with the headline and harness metrics;
+    bg_psnr is NaN on some samples (a mask covering the image) and inf on one (an identical background)."""
+    frame = hand_made(tmp_path, task=task)
+    frame["label"] = frame["label"].map({"alpha": "gradsam", "beta": "a_baseline_with_a_long_name_0.6"})
+    frame["model"], frame["dataset"], frame["clip_model"] = model, dataset, clip
+    rng = np.random.default_rng(3)
+    frame["fid64_pair"] = rng.uniform(0.5, 3.0, len(frame))
+    frame["clip_score"] = rng.uniform(20, 35, len(frame))
+    frame["mask_iou"] = np.where(frame["label"] == "gradsam", rng.uniform(0, 1, len(frame)), np.nan)
+    frame["mask_iou_random"] = np.where(frame["label"] == "gradsam", 0.1, np.nan)
+    frame["bg_psnr"] = np.where(np.arange(len(frame)) % 4 == 1, np.nan, rng.uniform(15, 30, len(frame)))
+    frame.loc[2, "bg_psnr"] = np.inf
+    write_csv(frame, tmp_path / "results" / task / "samples.csv")
+    return frame
+
+
+def test_n_per_metric_marker_and_psnr_cap(tmp_path):
+    samples = profiled(tmp_path)
+    paths = aggregate_task(tmp_path / "results", "table1", tmp_path, set_level=False)
+    table = pd.read_csv(paths["csv"]).set_index("label")
+    ok = samples[(samples["label"] == "gradsam") & (samples["status"] == "ok")]
+    expected = ok["bg_psnr"].replace(np.inf, PSNR_CAP_DB).dropna()
+    assert table.loc["gradsam", "bg_psnr_n"] == len(expected) < table.loc["gradsam", "N"]
+    assert table.loc["gradsam", "bg_psnr_mean"] == pytest.approx(expected.mean(), rel=1e-5)  # inf = 100 dB
+    assert table.loc["gradsam", "fid64_pair_n"] == table.loc["gradsam", "N"]
+    md = paths["md"].read_text()
+    assert f"(n={len(expected)})" in md and "| inf" not in md and " inf [" not in md
+    report = paths["report"].read_text()
+    assert "class='few'" in report and f">n={len(expected)}<" in report
+
+
+def test_headline_has_the_paper_row_only_where_comparable(tmp_path):
+    toy = tmp_path / "toy"
+    profiled(toy)
+    paths = aggregate_task(toy / "results", "table1", toy, set_level=False)
+    headline = paths["headline_md"].read_text()
+    assert headline.splitlines()[0] == "| method | N | failures | FID64 mean | FID64 median | CLIP mean | CLIP median |"
+    assert "(paper)" not in headline and "row is absent" in headline and "model=toy" in headline
+    assert not (paths["md"].parent / "paper_comparison.csv").exists()
+
+    real = tmp_path / "real"
+    profiled(real, model="sd15", dataset="places365", clip="open_clip ViT-L-14/openai")
+    paths = aggregate_task(real / "results", "table1", real, set_level=False)
+    rows = [r for r in paths["headline_md"].read_text().splitlines() if "(paper)" in r]
+    assert rows == ["| Abs-Grad-SAM (paper) | ? | ? | 6.89 | 5.32 | 27.98 | 28.24 |"]
+    assert len(pd.read_csv(paths["md"].parent / "paper_comparison.csv")) == 4 * 2  # 2 rows x 4 numbers
+    assert "<tr class='paper'>" in paths["report"].read_text()
+
+
+def test_terminal_summary_fits_100_columns_and_names_the_files(tmp_path):
+    profiled(tmp_path)
+    paths = aggregate_task(tmp_path / "results", "table1", tmp_path, set_level=False)
+    text = paths["terminal"]
+    assert max(map(len, text.splitlines())) <= 100
+    assert "FID64 mean" in text and "mask IoU" in text and "IoU random" in text
+    for key in ("csv", "md", "report"):
+        assert str(paths[key]) in text
+    assert "pixel_mad" not in text  # the wide table stays in its files
+
+
+def test_paired_deltas_against_the_papers_method(tmp_path):
+    shift = {"gradsam": 0.0, "a_baseline_with_a_long_name_0.6": 2.5}
+    samples = profiled(tmp_path)
+    samples[PIXEL_MAD] = samples["image_id"].str[-1].astype(float) + samples["label"].map(shift)
+    deltas = deltas_against(samples).set_index("label")
+    assert list(deltas.index) == ["a_baseline_with_a_long_name_0.6"]
+    assert deltas.iloc[0]["N_paired"] == 11  # gradsam's failed sample has no pair
+    assert deltas.iloc[0][f"{PIXEL_MAD}_delta"] == pytest.approx(2.5)
+    assert deltas.iloc[0]["mask_iou_delta_n"] == 0  # the baseline has no mask
+
+
+def test_masks_in_timestep_order():
+    names = ["subject_mask.png", "mask_i28.png", "mask_i5.png", "mask_i18.png"]
+    assert [p.name for p in sorted(map(Path, names), key=mask_order)] == [
+        "mask_i5.png",
+        "mask_i18.png",
+        "mask_i28.png",
+        "subject_mask.png",
+    ]
+
+
+def test_report_order_and_the_attribution_section(tmp_path):
+    profiled(tmp_path)
+    folder = tmp_path / "results" / "table1"
+    report = aggregate_task(tmp_path / "results", "table1", tmp_path, set_level=False)["report"].read_text()
+    assert "<h2>Attribution</h2>" not in report
+    pd.DataFrame({"score_kind": ["gradsam"], "auroc": [0.71]}).to_csv(folder / "attribution.csv", index=False)
+    (folder / "figures").mkdir(exist_ok=True)
+    Image.new("RGB", (8, 8)).save(folder / "figures" / "attribution_auroc_by_layer.png")
+    report = aggregate_task(tmp_path / "results", "table1", tmp_path, set_level=False)["report"].read_text()
+    order = ["id='headline'", "<h2>Method comparison</h2>", "<h2>Attribution</h2>", "<h2>Samples</h2>"]
+    order += ["<summary>Full table", "<summary>Provenance"]
+    assert [report.index(s) for s in order] == sorted(report.index(s) for s in order)
+    assert "figures/attribution_auroc_by_layer.png" in report and ">0.71<" in report
+    assert "http" not in report.replace("http-equiv", "")  # no CDN, no remote font: one static file
+
+
+def test_aggregate_command_prints_the_tables_and_fails_in_one_line(tmp_path, capsys):
+    from bench.aggregate import main
+
+    profiled(tmp_path)
+    main(["--results-dir", str(tmp_path / "results"), "--task", "table1", "--no-set-level"])
+    out = capsys.readouterr().out
+    assert "FID64 mean" in out and "report: " in out and max(map(len, out.splitlines())) <= 100
+    with pytest.raises(SystemExit, match=r"^error: .*nope/samples.csv does not exist") as exc:
+        main(["--results-dir", str(tmp_path / "results"), "--task", "nope"])
+    assert "\n" not in str(exc.value)
+
+
+def test_further_chance_lines_and_the_attribution_headline_join_the_compact_table(tmp_path):
+    samples = profiled(tmp_path)
+    gradsam = samples["label"] == "gradsam"
+    samples["mask_iou_centre"] = np.where(gradsam, 0.3, np.nan)  # e.g. a centre prior, written by another study
+    samples["attr_auroc"] = np.where(gradsam, 0.8, np.nan)
+    samples.loc[3, "attr_auroc"] = np.nan
+    write_csv(samples, tmp_path / "results" / "table1" / "samples.csv")
+    paths = aggregate_task(tmp_path / "results", "table1", tmp_path, set_level=False)
+    table = pd.read_csv(paths["csv"]).set_index("label")
+    assert table.loc["gradsam", "mask_iou_centre_mean"] == pytest.approx(0.3)
+    assert table.loc["gradsam", "attr_auroc_n"] == table.loc["gradsam", "N"] - 1
+    assert "mask_iou_provenance_mean" not in table.columns
+    harness = paths["md"].read_text().split("## Harness metrics")[1].split("##")[0]
+    header = next(line for line in harness.splitlines() if line.startswith("| method"))
+    assert header.index("mask IoU") < header.index("IoU centre") and "IoU random" in header and "attr AUROC" in header
+    assert f"0.8 [0.8, 0.8] (n={int(table.loc['gradsam', 'N']) - 1})" in harness
+    assert max(map(len, paths["terminal"].splitlines())) <= 100

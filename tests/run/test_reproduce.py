@@ -1,4 +1,5 @@
-"""`make reproduce-table1 PROFILE=offline` on a small N: every file, a report with live links, W&B tables."""
+"""`make reproduce-table1 PROFILE=offline` on a small N: every file, a report with live links, W&B tables;
+every override honoured (task_name included), and a failure is one line, not a traceback."""
 
 from __future__ import annotations
 
@@ -46,10 +47,12 @@ def test_reproduce_table1_offline_writes_every_file(tmp_path):
         "table1_by_category.csv",
         "table1_by_prompt.csv",
         "table1_set_level.csv",
-        "paper_comparison.csv",
+        "table1_headline.md",
+        "paired_deltas.csv",
         "report.html",
     ):
         assert (folder / name).is_file(), name
+    assert not (folder / "paper_comparison.csv").exists()  # the toy world is not comparable with the paper
     table = pd.read_csv(folder / "table1.csv")
     assert len(table) == 8 and set(table["N"]) == {1}
     assert {"gradsam", "sdedit_0.6", "sdedit_0.9", "txt2img", "blended_latent", "diffedit"} <= set(table["label"])
@@ -57,7 +60,10 @@ def test_reproduce_table1_offline_writes_every_file(tmp_path):
     assert list((folder / "figures").glob("samples_*.png")) and list((folder / "figures").glob("box_*.png"))
     links = referenced_files(folder / "report.html")
     assert links and all((folder / link).is_file() for link in links)
-    assert "6.89" in (folder / "table1.md").read_text()
+    md = (folder / "table1.md").read_text()
+    assert "row is absent" in md and "6.89" not in md and "model=toy" in md
+    assert "FID64 mean" in proc.stdout and "report: " in proc.stdout
+    assert max(len(line) for line in proc.stdout[proc.stdout.index("method ") :].splitlines()) <= 100
 
     # The offline profile is the toy world: its rows carry the metrics only the known truth allows.
     samples = pd.read_csv(folder / "samples.csv")
@@ -75,3 +81,47 @@ def test_reproduce_table1_offline_writes_every_file(tmp_path):
     logged = {json.loads(p.read_text())["columns"][0] for p in tables}
     assert "model" in logged or "task" in logged
     assert any("table1" in p.name for p in tables)
+
+
+TINY_ONE_ROW = [
+    "model=tiny",
+    "dataset=synthetic_places",
+    "metrics=none",
+    "sampling.num_inference_steps=2",
+    "dataset.subcategories=[forest]",
+    "model.image_size=32",
+    "row=txt2img",
+]
+
+
+def reproduce(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "bench.reproduce", *args, "--root-dir", str(tmp_path)]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_reproduce_honours_task_name_and_every_override(tmp_path):
+    proc = reproduce(tmp_path, "demo", "task_name=mine", *TINY_ONE_ROW)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "results" / "mine" / "table1.md").is_file() and (
+        tmp_path / "results" / "mine" / "report.html"
+    ).is_file()
+    assert not (tmp_path / "results" / "demo").exists()
+    samples = pd.read_csv(tmp_path / "results" / "mine" / "samples.csv")
+    assert (
+        set(samples["task"]) == {"mine"} and set(samples["label"]) == {"txt2img"} and set(samples["model"]) == {"tiny"}
+    )
+    assert str(tmp_path / "results" / "mine" / "report.html") in proc.stdout
+
+
+def test_reproduce_failures_are_one_line(tmp_path):
+    typo = reproduce(tmp_path, "table1", "--profile", "offline", "sampling.guidnce_scale=3")
+    assert typo.returncode == 2 and not (tmp_path / "outputs").exists()  # refused before any job started
+    assert typo.stderr.strip().count("\n") == 0 and "guidance_scale" in typo.stderr and "Traceback" not in typo.stderr
+    # A run that writes no samples (dry_run): the tables cannot be built, and it says which task and why.
+    dry = reproduce(tmp_path, "ablations", "task_name=dry", "dry_run=true", *TINY_ONE_ROW[:-1])
+    assert dry.returncode == 1 and "Traceback" not in dry.stderr
+    last = dry.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "'dry'" in last and "samples.csv does not exist" in last
+    swept = reproduce(tmp_path, "demo", "task_name=a,b")
+    assert swept.returncode == 2 and "task_name must be one value" in swept.stderr
