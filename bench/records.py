@@ -8,6 +8,7 @@ Rows hold no timing, host or shard information, so any split of the work gives t
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -109,7 +110,7 @@ def write_row(run_dir: str | Path, key: str, row: dict) -> None:
 def discard_partial(run_dir: str | Path, key: str) -> None:
     """Delete the temporary files a killed writer left for sample `key` (row, image, masks).
 
-    Only the shard that owns `key` calls this, before regenerating it, so no live writer is affected.
+    Only safe when no live process may be writing `key`: `task_writers` decides that.
     """
     run_dir, name = Path(run_dir), Path(key).name
     leftovers = [
@@ -119,6 +120,45 @@ def discard_partial(run_dir: str | Path, key: str) -> None:
     ]
     for path in leftovers:
         path.unlink(missing_ok=True)
+
+
+WRITERS_LOCK = ".writers.lock"
+
+
+@contextmanager
+def task_writers(lock_dir: Path, folders: Iterable[Path]) -> Iterator[int]:
+    """Hold a shared lock on `lock_dir`/.writers.lock while a run writes; yield how many leftovers were deleted.
+
+    Every run of a task holds the shared lock (flock: the kernel drops it when the process dies, even by
+    SIGKILL). Before writing, a run tries for the exclusive lock without waiting: it gets it only when
+    no other live process of the task holds the lock, so every temporary file (`.*.tmp`, left by an
+    atomic write that was killed) under `folders` is an orphan and is deleted; then the lock is shared.
+    When another run of the task is alive, nothing is deleted: its files may be in flight.
+    """
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / WRITERS_LOCK, "a") as handle:
+        removed = 0
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another live run of this task: leave every temporary file alone
+        else:
+            removed = remove_temporary_files(folders)
+        fcntl.flock(handle, fcntl.LOCK_SH)  # held until the run ends (or dies)
+        try:
+            yield removed
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remove_temporary_files(folders: Iterable[Path]) -> int:
+    """Delete every `.*.tmp` (an atomic write's temporary file) under `folders`; how many were deleted."""
+    removed = 0
+    for folder in folders:
+        for path in Path(folder).rglob(".*.tmp") if Path(folder).is_dir() else []:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _json_default(value):

@@ -13,6 +13,7 @@ image first saved as the code did (256x256 bicubic, JPEG quality 75), the refere
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +66,16 @@ class Fid64Pair:
     @property
     def provenance(self) -> str:
         gen = f"JPEG q{self.jpeg_quality} {self.jpeg_size}px bicubic" if self.generated_jpeg else "PNG as generated"
+        if self._net is not None:  # library version, weights source and fingerprint, as the set-level note
+            extractor = self._net.provenance
+        else:
+            extractor = (
+                f"torch-fidelity {metadata.version('torch-fidelity')} (weights: {self.weights.source}; not loaded)"
+            )
         return (
             f"||phi64(ref) - phi64(gen)||^2 = torchmetrics FID(feature=64) on the pair duplicated x2 (paper code); "
-            f"torch-fidelity inception-v3-compat 64-d, TF1 bilinear to 299 (no antialias); weights: "
-            f"{self.weights.source}; color order {self.color_order}; generated: {gen}; reference: {self.reference}"
+            f"{extractor}, 64-d after the first max-pool, TF1 bilinear to 299 (no antialias); "
+            f"color order {self.color_order}; generated: {gen}; reference: {self.reference}"
         )
 
     def features(self, image: np.ndarray) -> np.ndarray:
