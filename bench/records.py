@@ -137,11 +137,13 @@ def task_writers(lock_dir: Path, folders: Iterable[Path]) -> Iterator[int]:
     """
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / WRITERS_LOCK, "a") as handle:
-        removed = 0
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pass  # another live run of this task: leave every temporary file alone
+            removed = 0  # another live run of this task: leave every temporary file alone
+        except OSError:  # a filesystem without locks: never delete, run unlocked
+            yield 0
+            return
         else:
             removed = remove_temporary_files(folders)
         fcntl.flock(handle, fcntl.LOCK_SH)  # held until the run ends (or dies)
