@@ -3,11 +3,14 @@ live process of the task may own them (records.task_writers: a shared flock per 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from bench.config import REPO_ROOT
 from bench.records import WRITERS_LOCK, atomic_write_text, task_writers
+from tests.conftest import FAST, PIXEL_ONLY, run_cli
 
 HOLDER = (
     "import fcntl, sys\n"
@@ -62,3 +65,26 @@ def test_a_live_run_of_the_task_keeps_every_temporary_file(tmp_path):
     with task_writers(task_dir, [task_dir]) as removed:  # the other run ended: its leftovers are orphans
         assert removed == len(leftovers)
     assert (task_dir / "x.txt").is_file()
+
+
+def test_the_same_config_twice_at_once_equals_one_run(tmp_path):
+    """Two processes on one shard: wasted work, never corruption (docs/scaling.md, Concurrency guarantees)."""
+    args = [*FAST, *PIXEL_ONLY, "model.image_size=32", "method=sdedit", "cpu_threads=1", "seeds=[1,2]"]
+    run_cli([*args, f"paths.root_dir={tmp_path / 'single'}"], cwd=tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "bench.run", *args, f"paths.root_dir={tmp_path / 'twice'}"]
+    procs = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    errors = [proc.communicate(timeout=600)[1].decode() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], errors
+    single, twice = result_files(tmp_path / "single"), result_files(tmp_path / "twice")
+    assert twice == single and any(k.endswith(".png") for k in twice)
+    assert not list((tmp_path / "twice").rglob("*.tmp"))
+
+
+def result_files(root: Path) -> dict[str, bytes]:
+    """Rows, images and samples.csv by relative path."""
+    files = [p for p in (root / "outputs").rglob("*") if p.is_file() and {"rows", "images"} & set(p.parts)]
+    return {str(p.relative_to(root)): p.read_bytes() for p in [*files, root / "results/demo/samples.csv"]}
