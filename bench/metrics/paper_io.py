@@ -11,6 +11,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from bench.datasets.base import apply_exif_orientation, to_eight_bit
+
 COLOR_ORDERS = ("rgb", "bgr")
 
 
@@ -34,7 +36,12 @@ def in_color_order(image: np.ndarray, color_order: str) -> np.ndarray:
 
 
 def as_rgb_array(image: Image.Image) -> np.ndarray:
-    """Any PIL image at its own size -> RGB uint8 [H, W, 3] (transparent pixels composited on white)."""
+    """Any PIL image at its own size -> RGB uint8 [H, W, 3] (transparent pixels composited on white).
+
+    As the model's input (bench/datasets/base.py): the EXIF orientation applied (cv2.imread, the paper
+    code's reader, does the same), 16-bit grayscale scaled to 8 bits, not clipped.
+    """
+    image = to_eight_bit(apply_exif_orientation(image)[0])[0]
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)

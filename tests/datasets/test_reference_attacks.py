@@ -159,3 +159,15 @@ def test_a_non_ascii_prompt_runs_end_to_end(tmp_path):
     assert (tmp_path / rows["image_path"].iloc[0]).is_file() and Path(rows["image_path"].iloc[0]).parts[
         -1
     ] == "s51828.png"
+
+
+def test_the_native_reference_of_fid64_pair_is_upright_and_scaled_too(tmp_path):
+    from bench.metrics.paper_io import as_rgb_array
+
+    values = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    assert np.array_equal(as_rgb_array(Image.fromarray(values))[..., 1], np.round(values * (255 / 65535)))
+    upright = rgb(12, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, k=1))).save(tmp_path / "p.png", exif=exif)
+    assert np.array_equal(as_rgb_array(Image.open(tmp_path / "p.png")), upright)
