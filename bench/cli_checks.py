@@ -108,19 +108,23 @@ def check_overrides(argv: Sequence[str]) -> None:
         return
     overrides = [a for a in argv if not a.startswith("-")]
     message = explain_override_error(overrides)
-    if message is None and not any(a in ("-m", "--multirun") for a in argv):
-        message = run_folder_error(overrides)
+    if message is None:
+        message = run_folder_error(overrides, multirun=any(a in ("-m", "--multirun") for a in argv))
     if message:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
 
-def run_folder_error(overrides: Sequence[str]) -> str | None:
-    """Before Hydra opens its log file there: a message if the run folder cannot be written."""
+def run_folder_error(overrides: Sequence[str], multirun: bool = False) -> str | None:
+    """Before Hydra opens its log file there: a message if the run folder (a sweep: the output folder)
+    cannot be written."""
+    if multirun:
+        parser = OverridesParser.create()
+        overrides = [o for o in overrides if not parser.parse_override(o).is_sweep_override()]
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("bench", overrides=list(overrides))
-        run_dir = cfg.run_dir
+        folder = cfg.paths.output_dir if multirun else cfg.run_dir
     except (HydraException, OmegaConfBaseException):
         return None  # an interpolation this check cannot resolve: Hydra reports it
-    return check_writable(run_dir)
+    return check_writable(folder)

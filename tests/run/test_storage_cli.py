@@ -57,6 +57,9 @@ def test_read_only_folder_is_one_message_and_earlier_work_is_intact(tmp_path, mo
     assert proc.returncode == 2, proc.stderr
     assert "cannot write the run folder" in proc.stderr and str(root / "outputs") in proc.stderr
     assert "paths.output_dir=" in proc.stderr and "Traceback" not in proc.stderr
+    sweep = run_cli(["-m", *ARGS, "method=sdedit,txt2img", f"paths.root_dir={root}"], cwd=tmp_path, check=False)
+    assert sweep.returncode == 2 and "cannot write the run folder" in sweep.stderr, sweep.stderr
+    assert str(root / "outputs") in sweep.stderr and "Traceback" not in sweep.stderr
     assert files_of(root) == before
 
 
