@@ -37,6 +37,7 @@ BAD_VALUES = [
     ([*GRADSAM, "method.score.layers=[]"], ["method.score.layers=[]"]),
     ([*SDEDIT, "method.strength=0.01"], ["method.strength=0.01", "leaves no denoising step"]),
     ([*SDEDIT, "method.strength=1.5"], ["method.strength=1.5", "(0, 1]"]),
+    (["method=diffedit", *minimal_run(), "method.mask_strength=0.1"], ["method.mask_strength=0.1", "no denoising"]),
     ([*SDEDIT, "sampling.guidance_scale=nan"], ["sampling.guidance_scale=nan", "finite number >= 0"]),
     ([*SDEDIT, "sampling.guidance_scale=-1"], ["sampling.guidance_scale=-1", "finite number >= 0"]),
     ([*SDEDIT, "sampling.num_inference_steps=0"], ["sampling.num_inference_steps=0", "integer >= 1"]),
