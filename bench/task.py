@@ -206,6 +206,22 @@ def check_run_keys(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not {rule.expected}. Fix: set {key} to {rule.expected}.")
     if not isinstance(cfg.get("dry_run"), bool):
         raise ConfigError(f"dry_run={cfg.get('dry_run')!r} is not true or false.")
+    size = cfg.model.get("image_size")
+    if not (is_integer(size) and size >= 16 and size % 8 == 0):
+        raise ConfigError(
+            f"model.image_size={size!r} is not a multiple of 8 >= 16 (the VAE downsamples by up to 8: any other "
+            "size decodes to a different size than the reference). Fix: e.g. model.image_size=64 (512 for sd15)."
+        )
+    check_device(str(cfg.model.get("device", "auto")))
+
+
+def check_device(device: str) -> None:
+    """A CUDA device that this machine lacks is refused now, not as a driver traceback while loading."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={device} but torch sees no CUDA device here (torch.cuda.is_available() is False). "
+            "Fix: device=auto (the GPU when there is one) or device=cpu, or run on the GPU machine."
+        )
 
 
 SETTINGS_FILE = "image_settings.json"

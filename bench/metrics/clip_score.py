@@ -26,6 +26,7 @@ from bench.metrics import CLIP_SCORE
 from bench.metrics.common import SampleContext, nan_result, resolve_device
 from bench.metrics.inception import MissingWeightsError, is_offline
 from bench.metrics.paper_io import paper_saved_image
+from bench.sd.errors import ConfigError
 
 TINY_RANDOM = "tiny_random"
 TOY = "toy"  # the open_clip model trained on the toy world (bench/toy/clip.py, models/toy/clip)
@@ -172,7 +173,7 @@ def find_clip_weights(arch: str, pretrained: str, weights_path: str | None) -> s
     import open_clip
 
     if arch not in open_clip.list_models():
-        raise ValueError(f"metrics.clip={arch!r} is not an open_clip model; e.g. ViT-L-14, ViT-B-32, or {TINY_RANDOM}.")
+        raise ConfigError(f"metrics.clip={arch!r} is not an open_clip model; e.g. ViT-L-14, ViT-B-32, {TINY_RANDOM}.")
     if weights_path:
         if not Path(weights_path).is_file():
             raise MissingWeightsError(f"metrics.clip_weights={weights_path!r} is not a file.")
@@ -180,7 +181,7 @@ def find_clip_weights(arch: str, pretrained: str, weights_path: str | None) -> s
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(arch)
-        raise ValueError(f"metrics.clip_pretrained={pretrained!r} is not a tag of {arch}; known: {tags}.")
+        raise ConfigError(f"metrics.clip_pretrained={pretrained!r} is not a tag of {arch}; known: {tags}.")
     if not is_offline() or _is_cached(cfg):
         return None
     source = cfg.get("hf_hub") or cfg.get("url", "")

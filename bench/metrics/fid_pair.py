@@ -23,6 +23,7 @@ from bench.metrics.common import SampleContext, nan_result, resolve_device
 from bench.metrics.features import FeatureCache, default_cache_dir
 from bench.metrics.inception import InceptionFeatures, load_inception, resolve_inception_weights
 from bench.metrics.paper_io import as_rgb_array, in_color_order, paper_saved_image
+from bench.sd.errors import ConfigError
 
 REFERENCE_SOURCES = ("native", "model_input")
 
@@ -52,7 +53,7 @@ class Fid64Pair:
     ):
         in_color_order(np.zeros((1, 1, 3), np.uint8), color_order)  # validates color_order
         if reference not in REFERENCE_SOURCES:
-            raise ValueError(f"fid64_pair reference={reference!r}; expected one of {REFERENCE_SOURCES}.")
+            raise ConfigError(f"fid64_pair reference={reference!r}; expected one of {REFERENCE_SOURCES}.")
         self.color_order, self.generated_jpeg, self.reference = color_order, generated_jpeg, reference
         self.jpeg_size, self.jpeg_quality = jpeg_size, jpeg_quality
         # Resolve (and if needed convert) the weights now: a missing file fails before any generation.

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from bench.datasets.base import apply_exif_orientation, to_eight_bit
+from bench.sd.errors import ConfigError
 
 COLOR_ORDERS = ("rgb", "bgr")
 
@@ -31,7 +32,7 @@ def paper_saved_image(image: np.ndarray, size: int = 256, quality: int = 75) -> 
 def in_color_order(image: np.ndarray, color_order: str) -> np.ndarray:
     """RGB uint8 [H, W, 3] -> the channel order the network is fed ('bgr' = what cv2.imread gives)."""
     if color_order not in COLOR_ORDERS:
-        raise ValueError(f"color_order={color_order!r}; expected one of {COLOR_ORDERS}.")
+        raise ConfigError(f"color_order={color_order!r}; expected one of {COLOR_ORDERS}.")
     return np.ascontiguousarray(image[..., ::-1]) if color_order == "bgr" else image
 
 

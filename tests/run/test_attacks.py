@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.config import ConfigError
 from bench.datasets.base import DatasetError, PromptSpec, ReferenceImage
@@ -58,6 +59,9 @@ BAD_VALUES = [
     ([*SDEDIT, "method.label=../../x"], ["method.label='../../x'"]),
     ([*SDEDIT, "ablation=no_blur"], ["ablation=no_blur flips switches of method=gradsam"]),
     ([*SDEDIT, "cpu_threads=0"], ["cpu_threads=0"]),
+    ([*SDEDIT, "model.image_size=33"], ["model.image_size=33 is not a multiple of 8"]),
+    ([*SDEDIT, "sampling.negative_prompt=null"], ["sampling.negative_prompt=None is not a string"]),
+    ([*SDEDIT, "metrics=default", "metrics.clip=nope"], ["metrics.clip='nope' is not an open_clip model"]),
 ]
 
 
@@ -69,6 +73,13 @@ def test_bad_value_is_refused_before_anything_is_loaded_or_written(tmp_path, ove
     assert all(w in message for w in words), message
     assert any(w in message for w in ("Fix", "expected", "Use ", "Change")), message  # it says what to do
     assert written_files(tmp_path) == []  # no settings file, no config.yaml, not even a folder
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_machine_without_it_is_refused_before_loading(tmp_path):
+    with pytest.raises(ConfigError, match="device=cuda but torch sees no CUDA device.*device=auto"):
+        run_benchmark(compose_cfg([*SDEDIT, "device=cuda"], tmp_path))
+    assert written_files(tmp_path) == []
 
 
 def test_a_refused_start_does_not_block_the_corrected_rerun(tmp_path):
