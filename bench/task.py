@@ -124,6 +124,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
 
     # 4. Build the backbone and check what needs it, then the metrics and the tracker.
     backbone = build(cfg.model)
+    check_steps(sampling, backbone.scheduler.config.num_train_timesteps)
     method.preflight(backbone, [u.sample(refs[u.image.image_id][0]) for u in pending])
     metrics = {name: build(node) for name, node in cfg.metrics.per_sample.items()}
     tracker = build(cfg.logger)
@@ -213,6 +214,15 @@ def check_run_keys(cfg: DictConfig) -> None:
             "size decodes to a different size than the reference). Fix: e.g. model.image_size=64 (512 for sd15)."
         )
     check_device(str(cfg.model.get("device", "auto")))
+
+
+def check_steps(sampling: SamplingConfig, train_steps: int) -> None:
+    """The protocol's steps must fit the model's training schedule (diffusers refuses more, mid-run)."""
+    if sampling.num_inference_steps > train_steps:
+        raise ConfigError(
+            f"sampling.num_inference_steps={sampling.num_inference_steps} exceeds the model's {train_steps} "
+            f"training timesteps. Fix: at most sampling.num_inference_steps={train_steps} (the paper uses 50)."
+        )
 
 
 def check_device(device: str) -> None:

@@ -229,7 +229,9 @@ class Places365Scenes:
         out = []
         for e in self.entries:
             folder = self.root / e["category"] / e["subcategory"]
-            files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+            # Regular files only: a FIFO or device named x.jpg would block or never end when read.
+            files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files = files if folder.is_dir() else []
             out.append(("", files))
         return out
 

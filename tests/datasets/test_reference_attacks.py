@@ -5,6 +5,7 @@ anything is generated."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
 import zlib
@@ -171,3 +172,10 @@ def test_the_native_reference_of_fid64_pair_is_upright_and_scaled_too(tmp_path):
     exif[0x0112] = 6
     Image.fromarray(np.ascontiguousarray(np.rot90(upright, k=1))).save(tmp_path / "p.png", exif=exif)
     assert np.array_equal(as_rgb_array(Image.open(tmp_path / "p.png")), upright)
+
+
+def test_a_fifo_named_like_an_image_is_never_opened(tmp_path):
+    root = places_folder(tmp_path / "data", {"a.jpg": Image.fromarray(rgb(16, 16))})
+    os.mkfifo(root / "natural/forest/b.jpg")  # reading it would block forever
+    summary = run_on(tmp_path, root, 1)
+    assert pd.read_csv(summary["samples_csv"])["image_id"].tolist() == ["forest/a"]

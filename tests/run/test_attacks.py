@@ -82,6 +82,12 @@ def test_cuda_on_a_machine_without_it_is_refused_before_loading(tmp_path):
     assert written_files(tmp_path) == []
 
 
+def test_more_steps_than_the_model_was_trained_with_are_refused_before_any_write(tmp_path):
+    with pytest.raises(ConfigError, match="sampling.num_inference_steps=1001 exceeds the model's 1000 training"):
+        run_benchmark(compose_cfg([*SDEDIT, "sampling.num_inference_steps=1001"], tmp_path))
+    assert not list(tmp_path.rglob("config.yaml")) and not list(tmp_path.rglob(SETTINGS_FILE))
+
+
 def test_a_refused_start_does_not_block_the_corrected_rerun(tmp_path):
     bad = [*GRADSAM, "sampling.num_inference_steps=6"]  # a schedule of 5 at 0.9: index 5 does not exist
     with pytest.raises(ConfigError, match="valid indices are 1..4"):
