@@ -174,7 +174,13 @@ def read_rows(folders: Iterable[str | Path]) -> list[dict]:
     rows = []
     for folder in folders:
         for path in sorted(Path(folder).rglob("rows/**/*.json")):
-            rows.append(json.loads(path.read_text()))
+            try:
+                rows.append(json.loads(path.read_text()))
+            except (ValueError, UnicodeDecodeError) as exc:  # never written so by the harness (atomic writes)
+                raise StorageError(
+                    f"row file {path} is damaged ({exc}); it was changed outside the harness. Delete it and "
+                    "rerun the same command: that one sample is redone, every other is kept."
+                ) from exc
     return rows
 
 

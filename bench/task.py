@@ -21,6 +21,7 @@ from bench.records import (
     atomic_write_text,
     environment_manifest,
     merge_samples,
+    read_rows,
     row_path,
     save_png,
     task_writers,
@@ -111,6 +112,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
     settings = image_settings(cfg)
     check_run_settings(run_dir, settings)
     pending = [u for u in units if not row_path(run_dir, u.key).exists()]
+    read_rows([run_dir])  # a damaged row fails now, naming its file, not after the whole run
     summary = {"run_dir": str(run_dir), "planned": len(units), "pending": len(pending)}
     if cfg.dry_run:
         print(OmegaConf.to_yaml(cfg, resolve=True))

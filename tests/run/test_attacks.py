@@ -15,6 +15,7 @@ import torch
 
 from bench.config import ConfigError
 from bench.datasets.base import DatasetError, PromptSpec, ReferenceImage
+from bench.records import StorageError
 from bench.task import SETTINGS_FILE, plan_work, run_benchmark
 from tests.conftest import compose_cfg, minimal_run, run_cli
 
@@ -86,6 +87,19 @@ def test_more_steps_than_the_model_was_trained_with_are_refused_before_any_write
     with pytest.raises(ConfigError, match="sampling.num_inference_steps=1001 exceeds the model's 1000 training"):
         run_benchmark(compose_cfg([*SDEDIT, "sampling.num_inference_steps=1001"], tmp_path))
     assert not list(tmp_path.rglob("config.yaml")) and not list(tmp_path.rglob(SETTINGS_FILE))
+
+
+def test_a_damaged_row_is_named_before_any_generation_and_deleting_it_redoes_one_sample(tmp_path):
+    overrides = [*SDEDIT, "seeds=[1,2]"]
+    run_benchmark(compose_cfg(overrides, tmp_path))
+    rows = sorted(Path(compose_cfg(overrides, tmp_path).run_dir).rglob("rows/**/*.json"))
+    kept = {p: p.read_bytes() for p in rows[1:]}
+    rows[0].write_text('{"status": "ok", "trunc')
+    with pytest.raises(StorageError, match=re.escape(f"row file {rows[0]} is damaged")):
+        run_benchmark(compose_cfg(overrides, tmp_path))
+    rows[0].unlink()
+    assert run_benchmark(compose_cfg(overrides, tmp_path))["pending"] == 1
+    assert all(p.read_bytes() == data for p, data in kept.items())
 
 
 def test_a_refused_start_does_not_block_the_corrected_rerun(tmp_path):
