@@ -173,7 +173,7 @@ def find_clip_weights(arch: str, pretrained: str, weights_path: str | None) -> s
     import open_clip
 
     if arch not in open_clip.list_models():
-        raise ConfigError(f"metrics.clip={arch!r} is not an open_clip model; e.g. ViT-L-14, ViT-B-32, {TINY_RANDOM}.")
+        raise ConfigError(f"metrics.clip={arch!r} is not an open_clip model. Fix: e.g. ViT-L-14 or {TINY_RANDOM}.")
     if weights_path:
         if not Path(weights_path).is_file():
             raise MissingWeightsError(f"metrics.clip_weights={weights_path!r} is not a file.")
@@ -181,7 +181,7 @@ def find_clip_weights(arch: str, pretrained: str, weights_path: str | None) -> s
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(arch)
-        raise ConfigError(f"metrics.clip_pretrained={pretrained!r} is not a tag of {arch}; known: {tags}.")
+        raise ConfigError(f"metrics.clip_pretrained={pretrained!r} is not a tag of {arch}. Fix: one of {tags}.")
     if not is_offline() or _is_cached(cfg):
         return None
     source = cfg.get("hf_hub") or cfg.get("url", "")
