@@ -107,21 +107,6 @@ def write_row(run_dir: str | Path, key: str, row: dict) -> None:
     atomic_write_text(row_path(run_dir, key), json.dumps(row, sort_keys=True, default=_json_default) + "\n")
 
 
-def discard_partial(run_dir: str | Path, key: str) -> None:
-    """Delete the temporary files a killed writer left for sample `key` (row, image, masks).
-
-    Only safe when no live process may be writing `key`: `task_writers` decides that.
-    """
-    run_dir, name = Path(run_dir), Path(key).name
-    leftovers = [
-        *row_path(run_dir, key).parent.glob(f".{name}.json.*.tmp"),
-        *(run_dir / "images" / key).parent.glob(f".{name}.png.*.tmp"),
-        *(run_dir / "masks" / key).glob(".*.tmp"),
-    ]
-    for path in leftovers:
-        path.unlink(missing_ok=True)
-
-
 WRITERS_LOCK = ".writers.lock"
 
 
