@@ -33,6 +33,7 @@ from bench.sd.backbone import Backbone
 from bench.sd.config import Rule, from_mapping, integer, real, setting, text
 from bench.sd.diffusion import (
     SamplingConfig,
+    check_strength,
     encode_images,
     encode_text,
     guided_noise,
@@ -196,6 +197,11 @@ class DiffEdit(Method):
     @property
     def strength(self) -> float:
         return self.config.strength
+
+    def check(self, sampling: SamplingConfig) -> None:
+        """Both strengths leave a step of the protocol (before any model is loaded)."""
+        super().check(sampling)
+        check_strength(self.config.mask_strength, sampling, key="method.mask_strength")
 
     def columns(self) -> dict:
         cfg = self.config

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -11,18 +13,28 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bench.config import CONF_DIR
+from bench.config import CONF_DIR, check_path_names
+from bench.sd.errors import ConfigError
 
 
 def explain_override_error(overrides: Sequence[str]) -> str | None:
     """Compose the config with `overrides`; None if it works, else a message naming the allowed values."""
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        return f"cannot parse the overrides {list(overrides)}: {exc}. Fix: write each as key=value (quote spaces)."
+    unknown = unknown_options(parsed, "row")
+    if unknown:
+        return unknown
     if any(o.is_sweep_override() for o in parsed):
         return None  # Hydra checks each sweep point itself
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            compose("bench", overrides=list(overrides))
+            cfg = compose("bench", overrides=list(overrides))
+        check_path_names(cfg)
         return None
+    except ConfigError as exc:
+        return str(exc)
     except (HydraException, OmegaConfBaseException) as exc:
         text = str(exc)
     if "not in struct" in text or "Could not override" in text:
@@ -37,6 +49,34 @@ def explain_override_error(overrides: Sequence[str]) -> str | None:
             if hint:
                 return hint
     return text
+
+
+def unknown_options(parsed: list, group: str) -> str | None:
+    """A message if an override picks an option of an optional `group` that does not exist (Hydra skips it)."""
+    known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    for o in parsed:
+        if o.key_or_group.lstrip("+~") != group or o.value() is None:
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        missing = [v for v in values if v not in known]
+        if missing:
+            return f"{group}={','.join(missing)}: no such {group} (conf/{group}/). Known {group}s: {known}."
+    return None
+
+
+def check_writable(folder: str | Path) -> str | None:
+    """A message if `folder` (created if missing) cannot hold a new file: read-only, no permission, full."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return (
+            f"cannot write the run folder {folder}: {exc.strerror or exc}. Nothing was run. Fix: make it writable "
+            "(or free space), or write elsewhere with paths.output_dir=/a/writable/folder (or paths.root_dir=...)."
+        )
+    return None
 
 
 def _is_group_choice(override: str) -> bool:
@@ -68,6 +108,23 @@ def check_overrides(argv: Sequence[str]) -> None:
         return
     overrides = [a for a in argv if not a.startswith("-")]
     message = explain_override_error(overrides)
+    if message is None:
+        message = run_folder_error(overrides, multirun=any(a in ("-m", "--multirun") for a in argv))
     if message:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_folder_error(overrides: Sequence[str], multirun: bool = False) -> str | None:
+    """Before Hydra opens its log file there: a message if the run folder (a sweep: the output folder)
+    cannot be written."""
+    if multirun:
+        parser = OverridesParser.create()
+        overrides = [o for o in overrides if not parser.parse_override(o).is_sweep_override()]
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("bench", overrides=list(overrides))
+        folder = cfg.paths.output_dir if multirun else cfg.run_dir
+    except (HydraException, OmegaConfBaseException):
+        return None  # an interpolation this check cannot resolve: Hydra reports it
+    return check_writable(folder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -15,7 +16,7 @@ CONF_DIR = REPO_ROOT / "conf"
 if not OmegaConf.has_resolver("repo_root"):
     OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
 
-__all__ = ["CONF_DIR", "REPO_ROOT", "ConfigError", "build", "check_ablation", "env_path"]
+__all__ = ["CONF_DIR", "REPO_ROOT", "ConfigError", "build", "check_ablation", "check_path_names", "env_path"]
 # Paths (never switches) that an environment variable may give; conf/ reads the same variables with oc.env.
 PATH_VARIABLES = ("BENCH_DATA_DIR", "BENCH_CACHE_DIR", "BENCH_WEIGHTS_DIR", "BENCH_INCEPTION_WEIGHTS")
 
@@ -54,3 +55,28 @@ def check_ablation(cfg) -> None:
             f"ablation={cfg.ablation.name} flips switches of method={applies_to}, but method={cfg.method.name}. "
             f"Use method={applies_to} ablation={cfg.ablation.name}, or ablation=none."
         )
+
+
+# Keys whose values become one folder name of run_dir (conf/bench.yaml), so each must stay one safe name.
+PATH_NAME_KEYS = ("task_name", "model.name", "dataset.name", "method.label", "ablation.name")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
+
+
+def is_safe_name(value) -> bool:
+    """One path component that stays where it is put: no separator, no '..', no leading dot, no odd bytes."""
+    return isinstance(value, str) and SAFE_NAME.fullmatch(value) is not None
+
+
+def check_path_names(cfg) -> None:
+    """Refuse a name that would build a path outside its root (task_name=../x) or an odd folder name."""
+    from omegaconf import OmegaConf
+
+    for key in PATH_NAME_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if not is_safe_name(value):
+            raise ConfigError(
+                f"{key}={value!r} is not a safe folder name: it builds a folder of run_dir under "
+                f"paths.output_dir, so it must be 1-100 characters of letters, digits and . _ + = -, starting "
+                f"with a letter or digit (no '/', no '..'). Fix: e.g. {key}=my_run (to write elsewhere, set "
+                "paths.root_dir or paths.output_dir)."
+            )

@@ -8,6 +8,7 @@ Rows hold no timing, host or shard information, so any split of the work gives t
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -106,19 +107,45 @@ def write_row(run_dir: str | Path, key: str, row: dict) -> None:
     atomic_write_text(row_path(run_dir, key), json.dumps(row, sort_keys=True, default=_json_default) + "\n")
 
 
-def discard_partial(run_dir: str | Path, key: str) -> None:
-    """Delete the temporary files a killed writer left for sample `key` (row, image, masks).
+WRITERS_LOCK = ".writers.lock"
 
-    Only the shard that owns `key` calls this, before regenerating it, so no live writer is affected.
+
+@contextmanager
+def task_writers(lock_dir: Path, folders: Iterable[Path]) -> Iterator[int]:
+    """Hold a shared lock on `lock_dir`/.writers.lock while a run writes; yield how many leftovers were deleted.
+
+    Every run of a task holds the shared lock (flock: the kernel drops it when the process dies, even by
+    SIGKILL). Before writing, a run tries for the exclusive lock without waiting: it gets it only when
+    no other live process of the task holds the lock, so every temporary file (`.*.tmp`, left by an
+    atomic write that was killed) under `folders` is an orphan and is deleted; then the lock is shared.
+    When another run of the task is alive, nothing is deleted: its files may be in flight.
     """
-    run_dir, name = Path(run_dir), Path(key).name
-    leftovers = [
-        *row_path(run_dir, key).parent.glob(f".{name}.json.*.tmp"),
-        *(run_dir / "images" / key).parent.glob(f".{name}.png.*.tmp"),
-        *(run_dir / "masks" / key).glob(".*.tmp"),
-    ]
-    for path in leftovers:
-        path.unlink(missing_ok=True)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / WRITERS_LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            removed = 0  # another live run of this task: leave every temporary file alone
+        except OSError:  # a filesystem without locks: never delete, run unlocked
+            yield 0
+            return
+        else:
+            removed = remove_temporary_files(folders)
+        fcntl.flock(handle, fcntl.LOCK_SH)  # held until the run ends (or dies)
+        try:
+            yield removed
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remove_temporary_files(folders: Iterable[Path]) -> int:
+    """Delete every `.*.tmp` (an atomic write's temporary file) under `folders`; how many were deleted."""
+    removed = 0
+    for folder in folders:
+        for path in Path(folder).rglob(".*.tmp") if Path(folder).is_dir() else []:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _json_default(value):
@@ -132,7 +159,13 @@ def read_rows(folders: Iterable[str | Path]) -> list[dict]:
     rows = []
     for folder in folders:
         for path in sorted(Path(folder).rglob("rows/**/*.json")):
-            rows.append(json.loads(path.read_text()))
+            try:
+                rows.append(json.loads(path.read_text()))
+            except (ValueError, UnicodeDecodeError) as exc:  # never written so by the harness (atomic writes)
+                raise StorageError(
+                    f"row file {path} is damaged ({exc}); it was changed outside the harness. Delete it and "
+                    "rerun the same command: that one sample is redone, every other is kept."
+                ) from exc
     return rows
 
 

@@ -21,6 +21,7 @@ log = logging.getLogger("bench.run")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
     from bench.datasets.base import DatasetError
+    from bench.records import StorageError
     from bench.sd.errors import ConfigError
     from bench.task import run_benchmark  # heavy imports after the config is known good
 
@@ -30,6 +31,9 @@ def main(cfg: DictConfig) -> None:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except StorageError as exc:  # one message, no traceback: what survived and how to resume is in it
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -11,22 +11,25 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from tqdm import tqdm
 
-from bench.config import ConfigError, build, check_ablation
+from bench.config import ConfigError, build, check_ablation, check_path_names, is_safe_name
 from bench.datasets.base import DatasetError, ReferenceImage, WorkUnit, to_model_input
 from bench.metrics.common import SampleContext
 from bench.records import (
     atomic_write_text,
-    discard_partial,
     environment_manifest,
     merge_samples,
+    read_rows,
     row_path,
     save_png,
+    task_writers,
     write_csv,
     write_row,
     writing,
 )
+from bench.sd.config import from_mapping, integer, is_integer
 from bench.sd.diffusion import SamplingConfig
 from bench.sd.methods import Generated, Method, Sample
 from bench.truth.record import TRUTH_FILE, TruthRecorder
@@ -43,9 +46,22 @@ def plan_work(references: list[ReferenceImage], seeds: list[int], shard_index: i
     if not seeds:
         raise ConfigError("seeds=[]; expected at least one seed, e.g. seeds=[51828].")
     units = [WorkUnit(image, prompt, seed) for image in references for prompt in image.prompts for seed in seeds]
-    keys = [u.key for u in units]
-    if len(set(keys)) != len(keys):
-        raise ConfigError("two work units share a key: image ids or prompts repeat in the dataset.")
+    first: dict[str, WorkUnit] = {}
+    for unit in units:
+        other = first.setdefault(unit.key, unit)
+        if other is not unit:
+            raise ConfigError(
+                f"two samples would share the output path {unit.key}: image {other.image.image_id!r} with prompt "
+                f"{other.prompt.text!r}, and image {unit.image.image_id!r} with prompt {unit.prompt.text!r} (a "
+                "prompt's folder keeps only its letters and digits, lower-cased). Fix: remove the repeat, or "
+                "reword one prompt so that they differ in more than case or punctuation."
+            )
+    unsafe = next((u for u in units if not all(is_safe_name(part) for part in u.key.split("/"))), None)
+    if unsafe is not None:
+        raise DatasetError(
+            f"reference image id {unsafe.image.image_id!r} ({unsafe.image.source}) gives the unsafe output path "
+            f"{unsafe.key!r}: every part must be a plain name (letters, digits, . _ + = -). Fix the dataset's ids."
+        )
     return units[shard_index::shard_count]
 
 
@@ -58,7 +74,7 @@ def load_references(units: list[WorkUnit], size: int, resample: str) -> dict[str
             continue
         try:
             out[image.image_id] = to_model_input(image.load(), size, resample)
-        except (OSError, ValueError, SyntaxError) as exc:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise DatasetError(
                 f"cannot read reference image {image.image_id} from {image.source}: {exc}. "
                 "Replace or remove the file and run again; nothing was generated yet."
@@ -75,13 +91,17 @@ def run_benchmark(cfg: DictConfig) -> dict:
     """Run one job: one (model, dataset, method, ablation) over its shard of the work units.
 
     Returns a summary (counts and paths). Samples already done (their row exists) are skipped.
+    Order: every check that needs no model, then the references, then the models and the checks that
+    need them; only then the first write. A run refused by any check leaves nothing that blocks the fix.
     """
-    # 1. Validate the combination before anything expensive.
+    # 1. Validate the whole config before anything is loaded or written.
     check_ablation(cfg)
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch_size={cfg.batch_size}; expected an integer >= 1.")
+    check_run_keys(cfg)
+    check_path_names(cfg)
+    sampling = from_mapping(SamplingConfig, cfg.sampling, "sampling")
+    method: Method = build(cfg.method)
+    method.check(sampling)
     set_cpu_threads(cfg.get("cpu_threads"))
-    sampling = SamplingConfig(**cfg.sampling)
     run_dir = Path(cfg.run_dir)
 
     # 2. Plan the work units of this shard and find those not done yet.
@@ -93,6 +113,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
     settings = image_settings(cfg)
     check_run_settings(run_dir, settings)
     pending = [u for u in units if not row_path(run_dir, u.key).exists()]
+    read_rows([run_dir])  # a damaged row fails now, naming its file, not after the whole run
     summary = {"run_dir": str(run_dir), "planned": len(units), "pending": len(pending)}
     if cfg.dry_run:
         print(OmegaConf.to_yaml(cfg, resolve=True))
@@ -100,21 +121,33 @@ def run_benchmark(cfg: DictConfig) -> dict:
         for unit in pending[:10]:
             print(f"  would generate {unit.key}")
         return summary
-    for unit in pending:  # a kill mid-write leaves temporary files; they were never counted
-        discard_partial(run_dir, unit.key)
 
     # 3. Read every reference first: a bad file fails now, not after an hour of sampling.
     refs = load_references(pending, cfg.model.image_size, cfg.dataset.get("resample", "bicubic"))
 
-    # 4. Build the subject-truth segmenter (missing weights fail here), the method, the backbone, the metrics
-    #    and the tracker.
+    # 4. Build the subject-truth segmenter (missing weights fail here), the backbone and check what needs
+    #    it, then the metrics and the tracker.
     truth = truth_recorder(cfg, dataset)
-    method: Method = build(cfg.method)
     backbone = build(cfg.model)
     if truth is not None:
         truth.latent_size = backbone.latent_size
+    check_steps(sampling, backbone.scheduler.config.num_train_timesteps)
+    method.preflight(backbone, [u.sample(refs[u.image.image_id][0]) for u in pending])
     metrics = {name: build(node) for name, node in cfg.metrics.per_sample.items()}
     tracker = build(cfg.logger)
+    task_dir = Path(cfg.paths.output_dir) / cfg.task_name
+    results_dir = Path(cfg.paths.results_dir) / cfg.task_name
+    with writing(task_dir), task_writers(task_dir, [task_dir, results_dir, run_dir]) as removed:
+        if removed:
+            log.info("deleted %d temporary files of killed writes (no other run of this task is alive)", removed)
+        write_run_records(cfg, run_dir, settings, backbone, dataset)
+        return generate_and_record(
+            cfg, run_dir, pending, refs, method, backbone, sampling, metrics, tracker, summary, truth
+        )
+
+
+def write_run_records(cfg: DictConfig, run_dir: Path, settings: dict, backbone, dataset) -> None:
+    """config.yaml, the image settings, this shard's environment and the dataset manifest (atomic)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # What made the samples, the same for every shard (Hydra keeps each shard's own config in .hydra/).
     shared = {k: v for k, v in resolved.items() if k != "shard"}
@@ -126,11 +159,27 @@ def run_benchmark(cfg: DictConfig) -> dict:
     )
     if hasattr(dataset, "manifest"):  # the files used, with their sha256 (e.g. dataset=places365)
         write_csv(pd.DataFrame(dataset.manifest()), run_dir / "manifest.csv")
+
+
+def generate_and_record(
+    cfg: DictConfig,
+    run_dir: Path,
+    pending: list[WorkUnit],
+    refs: dict,
+    method: Method,
+    backbone,
+    sampling: SamplingConfig,
+    metrics: dict,
+    tracker,
+    summary: dict,
+    truth: TruthRecorder | None = None,
+) -> dict:
+    """Generate, score and record, one batch at a time; each sample is saved as it completes."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     shard = f"+shard-{cfg.shard.index}-of-{cfg.shard.count}" if cfg.shard.count > 1 else ""
     tracker.start(resolved, name=f"{cfg.task_name}/{method.label}+{cfg.ablation.name}{shard}")
     exit_code = 1
     try:
-        # 5. Generate, score and record, one batch at a time; each sample is saved as it completes.
         base = row_base(cfg, method)
         with tqdm(total=len(pending), desc=method.label, unit="sample") as bar:
             for batch in batches(pending, cfg.batch_size):
@@ -141,7 +190,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
                     with writing(run_dir):
                         record_sample(cfg, run_dir, base, unit, sample, result, metrics, conversion, truth)
                     bar.update(1)
-        # 6. Rebuild the task's samples table from every row on disk (all methods, all shards).
+        # Rebuild the task's samples table from every row on disk (all methods, all shards).
         task_dir = Path(cfg.paths.output_dir) / cfg.task_name
         samples_csv = Path(cfg.paths.results_dir) / cfg.task_name / "samples.csv"
         with writing(samples_csv):
@@ -152,6 +201,47 @@ def run_benchmark(cfg: DictConfig) -> dict:
     finally:
         tracker.finish(exit_code)
     return summary
+
+
+def check_run_keys(cfg: DictConfig) -> None:
+    """seeds (distinct integers), batch_size, shard and dry_run: types and ranges, before anything runs."""
+    seeds = cfg.get("seeds")
+    if not OmegaConf.is_list(seeds) or not seeds or not all(is_integer(s) for s in seeds):
+        raise ConfigError(f"seeds={seeds!r} is not a non-empty list of integers. Fix: e.g. seeds=[51828] or [1,2].")
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if repeated:
+        raise ConfigError(f"seeds={list(seeds)} repeats {repeated}: each seed makes one sample. Fix: list each once.")
+    for key, rule in (("batch_size", integer(1)), ("shard.count", integer(1)), ("shard.index", integer(0))):
+        value = OmegaConf.select(cfg, key)
+        if not rule.accepts(value):
+            raise ConfigError(f"{key}={value!r} is not {rule.expected}. Fix: set {key} to {rule.expected}.")
+    if not isinstance(cfg.get("dry_run"), bool):
+        raise ConfigError(f"dry_run={cfg.get('dry_run')!r} is not true or false.")
+    size = cfg.model.get("image_size")
+    if not (is_integer(size) and size >= 16 and size % 8 == 0):
+        raise ConfigError(
+            f"model.image_size={size!r} is not a multiple of 8 >= 16 (the VAE downsamples by up to 8: any other "
+            "size decodes to a different size than the reference). Fix: e.g. model.image_size=64 (512 for sd15)."
+        )
+    check_device(str(cfg.model.get("device", "auto")))
+
+
+def check_steps(sampling: SamplingConfig, train_steps: int) -> None:
+    """The protocol's steps must fit the model's training schedule (diffusers refuses more, mid-run)."""
+    if sampling.num_inference_steps > train_steps:
+        raise ConfigError(
+            f"sampling.num_inference_steps={sampling.num_inference_steps} exceeds the model's {train_steps} "
+            f"training timesteps. Fix: at most sampling.num_inference_steps={train_steps} (the paper uses 50)."
+        )
+
+
+def check_device(device: str) -> None:
+    """A CUDA device that this machine lacks is refused now, not as a driver traceback while loading."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={device} but torch sees no CUDA device here (torch.cuda.is_available() is False). "
+            "Fix: device=auto (the GPU when there is one) or device=cpu, or run on the GPU machine."
+        )
 
 
 SETTINGS_FILE = "image_settings.json"
@@ -170,9 +260,12 @@ def check_run_settings(run_dir: Path, settings: dict) -> None:
     path = run_dir / SETTINGS_FILE
     if not path.exists():
         return
-    stored = json.loads(path.read_text())
-    if stored == settings:
-        return
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}. Delete that file (it is rewritten) and run again.") from exc
+    if stored == settings or not any((run_dir / "rows").rglob("*.json")):
+        return  # the same settings, or no sample yet: nothing would be skipped wrongly (the file is rewritten)
     changed = sorted(
         f"{group}.{key}"
         for group in settings

@@ -24,7 +24,14 @@ import torch
 
 from bench.sd.backbone import Backbone
 from bench.sd.config import from_mapping
-from bench.sd.diffusion import SamplingConfig, denoise, encode_images, encode_text, truncated_timesteps
+from bench.sd.diffusion import (
+    SamplingConfig,
+    denoise,
+    encode_images,
+    encode_text,
+    schedule_length,
+    truncated_timesteps,
+)
 from bench.sd.errors import ConfigError
 from bench.sd.methods import Generated, Method, Sample, images_or_failures
 from bench.sd.seeding import draw_normal
@@ -49,6 +56,14 @@ class SampleState:
     path: str = ""
     info: dict = field(default_factory=dict)  # row columns, e.g. kept_frac_i5
     masks: dict = field(default_factory=dict)  # name -> float array [C, h, w]
+    failure: str | None = None  # the first non-finite score or mask (stage and reason): the sample fails
+
+    def check_finite(self, stage: str, k: int, values: torch.Tensor) -> bool:
+        """Whether `values` are all finite; if not, record the first failure (the sample's image is then dropped)."""
+        bad = int((~torch.isfinite(values)).sum())
+        if bad and self.failure is None:
+            self.failure = f"{stage} at injection index {k}: {bad} non-finite values (NaN/inf)"
+        return bad == 0
 
     def set_mask(self, k: int, mask: torch.Tensor) -> None:
         """The mask in force from schedule index k on; its kept fraction and a copy go into the row."""
@@ -133,6 +148,20 @@ class GradSAM(Method):
                 f"{sampling.num_inference_steps}); valid indices are 1..{length - 1}. Change the indices or the steps."
             )
 
+    def check(self, sampling: SamplingConfig) -> None:
+        """Strength and indices against the protocol's schedule, before any model is loaded."""
+        super().check(sampling)
+        self.check_schedule(schedule_length(sampling.num_inference_steps, self.strength), sampling)
+
+    def preflight(self, backbone: Backbone, samples: list[Sample]) -> None:
+        """Layer names and every subject word inside the tokenizer window, before any sample is generated."""
+        resolve_layers(backbone.unet, self.config.score.layers)
+        for s in samples:
+            try:
+                subject_tokens(backbone.tokenizer, s.prompt, s.subject, self.config.subject.index_mode)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+
     def blend_indices(self, length: int) -> set[int]:
         """Schedule indices k at which z_{t_k} is blended with the reference: the injections."""
         return set(self.injection_indices)
@@ -169,7 +198,7 @@ class GradSAM(Method):
             k = i + 1  # z_next lives at t_k
             if k in self.injection_indices:
                 for b, state in enumerate(states):
-                    mask = self.compute_mask(backbone, scheduler, z_t[b], t, cond[b], state, sampling)
+                    mask = self.compute_mask(backbone, scheduler, z_t[b], t, cond[b], state, sampling, k)
                     state.set_mask(k, mask)
             if self.config.manipulate and k in blends and k < len(timesteps):
                 z_next = self.blend(z_next, z0, states, scheduler, timesteps[k])
@@ -178,6 +207,9 @@ class GradSAM(Method):
         steps = [s.generator("steps") for s in samples]
         z = denoise(backbone, scheduler, z, timesteps, cond, uncond, sampling, steps, on_step_end=on_step_end)
         results = images_or_failures(backbone, z)
+        for b, state in enumerate(states):  # a non-finite score or mask fails its sample alone (the first cause)
+            if state.failure is not None:
+                results[b] = Generated(image=None, failure=state.failure)
         # 5. Per-sample columns and masks for the row.
         for result, state in zip(results, states, strict=True):
             last = state.masks[f"mask_i{self.injection_indices[-1]}"]
@@ -223,6 +255,7 @@ class GradSAM(Method):
         cond: torch.Tensor,
         state: SampleState,
         sampling: SamplingConfig,
+        k: int = 0,
     ) -> torch.Tensor:
         """M [C, h, w] from the scores of the UNet call at (z_t, t_i); the pieces of the subject word summed."""
         positions, cfg = state.subject.positions, self.config.score
@@ -243,4 +276,7 @@ class GradSAM(Method):
                 generator=state.method_generator,
             )
         word_score = scores.sum(dim=0, keepdim=True)  # [1, C, h, w]: one subject word
-        return union_mask(word_score, self.config.mask)
+        state.check_finite("score", k, word_score)
+        mask = union_mask(word_score, self.config.mask)
+        state.check_finite("mask", k, mask)
+        return mask

@@ -33,17 +33,22 @@ def subject_tokens(
 
     `index_mode` is one of method.config.INDEX_MODES (validated by SubjectConfig, not here).
     """
-    ids = [tokenizer.bos_id, *tokenizer.pieces(prompt)][: tokenizer.context_length - 1]
+    full = [tokenizer.bos_id, *tokenizer.pieces(prompt)]
+    ids = full[: tokenizer.context_length - 1]
     if index_mode == "word_index_raw":
         words = prompt.split()
         if subject not in words:
             raise ValueError(f"subject word {subject!r} is not a word of prompt {prompt!r}; fix the dataset manifest.")
         column = words.index(subject)
+        if column >= len(ids):
+            raise ValueError(outside_window(tokenizer, prompt, subject, column))
         return SubjectTokens(subject, (column,), (tokenizer.decode_piece(ids[column]),))
     word = tokenizer.pieces(subject)
     if not word:
         raise ValueError(f"subject word {subject!r} of prompt {prompt!r} has no CLIP pieces; fix the dataset manifest.")
     positions = [p for start in word_starts(tokenizer, ids, word) for p in range(start, start + len(word))]
+    if not positions and word_starts(tokenizer, full, word):
+        raise ValueError(outside_window(tokenizer, prompt, subject, word_starts(tokenizer, full, word)[0]))
     if not positions:
         prompt_pieces = [tokenizer.decode_piece(i) for i in ids[1:]]
         word_pieces = [tokenizer.decode_piece(i) for i in word]
@@ -52,6 +57,16 @@ def subject_tokens(
             f"word pieces {word_pieces}); fix the subject in the dataset manifest (conf/protocol/)."
         )
     return SubjectTokens(subject, tuple(positions), tuple(tokenizer.decode_piece(ids[p]) for p in positions))
+
+
+def outside_window(tokenizer: ClipBpeTokenizer, prompt: str, subject: str, column: int) -> str:
+    """The message for a subject word that CLIP's text window truncates away."""
+    return (
+        f"subject word {subject!r} of prompt {prompt!r} starts at CLIP token column {column}, outside the "
+        f"{tokenizer.context_length}-token text window (<start>, {tokenizer.context_length - 2} pieces, <end>): "
+        "the text encoder never sees it, so it has no attention column. Fix: shorten the prompt or move the "
+        "subject earlier (the dataset manifest, conf/protocol/)."
+    )
 
 
 def word_starts(tokenizer: ClipBpeTokenizer, ids: list[int], word: list[int]) -> list[int]:

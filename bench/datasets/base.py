@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from bench.sd.errors import ConfigError
 from bench.sd.methods import Sample
@@ -41,8 +41,23 @@ class ReferenceImage:
 
 def sample_key(image_id: str, prompt: str, seed: int) -> str:
     """Stable relative path of a sample, e.g. forest/00003/deer_roaming/s51828."""
+    return f"{image_id}/{prompt_slug(prompt)}/s{seed}"
+
+
+def prompt_slug(prompt: str) -> str:
+    """A prompt's folder name: safe (a-z, 0-9, _ and -, at most 73 characters) in any alphabet.
+
+    A printable-ASCII prompt keeps its plain slug ("Deer roaming" -> deer_roaming), as ever; any other
+    prompt (another alphabet, control characters, no letter or digit, a slug over 100 characters) gets
+    its readable part plus 12 hex digits of the prompt's sha256 ("Cerf en forêt" -> cerf_en_for_t-<hash>).
+    A plain slug has no '-', so the two kinds never meet; two ASCII prompts that differ only in case or
+    punctuation share a slug, and `bench.task.plan_work` refuses that pair by name.
+    """
     slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")
-    return f"{image_id}/{slug}/s{seed}"
+    if prompt.isascii() and prompt.isprintable() and slug and len(slug) <= 100:
+        return slug
+    readable = slug[:60].strip("_") or "prompt"
+    return f"{readable}-{hashlib.sha256(prompt.encode('utf-8')).hexdigest()[:12]}"
 
 
 class DatasetError(RuntimeError):
@@ -157,17 +172,75 @@ def protocol_subcategories(
     return out
 
 
+# Largest reference decoded (pixels): 8192 x 8192. PIL's own bomb guard warns at 89 MP and refuses
+# at 179 MP; an image this large is never a scene photo, and decoding it may exhaust memory.
+MAX_REFERENCE_PIXELS = 8192 * 8192
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+EXIF_ORIENTATION = 0x0112
+OVERSIZE_FIX = "Downscale the file (any size of a few megapixels is plenty) or remove it, then run again."
+
+
+def open_bounded(path: str | Path) -> Image.Image:
+    """Decode an image file whole, refusing one larger than MAX_REFERENCE_PIXELS from its header alone.
+
+    A truncated or corrupt file raises OSError naming it; an oversized one DatasetError naming it.
+    """
+    try:
+        with Image.open(path) as image:
+            check_pixel_count(image, str(path))
+            image.load()
+            return image
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"reference image {path} is too large to decode safely ({exc}). {OVERSIZE_FIX}") from None
+    except OSError as exc:
+        raise OSError(f"{path}: {exc}") from exc
+
+
+def check_pixel_count(image: Image.Image, where: str) -> None:
+    width, height = image.size
+    if width * height > MAX_REFERENCE_PIXELS:
+        raise DatasetError(
+            f"reference image {where} is {width}x{height} pixels, more than the {MAX_REFERENCE_PIXELS} "
+            f"(8192x8192) decoded at most (a decompression bomb, or a huge scan). {OVERSIZE_FIX}"
+        )
+
+
+def to_eight_bit(image: Image.Image) -> tuple[Image.Image, list[str]]:
+    """A 16-bit grayscale image (PIL modes I;16*, and I holding 0..65535) scaled to 8 bits (x 255/65535)."""
+    if image.mode not in SIXTEEN_BIT_MODES:
+        if image.mode == "F":
+            raise ValueError("floating-point images (PIL mode F) have no defined range; save it as 8 or 16-bit")
+        return image, []
+    values = np.asarray(image).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"mode {image.mode} with values outside 0..65535; save it as an 8 or 16-bit image")
+    scaled = np.round(values * (255.0 / 65535.0)).astype(np.uint8)
+    return Image.fromarray(scaled, "L"), [f"mode {image.mode} 16-bit->8-bit (x255/65535)"]
+
+
+def apply_exif_orientation(image: Image.Image) -> tuple[Image.Image, list[str]]:
+    """Rotate/flip as the EXIF Orientation tag says (cameras store photos sideways and set it)."""
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    if orientation in (None, 1):
+        return image, []
+    return ImageOps.exif_transpose(image), [f"exif orientation {orientation} applied"]
+
+
 def to_model_input(image: Image.Image, size: int, resample: str = "bicubic") -> tuple[np.ndarray, str]:
     """Convert any PIL image to RGB uint8 [size, size, 3]; also return what was done to it.
 
-    Grayscale, RGBA (composited on white: Places365 has none, user folders may), palette and CMYK
-    images are converted; any size is resized with `resample` (the reference code's PIL default,
-    bicubic). The returned note records the conversion in the sample row.
+    The EXIF orientation is applied; 16-bit grayscale is scaled to 8 bits; grayscale, RGBA (composited
+    on white: Places365 has none, user folders may), palette and CMYK images are converted; any size
+    is resized with `resample` (the reference code's PIL default, bicubic). The returned note records
+    every step in the sample row (`reference_conversion`).
     """
     filters = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS}
     if resample not in filters:
         raise ConfigError(f"resample={resample!r}; expected one of {sorted(filters)}.")
-    notes = []
+    check_pixel_count(image, "(in memory)")
+    image, notes = apply_exif_orientation(image)
+    image, depth = to_eight_bit(image)
+    notes += depth
     if image.mode != "RGB":
         notes.append(f"mode {image.mode}->RGB")
         if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
@@ -180,6 +253,24 @@ def to_model_input(image: Image.Image, size: int, resample: str = "bicubic") -> 
         notes.append(f"resize {image.size[0]}x{image.size[1]}->{size}x{size} {resample}")
         image = image.resize((size, size), filters[resample])
     return np.asarray(image, dtype=np.uint8).copy(), "; ".join(notes) or "none"
+
+
+def safe_image_ids(names: Sequence[str]) -> list[str]:
+    """Per file name, an id that is one safe path part, distinct for distinct names.
+
+    A plain stem (letters, digits, . _ -, starting with a letter or digit) that no other name shares
+    stays as it is (Places365_val_00000001); any other gets its readable part plus 8 hex digits of the
+    name's sha256 ("ète 1.jpg" -> "te_1-3f2a9c01").
+    """
+    stems = [Path(n).stem for n in names]
+    out = []
+    for name, stem in zip(names, stems, strict=True):
+        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", stem) and stems.count(stem) == 1:
+            out.append(stem)
+        else:
+            readable = re.sub(r"[^A-Za-z0-9]+", "_", stem).strip("_")[:60] or "image"
+            out.append(f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:8]}")
+    return out
 
 
 def file_sha256(path: str | Path) -> str:

@@ -22,7 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.datasets.base import DatasetError, ReferenceImage, file_sha256, protocol_subcategories
+from bench.datasets.base import (
+    DatasetError,
+    ReferenceImage,
+    file_sha256,
+    open_bounded,
+    protocol_subcategories,
+    safe_image_ids,
+)
 from bench.sd.errors import ConfigError
 
 LAYOUTS = ("auto", "torchvision", "folders")
@@ -51,13 +58,8 @@ def images_dir_name(split: str, small: bool) -> str:
 
 
 def read_image(path: Path) -> Image.Image:
-    """Decode the whole file now (PIL is lazy), so a truncated or corrupt file raises here, naming it."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except OSError as exc:
-        raise OSError(f"{path}: {exc}") from exc
+    """Decode the whole file now (PIL is lazy), so a truncated, corrupt or oversized file raises here, naming it."""
+    return open_bounded(path)
 
 
 class Places365Scenes:
@@ -103,21 +105,31 @@ class Places365Scenes:
         """Every chosen image, in protocol order, then in order of choice."""
         return [
             ReferenceImage(
-                image_id=f"{s.entry['subcategory']}/{s.path.stem}",
+                image_id=image_id,
                 category=s.entry["category"],
                 subcategory=s.entry["subcategory"],
                 prompts=s.entry["prompts"],
                 source=self.relative(s.path),
                 loader=lambda p=s.path: read_image(p),
             )
-            for s in self.selected()
+            for s, image_id in zip(self.selected(), self.image_ids(), strict=True)
         ]
+
+    def image_ids(self) -> list[str]:
+        """Per chosen image, "<subcategory>/<id>": the file's stem when plain and unique, else a safe hashed id."""
+        chosen = self.selected()
+        ids = [""] * len(chosen)
+        for sub in dict.fromkeys(s.entry["subcategory"] for s in chosen):
+            where = [i for i, s in enumerate(chosen) if s.entry["subcategory"] == sub]
+            for i, safe in zip(where, safe_image_ids([chosen[i].path.name for i in where]), strict=True):
+                ids[i] = f"{sub}/{safe}"
+        return ids
 
     def manifest(self) -> list[dict]:
         """One row per image used: id, class, file (relative to root) and the sha256 of its bytes."""
         return [
             {
-                "image_id": f"{s.entry['subcategory']}/{s.path.stem}",
+                "image_id": image_id,
                 "category": s.entry["category"],
                 "subcategory": s.entry["subcategory"],
                 "places365_class": s.places365_class,
@@ -127,7 +139,7 @@ class Places365Scenes:
                 "bytes": s.path.stat().st_size,
                 "sha256": file_sha256(s.path),
             }
-            for s in self.selected()
+            for s, image_id in zip(self.selected(), self.image_ids(), strict=True)
         ]
 
     def selected(self) -> list[SelectedImage]:
@@ -221,7 +233,9 @@ class Places365Scenes:
         out = []
         for e in self.entries:
             folder = self.root / e["category"] / e["subcategory"]
-            files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+            # Regular files only: a FIFO or device named x.jpg would block or never end when read.
+            files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files = files if folder.is_dir() else []
             out.append(("", files))
         return out
 

@@ -26,6 +26,7 @@ from bench.metrics import CLIP_SCORE
 from bench.metrics.common import SampleContext, nan_result, resolve_device
 from bench.metrics.inception import MissingWeightsError, is_offline
 from bench.metrics.paper_io import paper_saved_image
+from bench.sd.errors import ConfigError
 
 TINY_RANDOM = "tiny_random"
 TOY = "toy"  # the open_clip model trained on the toy world (bench/toy/clip.py, models/toy/clip)
@@ -87,11 +88,38 @@ class CLIPScore:
     @property
     def provenance(self) -> str:
         image = f"JPEG q{self.jpeg_quality} {self.jpeg_size}px" if self.paper_jpeg else "PNG as generated"
+        if self.arch == TOY:
+            from bench.metrics.toy_clip import PREPROCESSING
+
+            preprocessing = PREPROCESSING
+        else:
+            preprocessing = "open_clip's preprocessing of the model (resize, center crop, CLIP mean/std)"
         return (
             f"open_clip_torch {metadata.version('open_clip_torch')}; model {self.model_label}; "
-            f"100*max(cos,0) (torchmetrics convention); prompt: CLIP BPE, truncated to {CONTEXT_LENGTH} tokens; "
-            f"image: {image}, open_clip preprocessing"
+            f"activation {self.activation}; 100*max(cos,0) (torchmetrics convention); prompt: CLIP BPE, truncated "
+            f"to {CONTEXT_LENGTH} tokens; image: {image}, {preprocessing}"
         )
+
+    @property
+    def activation(self) -> str:
+        """The transformer's activation as built: QuickGELU (OpenAI-trained weights) or GELU."""
+        if self._model is None:
+            return "not loaded yet"
+        import open_clip
+
+        quick = any(isinstance(m, open_clip.transformer.QuickGELU) for m in self._model.modules())
+        return "QuickGELU" if quick else "GELU"
+
+    def quick_gelu(self) -> bool:
+        """Whether the weights were trained with QuickGELU: their tag says so, or the arch is a -quickgelu one.
+
+        open_clip applies a tag's activation only as a warning; a weights file carries none. So it is
+        forced here whatever way the weights arrive (the tag, the hub cache, or metrics.clip_weights).
+        """
+        import open_clip
+
+        tag = open_clip.get_pretrained_cfg(self.arch, self.pretrained) or {}
+        return bool(tag.get("quick_gelu")) or self.arch.lower().endswith("-quickgelu")
 
     def _load(self) -> None:
         import open_clip
@@ -107,11 +135,10 @@ class CLIPScore:
 
             model, self._preprocess, self._tokenizer = scoring_components()
         else:
-            quick_gelu = bool((open_clip.get_pretrained_cfg(self.arch, self.pretrained) or {}).get("quick_gelu"))
             model, _, self._preprocess = open_clip.create_model_and_transforms(
                 self.arch,
                 pretrained=self.weights or self.pretrained,
-                force_quick_gelu=quick_gelu and self.weights is not None,  # a file path does not carry it
+                force_quick_gelu=self.quick_gelu(),  # neither a tag nor a file path applies it by itself
                 device=self.device,
             )
             self._tokenizer = open_clip.get_tokenizer(self.arch)
@@ -146,7 +173,7 @@ def find_clip_weights(arch: str, pretrained: str, weights_path: str | None) -> s
     import open_clip
 
     if arch not in open_clip.list_models():
-        raise ValueError(f"metrics.clip={arch!r} is not an open_clip model; e.g. ViT-L-14, ViT-B-32, or {TINY_RANDOM}.")
+        raise ConfigError(f"metrics.clip={arch!r} is not an open_clip model. Fix: e.g. ViT-L-14 or {TINY_RANDOM}.")
     if weights_path:
         if not Path(weights_path).is_file():
             raise MissingWeightsError(f"metrics.clip_weights={weights_path!r} is not a file.")
@@ -154,7 +181,7 @@ def find_clip_weights(arch: str, pretrained: str, weights_path: str | None) -> s
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(arch)
-        raise ValueError(f"metrics.clip_pretrained={pretrained!r} is not a tag of {arch}; known: {tags}.")
+        raise ConfigError(f"metrics.clip_pretrained={pretrained!r} is not a tag of {arch}. Fix: one of {tags}.")
     if not is_offline() or _is_cached(cfg):
         return None
     source = cfg.get("hf_hub") or cfg.get("url", "")

@@ -13,6 +13,7 @@ image first saved as the code did (256x256 bicubic, JPEG quality 75), the refere
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from bench.metrics.common import SampleContext, nan_result, resolve_device
 from bench.metrics.features import FeatureCache, default_cache_dir
 from bench.metrics.inception import InceptionFeatures, load_inception, resolve_inception_weights
 from bench.metrics.paper_io import as_rgb_array, in_color_order, paper_saved_image
+from bench.sd.errors import ConfigError
 
 REFERENCE_SOURCES = ("native", "model_input")
 
@@ -51,7 +53,7 @@ class Fid64Pair:
     ):
         in_color_order(np.zeros((1, 1, 3), np.uint8), color_order)  # validates color_order
         if reference not in REFERENCE_SOURCES:
-            raise ValueError(f"fid64_pair reference={reference!r}; expected one of {REFERENCE_SOURCES}.")
+            raise ConfigError(f"fid64_pair reference={reference!r}; expected one of {REFERENCE_SOURCES}.")
         self.color_order, self.generated_jpeg, self.reference = color_order, generated_jpeg, reference
         self.jpeg_size, self.jpeg_quality = jpeg_size, jpeg_quality
         # Resolve (and if needed convert) the weights now: a missing file fails before any generation.
@@ -65,10 +67,16 @@ class Fid64Pair:
     @property
     def provenance(self) -> str:
         gen = f"JPEG q{self.jpeg_quality} {self.jpeg_size}px bicubic" if self.generated_jpeg else "PNG as generated"
+        if self._net is not None:  # library version, weights source and fingerprint, as the set-level note
+            extractor = self._net.provenance
+        else:
+            extractor = (
+                f"torch-fidelity {metadata.version('torch-fidelity')} (weights: {self.weights.source}; not loaded)"
+            )
         return (
             f"||phi64(ref) - phi64(gen)||^2 = torchmetrics FID(feature=64) on the pair duplicated x2 (paper code); "
-            f"torch-fidelity inception-v3-compat 64-d, TF1 bilinear to 299 (no antialias); weights: "
-            f"{self.weights.source}; color order {self.color_order}; generated: {gen}; reference: {self.reference}"
+            f"{extractor}, 64-d after the first max-pool, TF1 bilinear to 299 (no antialias); "
+            f"color order {self.color_order}; generated: {gen}; reference: {self.reference}"
         )
 
     def features(self, image: np.ndarray) -> np.ndarray:

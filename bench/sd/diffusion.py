@@ -7,13 +7,14 @@ in through per-sample generators (bench/sd/seeding.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
 
 from bench.sd.backbone import Backbone
+from bench.sd.config import boolean, check_value, integer, real, setting, text
 from bench.sd.errors import ConfigError
 from bench.sd.seeding import draw_normal
 
@@ -23,16 +24,30 @@ StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.T
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """The denoising protocol shared by all methods (PAPER_SPEC §2.1)."""
+    """The denoising protocol shared by all methods (PAPER_SPEC §2.1); every field is checked on construction."""
 
-    num_inference_steps: int = 50
-    guidance_scale: float = 8.0
-    negative_prompt: str = ""
-    batch_invariant: bool = True
+    num_inference_steps: int = setting(50, integer(1))
+    guidance_scale: float = setting(8.0, real(0.0, hint="1.0 = no guidance, 0.0 = unconditional"))
+    negative_prompt: str = setting("", text())
+    batch_invariant: bool = setting(True, boolean())
 
     def __post_init__(self):
-        if self.num_inference_steps < 1:
-            raise ConfigError(f"sampling.num_inference_steps={self.num_inference_steps}; expected >= 1.")
+        for f in fields(self):
+            check_value(f"sampling.{f.name}", getattr(self, f.name), f.metadata["rule"], f.default)
+
+
+def schedule_length(num_inference_steps: int, strength: float) -> int:
+    """Steps of the img2img schedule `truncated_timesteps` returns, without a scheduler (for early checks)."""
+    return int(num_inference_steps * strength)
+
+
+def check_strength(strength: float, sampling: SamplingConfig, key: str = "method.strength") -> None:
+    """Refuse a strength that leaves no denoising step of the protocol (before any model is loaded)."""
+    if schedule_length(sampling.num_inference_steps, strength) < 1:
+        raise ConfigError(
+            f"{key}={strength} leaves no denoising step out of sampling.num_inference_steps="
+            f"{sampling.num_inference_steps} (int(steps * strength) = 0). Fix: raise {key} or the steps."
+        )
 
 
 def truncated_timesteps(scheduler: DDPMScheduler, num_inference_steps: int, strength: float) -> torch.Tensor:
@@ -81,10 +96,18 @@ def encode_images(backbone: Backbone, images: np.ndarray, generators: Sequence[t
 @torch.no_grad()
 def decode_latents(backbone: Backbone, z: torch.Tensor) -> np.ndarray:
     """z [B, C, h, w] -> uint8 [B, H, W, 3], clamped to [-1, 1] first (as the reference code)."""
+    return decode_checked(backbone, z)[0]
+
+
+@torch.no_grad()
+def decode_checked(backbone: Backbone, z: torch.Tensor) -> tuple[np.ndarray, list[str | None]]:
+    """decode_latents, and per sample None or why its decoded pixels are unusable (NaN/inf, e.g. a float16 VAE)."""
     z = (z / backbone.vae.config.scaling_factor).to(backbone.dtype)
     x = per_sample(lambda zb: backbone.vae.decode(zb).sample, z)
-    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    bad = (~torch.isfinite(x.float())).flatten(1).sum(dim=1).tolist()
+    failures = [f"decode: non-finite decoded pixels ({n} NaN/inf values)" if n else None for n in bad]
+    x = ((x.float().nan_to_num().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy(), failures
 
 
 def unet_noise(backbone: Backbone, z: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from bench.sd.backbone import Backbone
-from bench.sd.diffusion import SamplingConfig, decode_latents
+from bench.sd.diffusion import SamplingConfig, check_strength, decode_checked
 from bench.sd.seeding import sample_generator
 
 
@@ -53,6 +53,16 @@ class Method(ABC):
         """The method's choices that affect the image, as row columns (prefix `method.`)."""
         return {}
 
+    def check(self, sampling: SamplingConfig) -> None:
+        """Rules that need the sampling protocol but no model; run before anything is written."""
+        strength = getattr(self, "strength", None)
+        if strength is not None:
+            check_strength(strength, sampling)
+
+    def preflight(self, backbone: Backbone, samples: list[Sample]) -> None:
+        """Rules that need the model (tokenizer window, layer names); run before any sample is generated."""
+        return None  # none by default
+
     @abstractmethod
     def generate(self, backbone: Backbone, samples: list[Sample], sampling: SamplingConfig) -> list[Generated]:
         """Images for a batch of samples, each from its own generators."""
@@ -68,9 +78,10 @@ def finite_or_failure(z: torch.Tensor) -> list[str | None]:
 
 
 def images_or_failures(backbone: Backbone, z: torch.Tensor) -> list[Generated]:
-    """Decode finite latents; mark the others failed with the reason (the run goes on)."""
+    """Decode finite latents; mark the others failed with the reason, and those whose pixels are not finite."""
     failures = finite_or_failure(z)
-    images = decode_latents(backbone, z.nan_to_num())
+    images, pixel_failures = decode_checked(backbone, z.nan_to_num())
+    failures = [f or p for f, p in zip(failures, pixel_failures, strict=True)]
     return [
         Generated(image=None, failure=f) if f else Generated(image=img) for img, f in zip(images, failures, strict=True)
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import pandas as pd
 
 from bench.metrics import BG_PSNR, BG_SSIM, CLIP_SCORE, FID64_PAIR, PIXEL_MAD
@@ -25,6 +27,11 @@ def test_default_metrics_in_rows_and_table(tmp_path, converted_weights, inceptio
         assert samples[provenance].str.len().gt(20).all()
     assert samples["clip_model"].str.contains("NOT real CLIP").all()  # model=tiny: auto -> tiny_random
     assert samples["fid64_pair_provenance"].str.contains("color order bgr").all()
+    # Provenance says what the code did (#15): the library version and weights fingerprint, the activation.
+    fingerprint = inception.fingerprint[:12]
+    assert samples["fid64_pair_provenance"].str.contains(f"torch-fidelity {version('torch-fidelity')}").all()
+    assert samples["fid64_pair_provenance"].str.contains(f"fp {fingerprint}").all()
+    assert samples["clip_score_provenance"].str.contains("activation GELU").all()  # tiny_random's own config
     assert (samples["bg_mask_source"] == "none (whole image)").all()  # SDEdit has no subject mask
 
     extracted = inception.extracted
