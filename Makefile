@@ -58,7 +58,7 @@ aggregate: $(STAMP) ## rebuild every table from the samples rows
 perf: $(STAMP) ## throughput and Jacobian benchmarks -> results/perf/
 	$(PY) -m bench.perf
 
-check-scale: $(STAMP) ## every method via the CLI at SD1.5's real size (random weights, 512 px, 4 steps) -> results/perf/scale.md; REDUCED=1: gradsam + sdedit (CI)
+check-scale: $(STAMP) ## every method via the CLI at SD1.5's real size (random weights, 512 px, 3 steps) -> results/perf/scale.md; REDUCED=1: gradsam + sdedit (CI)
 	$(PY) -m bench.perf.scale $(if $(REDUCED),--reduced,)
 
 toy-models: $(STAMP) ## retrain the toy-world models into models/toy/ (one CPU thread, ~56 min, deterministic; QUICK=1: a few steps into outputs/toy-models-quick)

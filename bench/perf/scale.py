@@ -31,13 +31,12 @@ from PIL import Image
 from bench.config import REPO_ROOT
 from bench.perf.sd15_folder import DEFAULT_DIR, ensure_folder
 
-LATENT = 64  # SD1.5 at 512 px: 64x64x4 latents
-# Method overrides fitting a 4-step schedule (strength 0.9 keeps 3 steps: injections at 1 and 2).
+# Method overrides fitting a 3-step schedule (strength 0.9 keeps 2 steps: one injection, at index 1).
 METHODS: dict[str, list[str]] = {
-    "gradsam": ["method=gradsam", "method.injection_indices=[1,2]"],
+    "gradsam": ["method=gradsam", "method.injection_indices=[1]"],
     "sdedit_0.9": ["method=sdedit", "method.strength=0.9"],
     "txt2img": ["method=txt2img"],
-    "blended_latent": ["method=blended_latent", "method.score_indices=[1,2]"],
+    "blended_latent": ["method=blended_latent", "method.score_indices=[1]"],
     "diffedit": ["method=diffedit", "method.mask_noise_draws=1"],
 }
 REDUCED = ("gradsam", "sdedit_0.9")
@@ -56,7 +55,13 @@ class Outcome:
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after
 
 
-def run_method(name: str, folder: Path, work: Path, steps: int, timeout: int) -> Outcome:
+def latent_size(folder: Path, image_size: int) -> int:
+    """The latent grid of the folder's VAE at `image_size` (64 for SD1.5 at 512 px)."""
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    return image_size // 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+def run_method(name: str, folder: Path, work: Path, steps: int, timeout: int, image_size: int = 512) -> Outcome:
     """One CLI run as a child process; its wall time and peak RSS (ru_maxrss of that child alone)."""
     args = [
         sys.executable,
@@ -64,7 +69,7 @@ def run_method(name: str, folder: Path, work: Path, steps: int, timeout: int) ->
         "bench.run",
         "model=sd15",
         f"model.path={folder}",
-        "model.image_size=512",
+        f"model.image_size={image_size}",
         "device=cpu",
         "task_name=check_scale",
         f"sampling.num_inference_steps={steps}",
@@ -105,8 +110,8 @@ def wait_with_timeout(proc: subprocess.Popen, timeout: int):
         time.sleep(0.5)
 
 
-def check_outputs(outcome: Outcome, work: Path) -> None:
-    """The run's one row is `ok`, gradsam-like rows used the tail path, masks are 64x64 per channel."""
+def check_outputs(outcome: Outcome, work: Path, latent: int) -> None:
+    """The run's one row is `ok`, gradsam-like rows used the tail path, masks are latent x latent per channel."""
     rows = sorted((work / "outputs" / "check_scale").glob(f"sd15/*/{label_glob(outcome.name)}/rows/**/*.json"))
     if len(rows) != 1:
         outcome.problems.append(f"expected one row, found {len(rows)}")
@@ -121,15 +126,15 @@ def check_outputs(outcome: Outcome, work: Path) -> None:
         outcome.problems.append("no masks written")
     for path in masks:
         height, width = Image.open(path).size[::-1]  # channels lie side by side: [h, C*w]
-        if height != LATENT or width % LATENT:
-            outcome.problems.append(f"mask {path.name} is {height}x{width}, not {LATENT}x(C*{LATENT})")
+        if height != latent or width % latent:
+            outcome.problems.append(f"mask {path.name} is {height}x{width}, not {latent}x(C*{latent})")
 
 
 def label_glob(name: str) -> str:
     return {"sdedit_0.9": "sdedit_0.9+none"}.get(name, f"{name}+none")
 
 
-def report(outcomes: list[Outcome], steps: int, folder_s: float, total_s: float) -> str:
+def report(outcomes: list[Outcome], steps: int, size: tuple[int, int], folder_s: float, total_s: float) -> str:
     """results/perf/scale.md: one line per method."""
     lines = [
         "# check-scale: every method through the CLI at SD1.5's real size",
@@ -137,8 +142,8 @@ def report(outcomes: list[Outcome], steps: int, folder_s: float, total_s: float)
         "`make check-scale` (`python -m bench.perf.scale`): a random-weight folder with SD1.5's exact "
         "architecture (UNet 859,520,964 parameters, VAE 83,653,863, text encoder 123,060,480; float32 "
         "safetensors, built once into .cache/sd15-random/), each method run as `python -m bench.run "
-        f"model=sd15 model.path=<folder>` at 512 px (64x64x4 latents), {steps} inference steps, one "
-        "reference and one prompt, metrics off. Peak RSS: the run process's own ru_maxrss (wait4).",
+        f"model=sd15 model.path=<folder>` at {size[0]} px ({size[1]}x{size[1]}x4 latents), {steps} inference "
+        "steps, one reference and one prompt, metrics off. Peak RSS: the run process's own ru_maxrss (wait4).",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (torch threads {torch.get_num_threads()}), "
         f"torch {torch.__version__}; shared with other jobs (load average at the end "
@@ -149,7 +154,7 @@ def report(outcomes: list[Outcome], steps: int, folder_s: float, total_s: float)
         "|---|---|---:|---:|---|---|---|---|",
     ]
     for o in outcomes:
-        masks = "64x64 per channel" if o.name in MASKED and not o.problems else "-"
+        masks = f"{size[1]}x{size[1]} per channel" if o.name in MASKED and not o.problems else "-"
         result = "ok" if not o.problems else "FAILED: " + "; ".join(o.problems)
         extra = " ".join(f"`{a}`" for a in METHODS[o.name][1:]) or "-"
         path = o.row.get("score_path", "-") or "-"
@@ -161,8 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {list(METHODS)}")
     parser.add_argument("--reduced", action="store_true", help=f"CI: {', '.join(REDUCED)} only")
-    parser.add_argument("--steps", type=int, default=4, help="sampling.num_inference_steps")
-    parser.add_argument("--folder", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--steps", type=int, default=3, help="sampling.num_inference_steps (at least 3)")
+    parser.add_argument("--image-size", type=int, default=512, help="model.image_size (pixels)")
+    parser.add_argument("--folder", type=Path, help=f"an existing diffusers folder (default: built into {DEFAULT_DIR})")
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "outputs" / "check-scale")
     parser.add_argument("--out", type=Path, help="default: results/perf/scale.md (reduced: under --work)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per method")
@@ -174,23 +180,24 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {list(METHODS)}")
     start = time.perf_counter()
-    folder = ensure_folder(args.folder)
+    folder = args.folder or ensure_folder(DEFAULT_DIR)
     folder_s = time.perf_counter() - start
     print(f"check-scale: folder {folder} ({folder_s:.0f} s)", flush=True)
     outcomes = []
     for name in names:
         clear_run(args.work, name)
         load = os.getloadavg()[0]
-        outcome = run_method(name, folder, args.work, args.steps, args.timeout)
+        outcome = run_method(name, folder, args.work, args.steps, args.timeout, args.image_size)
         outcome.load = (load, os.getloadavg()[0])
         if not outcome.problems:
-            check_outputs(outcome, args.work)
+            check_outputs(outcome, args.work, latent_size(folder, args.image_size))
         state = "ok" if not outcome.problems else "FAILED " + "; ".join(outcome.problems)
         peak = f"peak RSS {outcome.peak_rss_gb:.2f} GB"
         print(f"check-scale: {name}: {outcome.seconds:.0f} s, {peak}: {state}", flush=True)
         outcomes.append(outcome)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report(outcomes, args.steps, folder_s, time.perf_counter() - start))
+    size = (args.image_size, latent_size(folder, args.image_size))
+    args.out.write_text(report(outcomes, args.steps, size, folder_s, time.perf_counter() - start))
     print(f"check-scale: wrote {args.out}")
     if any(o.problems for o in outcomes):
         sys.exit(1)
