@@ -150,6 +150,8 @@ def jacobian_part(backbone, prompt, naive_count: int, lines: list[str]) -> tuple
             lines.append(f"  {name:40s} {secs:7.2f} s  {100 * secs / total:5.1f}%")
         rest = total - sum(parts.values())
         lines.append(f"  {'rest (tail assembly, chunk loop)':40s} {rest:7.2f} s  {100 * rest / total:5.1f}%")
+        inner = parts["UNet forward with attention recording"]
+        lines.append(f"  in units of the forward inside the call (robust to load swings): {total / inner:.2f}")
     rows = sample_rows(size, naive_count)
     brute, naive_forward, per_row = naive_rows(unet, z, t, cond, uncond, positions, rows)
     naive_total = naive_forward + per_row * size
@@ -194,19 +196,27 @@ def end_to_end(backbone, reference, steps: int, lines: list[str]) -> None:
             total = time.perf_counter() - start
         finally:
             diffusion.guided_noise = original
-        step = TIMES["guided"] / length
-        measured[name] = (total, step, total + (PAPER_STEPS - length) * step)
-    size = backbone.image_size
+        measured[name] = (total, TIMES["guided"] / length)
+    project(measured, steps, length, backbone.image_size, lines)
+
+
+def project(measured: dict[str, tuple[float, float]], steps: int, length: int, size: int, lines: list[str]) -> None:
+    """Each method's time = its own non-step work + 45 guided steps; both steps are the same UNet calls, so
+    one per-step time (the mean of the two runs') serves both and load swings between the runs cancel."""
+    step = sum(s for _, s in measured.values()) / len(measured)
     lines.append(f"end to end, one {size} px image, {steps} inference steps at strength 0.9 = {length} denoising steps")
-    for name, (total, step, projected) in measured.items():
+    projected = {}
+    for name, (total, own_step) in measured.items():
+        other = total - length * own_step  # VAE, text encoder, and for gradsam the 3 scoring calls and masks
+        projected[name] = other + PAPER_STEPS * step
         lines.append(
-            f"  {name:10s} {total:7.1f} s ({step:.1f} s per guided step); "
-            f"projected to {PAPER_STEPS} steps: {projected:.0f} s"
+            f"  {name:10s} {total:7.1f} s ({own_step:.1f} s per guided step, {other:.1f} s of other work); "
+            f"projected to {PAPER_STEPS} steps at {step:.1f} s per step: {projected[name]:.0f} s"
         )
     lines.append(f"  load average after: {os.getloadavg()[0]:.1f}")
     ratio = measured["gradsam"][0] / measured["sdedit_0.9"][0]
-    projected = measured["gradsam"][2] / measured["sdedit_0.9"][2]
-    lines.append(f"  gradsam / sdedit 0.9: {ratio:.2f} measured; {projected:.3f} projected to 45 steps, 3 injections")
+    ahead = projected["gradsam"] / projected["sdedit_0.9"]
+    lines.append(f"  gradsam / sdedit 0.9: {ratio:.2f} measured; {ahead:.3f} projected to 45 steps, 3 injections")
 
 
 def upcast_part(backbone, scores: torch.Tensor, call: tuple, lines: list[str]) -> None:

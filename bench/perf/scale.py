@@ -105,8 +105,9 @@ def wait_with_timeout(proc: subprocess.Popen, timeout: int):
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
             return pid, status, usage
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline and proc.returncode is None:
             proc.kill()
+            proc.returncode = -9  # marks the kill; the real status comes from wait4
         time.sleep(0.5)
 
 
@@ -131,7 +132,8 @@ def check_outputs(outcome: Outcome, work: Path, latent: int) -> None:
 
 
 def label_glob(name: str) -> str:
-    return {"sdedit_0.9": "sdedit_0.9+none"}.get(name, f"{name}+none")
+    """The run folder's `<method.label>+<ablation>` (every label here equals its key)."""
+    return f"{name}+none"
 
 
 def report(outcomes: list[Outcome], steps: int, size: tuple[int, int], folder_s: float, total_s: float) -> str:
