@@ -160,7 +160,9 @@ def report(outcomes: list[Outcome], steps: int, size: tuple[int, int], folder_s:
         result = "ok" if not o.problems else "FAILED: " + "; ".join(o.problems)
         extra = " ".join(f"`{a}`" for a in METHODS[o.name][1:]) or "-"
         path = o.row.get("score_path", "-") or "-"
-        lines.append(f"| {o.name} | {extra} | {o.seconds:.0f} | {o.peak_rss_gb:.2f} | {path} | {masks} | {result} |")
+        load = f"{o.load[0]:.1f}/{o.load[1]:.1f}"
+        cells = [o.name, extra, f"{o.seconds:.0f}", f"{o.peak_rss_gb:.2f}", load, path, masks, result]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
