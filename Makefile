@@ -18,7 +18,7 @@ export PYTHONHASHSEED := 0
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo readme test test-fast lint format reproduce-table1 ablations aggregate perf clean toy-models toy-eval
+.PHONY: help install demo readme test test-fast lint format reproduce-table1 ablations aggregate perf check-scale clean toy-models toy-eval
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ aggregate: $(STAMP) ## rebuild every table from the samples rows
 
 perf: $(STAMP) ## throughput and Jacobian benchmarks -> results/perf/
 	$(PY) -m bench.perf
+
+check-scale: $(STAMP) ## every method via the CLI at SD1.5's real size (random weights, 512 px, 3 steps) -> results/perf/scale.md; REDUCED=1: gradsam + sdedit (CI)
+	$(PY) -m bench.perf.scale $(if $(REDUCED),--reduced,)
 
 toy-models: $(STAMP) ## retrain the toy-world models into models/toy/ (one CPU thread, ~56 min, deterministic; QUICK=1: a few steps into outputs/toy-models-quick)
 	$(PY) -m bench.toy.train $(if $(QUICK),--quick --out outputs/toy-models-quick,)

@@ -260,13 +260,17 @@ def tail_scores(
     mix: Callable[[int, int], torch.Tensor | None],
     size: int,
     chunk_size: int,
+    expected: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Grad-SAM scores [S, M] of the subject columns a_sub [H, N, S] for the M outputs of the tail.
 
     `mix(start, stop)` gives the [k, k] cotangent block of outputs start..stop-1 (None: identity);
-    chunks start at multiples of `chunk_size`.
+    chunks start at multiples of `chunk_size`. `expected`: the UNet's eps [M]; the tail rebuilt from
+    its primal u must reproduce it (else TailNotApplicable).
     """
     u, d = position_jacobian(tail, a_sub)  # [N, C'], d u_q / d A[h, q, s] as [H*S, N, C']
+    if expected is not None:
+        check_rebuilt(tail, u, expected)
     lin = linearize_head(*tail.head, u.T.reshape(tail.grid))
     products = HeadProducts(lin, d)
     check_rows(tail, u, d, products, size)
@@ -276,6 +280,14 @@ def tail_scores(
         stop = min(start + chunk_size, size)
         scores[start:stop] = products.contract(start, stop, reduce, mix(start, stop), scale=factor)
     return scores.T.contiguous()
+
+
+def check_rebuilt(tail: Tail, u: torch.Tensor, expected: torch.Tensor) -> None:
+    """post(u) must equal the UNet's eps [M] to float32 rounding (1e-4 of max(1, |eps|))."""
+    with torch.no_grad():
+        error = (tail.post(u) - expected).abs().max().item()
+    if not error <= 1e-4 * max(1.0, expected.abs().max().item()):
+        raise TailNotApplicable(f"the rebuilt tail differs from the UNet output by {error:.3g}")
 
 
 IN_PLACE = {torch.abs: torch.abs_, torch.relu: torch.relu_}

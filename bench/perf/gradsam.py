@@ -1,5 +1,9 @@
 """`python -m bench.perf.gradsam`: what the exact fast Jacobian buys (PAPER_SPEC B12), on the tiny offline model.
 
+`--scale sd15` measures instead at SD1.5's real size (bench/perf/gradsam_sd15.py: the scoring call in
+UNet forwards with each part's share, fast vs naive per row, exactness on sampled rows, gradsam / sdedit
+0.9 end to end projected to 45 steps, the upcast option's agreement) and writes results/perf/gradsam_sd15.md.
+
 Prints, from one run:
 1. Grad-SAM scores of one injection: the exact tail path (method/tail.py) and the general batched
    path against a naive per-element backward loop like the reference code's (one autograd.grad per
@@ -15,13 +19,14 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from baselines.sdedit import SDEdit
-from bench.config import CONF_DIR
+from bench.config import CONF_DIR, REPO_ROOT
 from bench.datasets.base import WorkUnit, to_model_input
 from bench.sd.diffusion import SamplingConfig, encode_text
 from method.attention import recording_attention, resolve_layers
@@ -97,12 +102,20 @@ def jacobian_figures(backbone, prompt, repeats: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=["tiny", "sd15"], default="tiny", help="the model (sd15: real size)")
     parser.add_argument("--image-sizes", default="64,128", help="tiny model resolutions (64 px -> 16x16 latent)")
-    parser.add_argument("--steps", type=int, default=50, help="sampling.num_inference_steps for the image timing")
+    parser.add_argument("--steps", type=int, help="sampling.num_inference_steps for the image timing (tiny 50, sd15 5)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is stable on a shared machine)")
+    parser.add_argument("--threads", type=int, help="torch threads (tiny: 1, stable on a shared machine; sd15: 2)")
+    parser.add_argument("--naive-rows", type=int, default=16, help="sd15: naive rows timed and checked")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "perf" / "gradsam_sd15.md")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or (2 if args.scale == "sd15" else 1))
+    if args.scale == "sd15":
+        args.steps = 5 if args.steps is None else args.steps
+        write_sd15(args)
+        return
+    args.steps = 50 if args.steps is None else args.steps
     torch.manual_seed(0)
     print(f"torch threads: {torch.get_num_threads()}")
     sizes = [int(s) for s in args.image_sizes.split(",")]
@@ -124,6 +137,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  sdedit  {best['sdedit']:8.3f} s")
     ratio = best["gradsam"] / best["sdedit"]
     print(f"  gradsam {best['gradsam']:8.3f} s   ({ratio:.2f}x sdedit; 3 exact score passes)")
+
+
+def write_sd15(args: argparse.Namespace) -> None:
+    """The SD1.5-scale figures, printed and written to args.out."""
+    from bench.perf.gradsam_sd15 import run  # noqa: PLC0415 (loads the 4.3 GB folder)
+
+    start = time.perf_counter()
+    lines = run(args)
+    title = "# Grad-SAM at SD1.5 scale (`python -m bench.perf gradsam --scale sd15`)"
+    footer = f"whole run: {(time.perf_counter() - start) / 60:.1f} min"
+    args.out.write_text("\n".join([title, "", "```", *lines, footer, "```", ""]))
+    print(f"wrote {args.out}")
 
 
 def tiny_backbone(image_size: int):

@@ -41,6 +41,9 @@ class Backbone:
     provenance: dict = field(default_factory=dict)
     # Loads the UNet with float32 weights when `dtype` is not float32 (bench/sd/sd15.py supplies it).
     unet_float32_loader: Callable[[], UNet2DConditionModel] | None = field(default=None, repr=False)
+    # twin: gradient passes use a float32 copy of the UNet; upcast: the sampling UNet itself, its weights
+    # cast to float32 for the pass and back (exact round trip): no second copy, half-precision weights.
+    gradient_unet: str = "twin"
     _unet_float32: UNet2DConditionModel | None = field(default=None, init=False, repr=False)
 
     @property
@@ -64,9 +67,10 @@ class Backbone:
 
         The sampling UNet itself when it is float32; else a separate float32 copy, loaded once from the
         stored weights (not an up-cast of the float16 copy) and kept. Set attention processors on the
-        copy you use, and restore them; the two copies share no modules.
+        copy you use, and restore them; the two copies share no modules. With `gradient_unet="upcast"`
+        the sampling UNet itself: the scoring code casts it to float32 for the pass (method.gradsam.float32).
         """
-        if self.unet.dtype == torch.float32:
+        if self.unet.dtype == torch.float32 or self.gradient_unet == "upcast":
             return self.unet
         if self._unet_float32 is None:
             if self.unet_float32_loader is not None:

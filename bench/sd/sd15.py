@@ -38,6 +38,7 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 # Scheduler keys fixed by training: the checkpoint and the config must agree on them.
 TRAINING_SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
 HUB_PROBE_TIMEOUT_S = 10.0
+GRADIENT_UNETS = ("twin", "upcast")
 
 
 def required_files(variant: str | None) -> list[str]:
@@ -182,10 +183,17 @@ def load_sd15(
     cache_dir: str | None = None,
     dtype: str = "auto",
     device: str = "auto",
+    gradient_unet: str = "twin",
 ) -> Backbone:
-    """SD1.5 as a `Backbone`: sampling in `dtype`, with a float32 UNet on demand for gradient passes."""
+    """SD1.5 as a `Backbone`: sampling in `dtype`, with a float32 UNet on demand for gradient passes.
+
+    gradient_unet: `twin` (a float32 copy loaded from the stored weights) or `upcast` (the sampling
+    UNet cast to float32 during each gradient pass; no second copy).
+    """
     if image_size < 8:
         raise ConfigError(f"model.image_size={image_size}; expected pixels, e.g. 512 (SD1.5's training size).")
+    if gradient_unet not in GRADIENT_UNETS:
+        raise ConfigError(f"model.gradient_unet={gradient_unet!r}; expected one of {list(GRADIENT_UNETS)}.")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     kind, location = locate_weights(repo_id, revision, path, variant, cache_dir)
@@ -222,6 +230,7 @@ def load_sd15(
         dtype=torch_dtype,
         provenance={"model": name, "weights": source, "variant": variant or "fp32", "dtype": str(torch_dtype)},
         unet_float32_loader=_float32_unet_loader(kind, location, variant, repo_id, cache_dir, dev),
+        gradient_unet=gradient_unet,
     )
 
 

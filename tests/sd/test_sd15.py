@@ -25,6 +25,7 @@ from bench.sd.errors import ConfigError
 from bench.sd.sd15 import AssetMissingError, check_tokenizer, load_sd15, resolve_dtype, sd15_scheduler
 from bench.sd.tokenizer import ClipBpeTokenizer
 from bench.task import run_benchmark
+from method.gradsam import score_with_path
 from tests.conftest import compose_cfg, minimal_run
 
 REPO_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -114,6 +115,26 @@ def test_float32_unet_has_the_stored_weights_not_an_upcast(tiny_folder, tiny_bac
     stored, upcast = tiny_backbone.unet.state_dict(), backbone.unet.state_dict()
     assert all(torch.equal(stored[k], v) for k, v in unet32.state_dict().items())
     assert any(not torch.equal(stored[k], upcast[k].float()) for k in stored)  # bfloat16 rounding is visible
+
+
+def test_upcast_scores_with_the_sampling_unet_and_casts_it_back(tiny_folder, tiny_backbone):
+    """model.gradient_unet=upcast: no float32 twin; the bfloat16 UNet scores in float32 and stays bfloat16."""
+    backbone = load_sd15(**sd15_config(path=str(tiny_folder), dtype="bfloat16", gradient_unet="upcast"))
+    unet = backbone.float32_unet()
+    assert unet is backbone.unet and backbone._unet_float32 is None
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    z, cond = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
+    low, path = score_with_path(unet, z, 500, cond, [1, 2])
+    assert path == "tail" and low.dtype == torch.float32 and unet.dtype == torch.bfloat16
+    assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())  # the round trip is exact
+    ref, _ = score_with_path(tiny_backbone.unet, z, 500, cond, [1, 2])
+    assert (low - ref).abs().max() <= 0.1 * ref.abs().max()  # bfloat16 weights: close, not equal
+
+
+def test_unknown_gradient_unet_is_a_config_error(tiny_folder):
+    with pytest.raises(ConfigError, match="model.gradient_unet"):
+        load_sd15(**sd15_config(path=str(tiny_folder), gradient_unet="autocast"))
 
 
 def test_sd15_from_a_folder_generates_the_same_image_as_the_tiny_model(tmp_path, tiny_folder):
