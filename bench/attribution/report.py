@@ -58,7 +58,7 @@ def write_study(folder: Path, root: Path) -> dict:
     mask_frame = pd.DataFrame(masks)
     mask_table = summarize(
         mask_frame,
-        ["truth", "kind", "rule", "index", "timestep"],
+        ["truth", "kind", "layer_set", "rule", "index", "timestep"],
         ["mask_iou", "kept_fraction", "channel_corr", "channels_per_kept_cell"],
         "mask_rules",
     )
@@ -114,8 +114,8 @@ def view(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def mask_view(table: pd.DataFrame) -> pd.DataFrame:
-    out = table[["truth", "kind", "rule", "index", "timestep"]].copy()
-    out.insert(5, "N", table["mask_iou_n"])
+    out = table[["truth", "kind", "layer_set", "rule", "index", "timestep"]].copy()
+    out.insert(6, "N", table["mask_iou_n"])
     for metric in ("mask_iou", "kept_fraction", "channel_corr", "channels_per_kept_cell"):
         out[metric] = [interval(r, metric) for _, r in table.iterrows()]
     return out

@@ -65,12 +65,12 @@ def layer_sets(layers: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def cell_maps(maps: pd.DataFrame) -> Iterable[tuple[str, str, int, int, np.ndarray]]:
-    """(kind, layer set, index, timestep, cell map [h, w]) for every recorded kind and layer set."""
+    """(kind, layer set, index, timestep, map [C, h, w]) for every recorded kind and layer set."""
     for (kind, index, timestep), group in maps.groupby(["kind", "index", "timestep"], sort=False):
         own = group[group["layer"].str.startswith("set:") | (group["layer"] == "-")]
         for _, row in own.iterrows():
             label = row["layer"].removeprefix("set:")
-            yield kind, ("own:" + label if kind != "noise_diff" else "-"), index, timestep, row["map"].sum(axis=0)
+            yield kind, ("own:" + label if kind != "noise_diff" else "-"), index, timestep, row["map"]
         per_layer = group.drop(own.index)
         if per_layer.empty:
             continue
@@ -79,7 +79,7 @@ def cell_maps(maps: pd.DataFrame) -> Iterable[tuple[str, str, int, int, np.ndarr
             total = np.zeros_like(by_name[members[0]])
             for member in members:
                 total = total + by_name[member]
-            yield kind, name, index, timestep, total.sum(axis=0)
+            yield kind, name, index, timestep, total
 
 
 def toy_truth(image: np.ndarray, prompt: str, height: int, width: int) -> np.ndarray:
@@ -88,21 +88,24 @@ def toy_truth(image: np.ndarray, prompt: str, height: int, width: int) -> np.nda
     return latent_truth(colour_region(image, colour), height, width) >= 0.5
 
 
-def sample_rows(row: pd.Series, maps: pd.DataFrame, truth: np.ndarray, truth_name: str) -> list[dict]:
-    """Attribution metrics of every map of one sample, and of the two chance maps at each scoring step."""
+def sample_rows(row: pd.Series, maps: pd.DataFrame, truth: np.ndarray, truth_name: str) -> tuple[list, list]:
+    """Attribution metrics of every map of one sample (channels summed), and of the two chance maps at each
+    scoring step; and the mask-rule rows of its Grad-SAM maps (own, all, res8)."""
     base = {k: row[k] for k in ("sample_key", "image_id", "prompt", "seed", "label")}
     base |= {"truth": truth_name, "true_area": float(truth.mean())}
-    rows = []
-    for kind, layer_set, index, timestep, cell in cell_maps(maps):
-        rows.append({**base, "kind": kind, "layer_set": layer_set, "index": index, "timestep": timestep})
-        rows[-1] |= attribution_metrics(cell, truth)
+    rows, masks = [], []
+    for kind, layer_set, index, timestep, channels in cell_maps(maps):
+        keys = {"kind": kind, "layer_set": layer_set, "index": index, "timestep": timestep}
+        rows.append({**base, **keys} | attribution_metrics(channels.sum(axis=0), truth))
+        if kind == "gradsam" and (layer_set.startswith("own:") or layer_set in MASK_SETS):
+            masks += [{**base, **keys, **m} for m in mask_rows(channels, truth)]
     rng = sample_rng_of(row)
     for index, timestep in sorted(set(zip(maps["index"], maps["timestep"], strict=True))):
         chance = {"chance:uniform": uniform_map(*truth.shape, rng), "chance:centre": centre_prior(*truth.shape)}
         for kind, cell in chance.items():
             rows.append({**base, "kind": kind, "layer_set": "-", "index": index, "timestep": timestep})
             rows[-1] |= attribution_metrics(cell, truth)
-    return rows
+    return rows, masks
 
 
 def sample_rng_of(row: pd.Series) -> np.random.Generator:
@@ -110,6 +113,7 @@ def sample_rng_of(row: pd.Series) -> np.random.Generator:
     return cell_rng("attribution_uniform", row["image_id"], row["prompt"], row["seed"])
 
 
+MASK_SETS = ("all", "res8")  # Grad-SAM layer sets whose masks are also measured (beside the method's own)
 MASK_RULES = {  # the mask rule ablations measured on the recorded own map (defaults: the paper's)
     "per_channel": {},
     "union": {"channel_rule": "union"},
@@ -122,35 +126,31 @@ MASK_RULES = {  # the mask rule ablations measured on the recorded own map (defa
 }
 
 
-def mask_rows(row: pd.Series, maps: pd.DataFrame, truth: np.ndarray, truth_name: str) -> list[dict]:
-    """Per scoring step, the own map thresholded by each mask rule: IoU with the truth and kept fraction.
+def mask_rows(channels: np.ndarray, truth: np.ndarray) -> list[dict]:
+    """A score [C, h, w] thresholded by each mask rule: IoU with the truth and the kept fraction.
 
-    A cell is kept when its mask (union over channels, as the sampler's `subject_mask`) is on.
-    Also: the mean correlation between the channels' score maps, and how many channels keep a kept cell.
+    A cell is kept when its mask (union over channels, as the sampler's `subject_mask`) is on. Also:
+    the mean correlation between the channels' maps, and in how many channels a kept cell is kept
+    (the paper's rule without dilation).
     """
+    score = torch.from_numpy(np.ascontiguousarray(channels, dtype=np.float32))[None]  # [1, C, h, w]
+    flat = channels.reshape(channels.shape[0], -1)
+    corr = np.corrcoef(flat)[np.triu_indices(len(flat), 1)]
+    paper = union_mask(score, from_mapping(MaskConfig, {"dilation": {"enabled": False}}, "mask")).numpy()
+    kept = paper.sum(axis=0)[paper.max(axis=0) > 0]
     rows = []
-    own = maps[maps["layer"].str.startswith("set:")]
-    for _, m in own.iterrows():
-        score = torch.from_numpy(m["map"])[None]  # [1, C, h, w]
-        base = {k: row[k] for k in ("sample_key", "image_id", "label")} | {"truth": truth_name}
-        base |= {"kind": m["kind"], "index": m["index"], "timestep": m["timestep"]}
-        channels = m["map"].reshape(m["map"].shape[0], -1)
-        corr = np.corrcoef(channels)[np.triu_indices(len(channels), 1)]
-        paper = union_mask(score, from_mapping(MaskConfig, {"dilation": {"enabled": False}}, "mask")).numpy()
-        kept = paper.sum(axis=0)[paper.max(axis=0) > 0]
-        for rule, values in MASK_RULES.items():
-            mask = union_mask(score, from_mapping(MaskConfig, values, "mask")).numpy().max(axis=0) >= 0.5
-            inter, union = (mask & truth).sum(), (mask | truth).sum()
-            rows.append(
-                {
-                    **base,
-                    "rule": rule,
-                    "mask_iou": float(inter / union) if union else np.nan,
-                    "kept_fraction": float(mask.mean()),
-                    "channel_corr": float(np.nanmean(corr)),
-                    "channels_per_kept_cell": float(kept.mean()) if kept.size else np.nan,
-                }
-            )
+    for rule, values in MASK_RULES.items():
+        mask = union_mask(score, from_mapping(MaskConfig, values, "mask")).numpy().max(axis=0) >= 0.5
+        inter, union = (mask & truth).sum(), (mask | truth).sum()
+        rows.append(
+            {
+                "rule": rule,
+                "mask_iou": float(inter / union) if union else np.nan,
+                "kept_fraction": float(mask.mean()),
+                "channel_corr": float(np.nanmean(corr)),
+                "channels_per_kept_cell": float(kept.mean()) if kept.size else np.nan,
+            }
+        )
     return rows
 
 
@@ -174,8 +174,8 @@ def study_rows(
         truth = truth_of(row)
         if truth is None:
             continue
-        rows += sample_rows(row, maps, truth, truth_name)
-        masks += mask_rows(row, maps, truth, truth_name)
+        r, m = sample_rows(row, maps, truth, truth_name)
+        rows, masks = rows + r, masks + m
     return rows, masks
 
 
