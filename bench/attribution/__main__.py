@@ -28,6 +28,19 @@ PROFILES = {
         "dataset.images_per_subcategory=2",
         "dataset.prompts_per_subcategory=2",
     ],
+    # the smallest end-to-end run (tests): untrained tiny model, one sample, 10 steps
+    "smoke": [
+        "model=tiny",
+        "model.image_size=32",
+        "dataset=toy_world",
+        "metrics=none",
+        "dataset.subcategories=[forest]",
+        "dataset.images_per_subcategory=1",
+        "dataset.prompts_per_subcategory=1",
+        "sampling.num_inference_steps=10",
+        "method.injection_indices=[2,4,6]",
+        "method.score.general_chunk_size=256",
+    ],
     "gpu": ["model=sd15", "dataset=places365", "dataset.images_per_subcategory=1", "dataset.prompts_per_subcategory=4"],
 }
 TASK = "attribution"

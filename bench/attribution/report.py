@@ -28,16 +28,14 @@ def image_truth(root: Path):
     """truth_of(row) for the toy world: the oracle on the run's own image, at the recorded latent grid."""
     from bench.attribution.study import read_image  # noqa: PLC0415
 
-    def truth_of(row: pd.Series) -> np.ndarray | None:
+    def truth_of(row: pd.Series, height: int, width: int) -> np.ndarray | None:
         if row["dataset"] != "toy_world":
             raise SystemExit(
                 f"dataset={row['dataset']}: the attribution study has subject truth only for the toy world so far "
                 "(a segmentation model for real images is the next issue). The maps are recorded; rerun "
                 "`python -m bench.attribution --report-only` once a truth source exists."
             )
-        image = read_image(root / row["image_path"])
-        side = image.shape[0] // 4  # the toy VAE: 4x downsampling
-        return toy_truth(image, row["prompt"], side, side)
+        return toy_truth(read_image(root / row["image_path"]), row["prompt"], height, width)
 
     return truth_of
 

@@ -161,17 +161,17 @@ def read_image(path: Path) -> np.ndarray:
 def study_rows(
     samples: pd.DataFrame,
     root: Path,
-    truth_of: Callable[[pd.Series], np.ndarray | None],
+    truth_of: Callable[[pd.Series, int, int], np.ndarray | None],
     truth_name: str,
 ) -> tuple[list[dict], list[dict]]:
-    """Metric rows and mask-rule rows of every sample with maps; `truth_of(row)` gives bool [h, w] or None."""
+    """Metric rows and mask-rule rows of every sample with maps; `truth_of(row, h, w)` gives bool [h, w] or None."""
     rows, masks = [], []
     for _, row in samples.iterrows():
         path = root / str(row["masks_dir"]) / MAPS_FILE
         if row.get("status") != "ok" or not path.exists():
             continue
         maps = load_maps(path)
-        truth = truth_of(row)
+        truth = truth_of(row, *maps["map"].iloc[0].shape[-2:])
         if truth is None:
             continue
         r, m = sample_rows(row, maps, truth, truth_name)
