@@ -3,9 +3,12 @@ recording that leaves the image untouched (tiny UNets, the offline tiny backbone
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from bench.sd.config import from_mapping
 from bench.sd.diffusion import denoise, encode_text, truncated_timesteps
@@ -16,6 +19,7 @@ from method.config import MaskConfig, ScoreConfig
 from method.gradsam import attention_maps, attention_scores, layer_scores, score_with_path
 from method.masks import subject_mask
 from method.sampler import GradSAM
+from tests.conftest import compose_cfg, run_cli
 from tests.method.test_sampler import INDICES, STEPS, UNDILATED, make_sample
 from tests.method.unets import SD15_SHAPED, TINY, build_unet
 
@@ -178,3 +182,31 @@ def test_daam_and_noise_diff_drive_the_mask(tiny_backbone):
         )[0]
         assert out.failure is None and out.info["score_path"] == kind
         assert 0 < out.info["kept_frac_i2"] < 1
+
+
+def test_every_new_switch_composes_with_method_gradsam(tiny_backbone):
+    switches = [
+        "method.score.kind=daam",
+        "method.score.layers=res4",
+        "method.mask.channel_rule=sum",
+        "method.mask.dilation.scale_aware=true",
+        "method.attribution.record=true",
+        "method.attribution.kinds=[attention_only,noise_diff]",
+        "method.attribution.layers=res8",
+    ]
+    cfg = compose_cfg(["method=gradsam", *switches])
+    method = instantiate(cfg.method, _convert_="all")
+    columns = method.columns()
+    assert columns["score.kind"] == "daam" and columns["score.layers"] == "res4"
+    assert columns["mask.channel_rule"] == "sum" and columns["mask.dilation.scale_aware"] is True
+    method.config = replace(method.config, injection_indices=tuple(INDICES))
+    out = method.generate(tiny_backbone, [make_sample()], STEPS)[0]
+    assert out.failure is None and {m[0] for m in out.maps} == {"daam", "attention_only", "noise_diff"}
+    assert {m[1] for m in out.maps if m[0] == "attention_only"} == set(resolve_layers(tiny_backbone.unet, "res8", 8))
+    assert "mask.channel_rule" not in GradSAM().columns()  # default rows keep their columns
+
+
+def test_dry_run_lists_the_cross_attention_layers_with_their_sizes(tmp_path):
+    proc = run_cli(["dry_run=true", "method=gradsam", "model.image_size=32", "device=cpu", "metrics=none"], tmp_path)
+    assert "cross-attention layers" in proc.stdout
+    assert "up_blocks.2.attentions.1.transformer_blocks.0.attn2  8x8" in proc.stdout
