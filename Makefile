@@ -18,7 +18,7 @@ export PYTHONHASHSEED := 0
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo readme test test-fast lint format reproduce-table1 ablations aggregate perf check-scale clean toy-models toy-eval
+.PHONY: help install demo readme test test-fast lint format reproduce-table1 ablations attribution aggregate perf check-scale clean toy-models toy-eval
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ reproduce-table1: $(STAMP) ## Table 1 (PROFILE=gpu: SD1.5 + Places365; PROFILE=o
 
 ablations: $(STAMP) ## every ablation on the same data and seeds (PROFILE as above)
 	$(PY) -m bench.reproduce ablations --profile $(PROFILE) --logger $(LOGGER) $(ARGS)
+
+attribution: $(STAMP) ## does the score find the subject? maps per layer/step vs truth -> results/attribution/ (PROFILE=offline: 40 toy samples)
+	$(PY) -m bench.attribution --profile $(if $(filter gpu,$(PROFILE)),gpu,offline) $(ARGS)
 
 aggregate: $(STAMP) ## rebuild every table from the samples rows
 	$(PY) -m bench.aggregate

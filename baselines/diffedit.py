@@ -23,6 +23,7 @@ noisier than the sample it is pasted into). This file follows the paper on those
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,7 @@ import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
 
 from bench.sd.backbone import Backbone
-from bench.sd.config import Rule, from_mapping, integer, real, setting, text
+from bench.sd.config import Rule, boolean, from_mapping, integer, real, setting, text
 from bench.sd.diffusion import (
     SamplingConfig,
     check_strength,
@@ -66,6 +67,13 @@ TEMPLATE = Rule(
 
 
 @dataclass(frozen=True)
+class DiffEditAttribution:
+    """`method.attribution`: record=true saves the pre-threshold noise-difference map (kind noise_diff)."""
+
+    record: bool = setting(False, boolean())
+
+
+@dataclass(frozen=True)
 class DiffEditConfig:
     """`method` of conf/method/diffedit.yaml (built by from_mapping: finite, in range, valid templates)."""
 
@@ -77,6 +85,7 @@ class DiffEditConfig:
     source_prompt: str = setting("{scene}", TEMPLATE)
     target_prompt: str = setting("{prompt}", TEMPLATE)
     inversion_prompt: str = setting("", text())
+    attribution: DiffEditAttribution = setting(factory=DiffEditAttribution)
 
 
 def ddim_schedulers(ddpm: DDPMScheduler) -> tuple[DDIMScheduler, DDIMInverseScheduler]:
@@ -103,11 +112,29 @@ def semantic_mask(
     threshold: float,
 ) -> torch.Tensor:
     """DiffEdit's mask of one sample: z0 [1, C, h, w], texts [1, 77, D], noise [n, C, h, w] -> {0, 1} [h, w]."""
+    difference = noise_difference_map(backbone, scheduler, z0, t_mask, query, reference, noise)
+    return threshold_difference(difference, clamp_ratio, threshold)
+
+
+def noise_difference_map(
+    backbone: Backbone,
+    scheduler: DDIMScheduler,
+    z0: torch.Tensor,
+    t_mask: torch.Tensor,
+    query: torch.Tensor,
+    reference: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """The continuous map before the clamp and threshold: mean over draws and channels of |eps(R) - eps(Q)| [h, w]."""
     n = len(noise)
     z_t = scheduler.add_noise(z0.expand(n, -1, -1, -1), noise, t_mask)  # [n, C, h, w]
     texts = torch.cat([reference.expand(n, -1, -1), query.expand(n, -1, -1)])  # [2n, 77, D]
     eps = unet_noise(backbone, torch.cat([z_t, z_t]), t_mask, texts)  # [2n, C, h, w]
-    difference = (eps[:n] - eps[n:]).abs().mean(dim=(0, 1))  # [h, w]
+    return (eps[:n] - eps[n:]).abs().mean(dim=(0, 1))  # [h, w]
+
+
+def threshold_difference(difference: torch.Tensor, clamp_ratio: float, threshold: float) -> torch.Tensor:
+    """Clamp at ratio x mean, scale to [0, 1], threshold -> {0, 1} [h, w]."""
     ceiling = difference.mean() * clamp_ratio
     scaled = difference.clamp(0, ceiling) / ceiling  # [h, w] in [0, 1]
     return (scaled > threshold).float()
@@ -180,6 +207,7 @@ class DiffEdit(Method):
         source_prompt: str = "{scene}",
         target_prompt: str = "{prompt}",
         inversion_prompt: str = "",
+        attribution: Mapping | None = None,
     ):
         self.name, self.label = name, label
         values = {
@@ -191,6 +219,7 @@ class DiffEdit(Method):
             "source_prompt": source_prompt,
             "target_prompt": target_prompt,
             "inversion_prompt": inversion_prompt,
+            "attribution": attribution,
         }
         self.config = from_mapping(DiffEditConfig, values, "method")
 
@@ -235,14 +264,13 @@ class DiffEdit(Method):
         query: torch.Tensor,
         reference: torch.Tensor,
         sample: Sample,
-    ) -> torch.Tensor:
-        """One sample's mask [h, w]; its noise draws come from the sample's "method" stream."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One sample's mask [h, w] and its continuous map [h, w]; noise draws from the sample's "method" stream."""
         cfg = self.config
         shape = (cfg.mask_noise_draws, *z0.shape[1:])
         noise = torch.randn(shape, generator=sample.generator("method")).to(z0.device)
-        return semantic_mask(
-            backbone, scheduler, z0, t_mask, query, reference, noise, cfg.mask_clamp_ratio, cfg.mask_threshold
-        )
+        difference = noise_difference_map(backbone, scheduler, z0, t_mask, query, reference, noise)
+        return threshold_difference(difference, cfg.mask_clamp_ratio, cfg.mask_threshold), difference
 
     def generate(self, backbone: Backbone, samples: list[Sample], sampling: SamplingConfig) -> list[Generated]:
         n_steps = sampling.num_inference_steps
@@ -263,18 +291,20 @@ class DiffEdit(Method):
         # 2. Reference latents z0 (posterior sample from the sample's "vae" stream).
         z0 = encode_images(backbone, np.stack([s.reference for s in samples]), [s.generator("vae") for s in samples])
         # 3. Masks [B, 1, h, w], one sample at a time (the normalisation is per image).
-        masks = torch.stack(
-            [
-                self.mask(backbone, ddim, t_mask, z0[b : b + 1], query[b : b + 1], reference[b : b + 1], samples[b])
-                for b in range(len(samples))
-            ]
-        )[:, None]
+        pairs = [
+            self.mask(backbone, ddim, t_mask, z0[b : b + 1], query[b : b + 1], reference[b : b + 1], samples[b])
+            for b in range(len(samples))
+        ]
+        masks = torch.stack([mask for mask, _ in pairs])[:, None]
         # 4. DDIM inversion to t_start; level k of the chain is inverse timestep k (0, 20, ...).
         chain = ddim_inversion(backbone, inverse, z0, n_steps, len(timesteps), inversion, sampling.batch_invariant)
         # 5. Masked DDIM decoding with R, from the inverted latent at t_start.
         z = masked_decoding(backbone, ddim, timesteps, chain, z0, masks, reference, uncond, sampling)
         results = images_or_failures(backbone, z)
-        for result, mask in zip(results, masks[:, 0].cpu().numpy(), strict=True):
+        for result, mask, (_, difference) in zip(results, masks[:, 0].cpu().numpy(), pairs, strict=True):
             result.masks["subject_mask"] = mask  # [h, w], 1 = edited (subject) region
             result.info["mask_fraction"] = float(mask.mean())
+            if self.config.attribution.record:  # the same map in every channel, as the study reads [C, h, w]
+                channels = difference.float().cpu().numpy()[None].repeat(z0.shape[1], axis=0) / z0.shape[1]
+                result.maps = [("noise_diff", "-", 0, int(t_mask), mask.shape[-1], channels)]
         return results

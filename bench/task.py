@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from bench.config import ConfigError, build, check_ablation, check_path_names, i
 from bench.datasets.base import DatasetError, ReferenceImage, WorkUnit, to_model_input
 from bench.metrics.common import SampleContext
 from bench.records import (
+    atomic_write_bytes,
     atomic_write_text,
     environment_manifest,
     merge_samples,
@@ -33,6 +35,7 @@ from bench.sd.config import from_mapping, integer, is_integer
 from bench.sd.diffusion import SamplingConfig
 from bench.sd.methods import Generated, Method, Sample
 from bench.truth.record import TRUTH_FILE, TruthRecorder
+from method.attention import describe_layers
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,8 @@ def run_benchmark(cfg: DictConfig) -> dict:
     if cfg.dry_run:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         print(json.dumps(summary, indent=2))
+        if "score" in cfg.method:  # a method with a layer choice: the model's cross-attention layers
+            print_layers(build(cfg.model))
         for unit in pending[:10]:
             print(f"  would generate {unit.key}")
         return summary
@@ -244,6 +249,12 @@ def check_device(device: str) -> None:
         )
 
 
+def print_layers(backbone) -> None:
+    """The backbone's cross-attention layers in execution order, with their map sizes (for method.score.layers)."""
+    print("cross-attention layers (execution order; method.score.layers: last, all, res<k> or names):")
+    print(describe_layers(backbone.unet, backbone.latent_size))
+
+
 SETTINGS_FILE = "image_settings.json"
 
 
@@ -359,6 +370,8 @@ def record_sample(
     save_png(image_path, result.image)
     for name, mask in result.masks.items():
         save_png(run_dir / "masks" / unit.key / f"{name}.png", mask_to_png(mask))
+    if result.maps:  # method.attribution.record: the continuous maps beside the masks
+        atomic_write_bytes(run_dir / "masks" / unit.key / MAPS_FILE, maps_to_npz(result.maps))
     # The reference as the model saw it (after conversion and resize), shared by every method of the task.
     size = sample.reference.shape[0]
     reference_dir = Path(cfg.paths.output_dir) / cfg.task_name / "references" / cfg.model.name / cfg.dataset.name
@@ -392,6 +405,33 @@ def record_sample(
         row.update(metric(context))
         row[f"{metric.name}_provenance"] = metric.provenance
     write_row(run_dir, unit.key, row)
+
+
+MAPS_FILE = "maps.npz"
+
+
+def maps_to_npz(maps: list[tuple]) -> bytes:
+    """Recorded maps (kind, layer, index k, timestep, layer side, float [C, h, w]) -> compressed .npz bytes.
+
+    Each map is stored as float16 of map / scale with scale = its largest |value| (so tiny scores do
+    not underflow); `scale` [N] float32 gives map = maps[n] * scale[n]. Strings are fixed-width unicode
+    arrays: the file loads with allow_pickle=False.
+    """
+    arrays = np.stack([np.asarray(m[5], dtype=np.float32) for m in maps])  # [N, C, h, w]
+    scale = np.abs(arrays).reshape(len(maps), -1).max(axis=1)
+    scale[scale == 0] = 1.0
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        maps=(arrays / scale[:, None, None, None]).astype(np.float16),
+        scale=scale.astype(np.float32),
+        kind=np.array([m[0] for m in maps]),
+        layer=np.array([m[1] for m in maps]),
+        index=np.array([m[2] for m in maps], dtype=np.int64),
+        timestep=np.array([m[3] for m in maps], dtype=np.int64),
+        side=np.array([m[4] for m in maps], dtype=np.int64),
+    )
+    return buffer.getvalue()
 
 
 def mask_to_png(mask: np.ndarray) -> np.ndarray:

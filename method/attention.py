@@ -124,19 +124,59 @@ def cross_attention_layers(unet: UNet2DConditionModel) -> list[str]:
     return ordered
 
 
-def resolve_layers(unet: UNet2DConditionModel, layers: str | Sequence[str]) -> list[str]:
-    """`last`, `all`, or explicit names (with or without `.processor`) -> layer names in execution order."""
+def layer_resolutions(unet: UNet2DConditionModel, latent_size: int | None = None) -> dict[str, int]:
+    """Cross-attention layer -> side k of its k x k map on a `latent_size` latent (default: the UNet's
+    config.sample_size), in execution order.
+
+    SD1 blocks: down block i runs at size / 2^i, the mid block and up block 0 at size / 2^(n-1),
+    up block j at size / 2^(n-1-j) (n = number of down blocks).
+    """
+    size, depth = int(latent_size or unet.config.sample_size), len(unet.down_blocks)
+    out = {}
+    for name in cross_attention_layers(unet):
+        parts = name.split(".")
+        if parts[0] == "down_blocks":
+            level = int(parts[1])
+        elif parts[0] == "mid_block":
+            level = depth - 1
+        else:
+            level = depth - 1 - int(parts[1])
+        out[name] = max(1, -(-size // 2**level))  # ceil, as the UNet's stride-2 convolutions
+    return out
+
+
+def describe_layers(unet: UNet2DConditionModel, latent_size: int | None = None) -> str:
+    """One line per cross-attention layer, in execution order: `name  k x k`."""
+    return "\n".join(f"  {name}  {k}x{k}" for name, k in layer_resolutions(unet, latent_size).items())
+
+
+def resolve_layers(
+    unet: UNet2DConditionModel, layers: str | Sequence[str], latent_size: int | None = None
+) -> list[str]:
+    """`last`, `all`, `res<k>` (maps k x k on a `latent_size` latent), or explicit names (with or without
+    `.processor`) -> names in execution order."""
     ordered = cross_attention_layers(unet)
     if isinstance(layers, str) and layers in ("last", "all"):
         return ordered[-1:] if layers == "last" else ordered
+    sizes = layer_resolutions(unet, latent_size)
+    if isinstance(layers, str) and layers.startswith("res") and layers[3:].isdigit():
+        chosen = [name for name in ordered if sizes[name] == int(layers[3:])]
+        if not chosen:
+            raise ConfigError(
+                f"method.score.layers={layers!r}: no cross-attention layer of this UNet has a "
+                f"{layers[3:]}x{layers[3:]} map. Valid: {sorted({f'res{k}' for k in sizes.values()})}, "
+                f"`last`, `all`, or names from:\n{describe_layers(unet, latent_size)}"
+            )
+        return chosen
     wanted = [layers] if isinstance(layers, str) else list(layers)
     wanted = [w.removesuffix(PROCESSOR_SUFFIX) for w in wanted]
     unknown = [w for w in wanted if w not in ordered]
     if unknown or not wanted:
-        listing = "\n  ".join(ordered)
+        sets = ", ".join(sorted({f"res{k}" for k in sizes.values()}))
         raise ConfigError(
             f"method.score.layers={list(layers) if not isinstance(layers, str) else layers!r}: {unknown or 'empty'} "
-            f"is not a cross-attention layer of this UNet. Use `last`, `all`, or names from:\n  {listing}"
+            f"is not a cross-attention layer of this UNet. Use `last`, `all`, {sets}, or names from:\n"
+            f"{describe_layers(unet, latent_size)}"
         )
     return [name for name in ordered if name in wanted]
 

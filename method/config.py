@@ -3,9 +3,10 @@
     GradSAMConfig    method.*          strength, injection_indices, init_latent, ref_noise, manipulate
       ScoreConfig    method.score.*    kind, layers, transform, target, vjp_basis, path, chunk sizes
       SubjectConfig  method.subject.*  index_mode
-      MaskConfig     method.mask.*     threshold_k, threshold_scope, box_sum_once
+      MaskConfig     method.mask.*     threshold_k, threshold_scope, channel_rule, box_sum_once
         BlurConfig     method.mask.blur.*
         DilationConfig method.mask.dilation.*
+      AttributionConfig method.attribution.*  record, kinds, layers (maps as data)
 
 Built once by `bench.sd.config.from_mapping` (unknown keys, enums, ranges, finite numbers; one
 `ConfigError`). This module is also the one home of the allowed values: gradsam.py, tokens.py and
@@ -22,7 +23,9 @@ from itertools import pairwise
 from bench.sd.config import Rule, boolean, integer, is_integer, one_of, real, setting
 from bench.sd.errors import ConfigError
 
-SCORE_KINDS = ("gradsam", "attention_only")
+SCORE_KINDS = ("gradsam", "attention_only", "daam", "noise_diff")
+LAYERED_KINDS = ("gradsam", "attention_only", "daam")  # sums over layers: recorded one map per layer
+CHANNEL_RULES = ("per_channel", "union", "sum")
 TRANSFORM_NAMES = ("abs", "relu")  # method.gradsam.TRANSFORMS maps them to their functions
 TARGETS = ("eps_cond", "eps_cfg", "x0_pred", "x_prev")
 BASES = ("identity", "random_block8")
@@ -39,7 +42,7 @@ def is_list(value) -> bool:
 
 
 LAYERS = Rule(
-    "'last', 'all', a layer name or a non-empty list of layer names",
+    "'last', 'all', 'res<k>' (every layer with a k x k map), a layer name or a non-empty list of layer names",
     lambda v: (isinstance(v, str) and v != "") or (is_list(v) and len(v) > 0 and all(isinstance(x, str) for x in v)),
     convert=lambda v: v if isinstance(v, str) else tuple(v),
 )
@@ -52,7 +55,12 @@ INDICES = Rule(
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """`method.score`: what is differentiated and how (PAPER_SPEC §2.3, B2, B3)."""
+    """`method.score`: what is differentiated and how (PAPER_SPEC §2.3, B2, B3).
+
+    kind: gradsam (the paper), attention_only (the subject's cross-attention at this step), daam
+    (Tang et al. 2022: the subject's cross-attention, bicubic-upsampled, summed over heads, layers and
+    every step so far) or noise_diff (DiffEdit's |eps(prompt) - eps(scene)|; `layers` unused).
+    """
 
     kind: str = setting("gradsam", one_of(SCORE_KINDS))
     layers: str | tuple[str, ...] = setting("last", LAYERS)
@@ -89,6 +97,34 @@ class DilationConfig:
     kernel: int = setting(3, integer(1, odd=True))
     iterations: int = setting(3, integer(1, hint="to turn the dilation off, set {node}.enabled=false instead"))
     stage: str = setting("mask", one_of(STAGES))
+    # true: `iterations` are in SD1.5's 64x64 latent units, round(iterations * h / 64) >= 1 at an h x h
+    # latent (1 at the toy's 16x16). A departure from the paper, which dilates 3 times at any size.
+    scale_aware: bool = setting(False, boolean())
+
+    def reach(self, height: int) -> int:
+        """The iterations applied at a latent of `height` rows."""
+        return max(1, round(self.iterations * height / 64)) if self.scale_aware else self.iterations
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """`method.attribution`: record the continuous, pre-threshold subject maps at each scoring step.
+
+    Recording never changes the image: the maps come from extra, side-effect-free network calls.
+    The method's own score is recorded one map per layer of its layer set; `kinds` adds other score
+    kinds, one map per layer of `layers` (noise_diff: one map).
+    """
+
+    record: bool = setting(False, boolean())
+    kinds: tuple[str, ...] = setting(
+        (),
+        Rule(
+            f"a list of score kinds from {list(SCORE_KINDS)}",
+            lambda v: is_list(v) and all(k in SCORE_KINDS for k in v),
+            convert=tuple,
+        ),
+    )
+    layers: str | tuple[str, ...] = setting("all", LAYERS)
 
 
 @dataclass(frozen=True)
@@ -97,6 +133,9 @@ class MaskConfig:
 
     threshold_k: float = setting(0.5, real())
     threshold_scope: str = setting("per_channel", one_of(SCOPES))
+    # per_channel: each latent channel keeps its own cells (the paper); union: a cell kept in any channel
+    # is kept in all; sum: the channel scores are summed, thresholded once, and the mask shared.
+    channel_rule: str = setting("per_channel", one_of(CHANNEL_RULES))
     box_sum_once: bool = setting(False, boolean())
     blur: BlurConfig = setting(factory=BlurConfig)
     dilation: DilationConfig = setting(factory=DilationConfig)
@@ -123,3 +162,4 @@ class GradSAMConfig:
     score: ScoreConfig = setting(factory=ScoreConfig)
     subject: SubjectConfig = setting(factory=SubjectConfig)
     mask: MaskConfig = setting(factory=MaskConfig)
+    attribution: AttributionConfig = setting(factory=AttributionConfig)

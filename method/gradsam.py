@@ -168,18 +168,55 @@ def _tail_path(unet, z, t, cond, layer, positions, factor, transform, basis, chu
 
 def _general_path(unet, z, t, cond, names, positions, factor, transform, basis, chunk_size) -> torch.Tensor:
     """Scores [S, M] for any layer set: batched VJPs of the whole UNet output w.r.t. every recorded A."""
+    per_layer = _general_layers(unet, z, t, cond, names, positions, factor, transform, basis, chunk_size)
+    scores = torch.zeros(len(positions), basis.size, dtype=torch.float32, device=z.device)
+    for layer in per_layer.values():
+        scores += layer
+    return scores
+
+
+def _general_layers(unet, z, t, cond, names, positions, factor, transform, basis, chunk_size) -> dict:
+    """Per-layer scores {name: [S, M]}: the terms of the sum over layers, from one set of VJPs."""
     with recording_attention(unet, names) as store:
         y = unet(z, t, encoder_hidden_states=cond).sample.float().flatten() * factor  # [M]
     probs = [store.records[name].probs for name in names]  # [1, H, N_l, K] each, in the graph
     weights = [p.detach()[0][..., positions] for p in probs]  # A_l[h, q, s] [H, N_l, S]
-    scores = torch.zeros(len(positions), basis.size, dtype=torch.float32, device=z.device)
+    out = {name: torch.zeros(len(positions), basis.size, dtype=torch.float32, device=z.device) for name in names}
     for start in range(0, basis.size, chunk_size):
         stop = min(start + chunk_size, basis.size)
         grads = batched_vjp(y, probs, basis.rows(start, stop))
-        for g, a in zip(grads, weights, strict=True):
+        for name, g, a in zip(names, grads, weights, strict=True):
             g = g[:, 0][..., positions]  # d y_m / d A_l [k, H, N_l, S]
-            scores[:, start:stop] += torch.einsum("khns,hns->sk", TRANSFORMS[transform](g), a)
-    return scores
+            out[name][:, start:stop] = torch.einsum("khns,hns->sk", TRANSFORMS[transform](g), a)
+    return out
+
+
+def layer_scores(
+    unet: UNet2DConditionModel,
+    latents: torch.Tensor,
+    timestep: torch.Tensor | int,
+    text_embeddings: torch.Tensor,
+    token_positions: Sequence[int],
+    config: ScoreConfig,
+    *,
+    guidance_scale: float = 8.0,
+    scheduler: DDPMScheduler | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Grad-SAM scores per layer of `config.layers` {name: S_l [T, C, h, w]} (general path); their sum
+    over layers is the layer set's score."""
+    latents = latents if latents.ndim == 4 else latents[None]
+    factor = target_factor(config.target, timestep, guidance_scale, scheduler)
+    names = resolve_layers(unet, config.layers)
+    _, channels, height, width = latents.shape
+    basis = CotangentBasis(channels * height * width, config.vjp_basis, generator, latents.device)
+    positions = torch.as_tensor(list(token_positions), dtype=torch.long, device=latents.device)
+    z, cond = latents.detach().float(), text_embeddings.detach().float()
+    with float32(unet), torch.enable_grad():
+        out = _general_layers(
+            unet, z, timestep, cond, names, positions, factor, config.transform, basis, config.general_chunk_size
+        )
+    return {name: s.view(-1, channels, height, width) for name, s in out.items()}
 
 
 def batched_vjp(y: torch.Tensor, inputs: list[torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -205,18 +242,56 @@ def attention_scores(
     same for every channel c. Returns [T, C, h, w].
     """
     latents = latents if latents.ndim == 4 else latents[None]
+    channels = latents.shape[1]
+    maps = attention_maps(unet, latents, timestep, text_embeddings, token_positions, layers)
+    total = torch.zeros_like(next(iter(maps.values())))
+    for layer_map in maps.values():
+        total += layer_map
+    return total[:, None].expand(-1, channels, -1, -1).contiguous()
+
+
+def attention_maps(
+    unet: UNet2DConditionModel,
+    latents: torch.Tensor,
+    timestep: torch.Tensor | int,
+    text_embeddings: torch.Tensor,
+    token_positions: Sequence[int],
+    layers: str | Sequence[str] = "all",
+    mode: str = "nearest",
+) -> dict[str, torch.Tensor]:
+    """Per layer: the subject tokens' attention summed over heads, upsampled to the latent grid {name: [T, h, w]}.
+
+    mode: `nearest` (attention_only) or `bicubic` (DAAM, Tang et al. 2022).
+    """
+    latents = latents if latents.ndim == 4 else latents[None]
     names = resolve_layers(unet, layers)
-    _, channels, height, width = latents.shape
+    _, _, height, width = latents.shape
     positions = list(token_positions)
     with float32(unet), recording_attention(unet, names) as store, torch.no_grad():
         unet(latents.float(), timestep, encoder_hidden_states=text_embeddings.float())
-    total = torch.zeros(len(positions), height, width, device=latents.device)
+    out = {}
     for name in names:
         probs = store.records[name].probs[0][..., positions].sum(dim=0)  # [N_l, T]
         h_l, w_l = grid_of(probs.shape[0], height, width)
         maps = probs.T.reshape(1, len(positions), h_l, w_l)
-        total += F.interpolate(maps, size=(height, width), mode="nearest")[0]
-    return total[:, None].expand(-1, channels, -1, -1).contiguous()
+        extra = {} if mode == "nearest" else {"align_corners": False}
+        out[name] = F.interpolate(maps, size=(height, width), mode=mode, **extra)[0]
+    return out
+
+
+def noise_difference(
+    unet: UNet2DConditionModel,
+    latents: torch.Tensor,
+    timestep: torch.Tensor | int,
+    text_embeddings: torch.Tensor,
+    scene_embeddings: torch.Tensor,
+) -> torch.Tensor:
+    """DiffEdit's map |eps(z_t, prompt) - eps(z_t, scene)| [C, h, w] at one UNet call (no clamp, no threshold)."""
+    latents = latents if latents.ndim == 4 else latents[None]
+    with float32(unet), torch.no_grad():
+        eps_p = unet(latents.float(), timestep, encoder_hidden_states=text_embeddings.float()).sample
+        eps_s = unet(latents.float(), timestep, encoder_hidden_states=scene_embeddings.float()).sample
+    return (eps_p - eps_s).abs()[0].float()
 
 
 def grid_of(queries: int, height: int, width: int) -> tuple[int, int]:

@@ -55,17 +55,31 @@ def threshold(score: torch.Tensor, k: float, scope: str) -> torch.Tensor:
 
 
 def subject_mask(score: torch.Tensor, cfg: MaskConfig) -> torch.Tensor:
-    """One subject's mask [C, h, w] in [0, 1] from its score S [C, h, w]."""
+    """One subject's mask [C, h, w] in [0, 1] from its score S [C, h, w], by `cfg.channel_rule`:
+    per_channel (the paper: each channel its own mask), union (a cell kept in any channel is kept in
+    all), sum (channel scores summed first, one threshold, the mask shared by every channel)."""
     score = score.float()
+    channels = score.shape[0]
+    if cfg.channel_rule == "sum":
+        return channel_mask(score.sum(dim=0, keepdim=True), cfg).expand(channels, -1, -1).contiguous()
+    mask = channel_mask(score, cfg)
+    if cfg.channel_rule == "union":
+        return mask.amax(dim=0, keepdim=True).expand(channels, -1, -1).contiguous()
+    return mask
+
+
+def channel_mask(score: torch.Tensor, cfg: MaskConfig) -> torch.Tensor:
+    """Blur, dilate, threshold each channel of S [C, h, w] (the paper's per-channel post-processing)."""
+    iterations = cfg.dilation.reach(score.shape[-2])
     if cfg.box_sum_once:
         return threshold(box_sum(score), cfg.threshold_k, cfg.threshold_scope)
     if cfg.blur.enabled and cfg.blur.stage == "score":
         score = blur(score, cfg.blur.kernel, cfg.blur.sigma)
     if cfg.dilation.enabled and cfg.dilation.stage == "score":
-        score = dilate(score, cfg.dilation.kernel, cfg.dilation.iterations)
+        score = dilate(score, cfg.dilation.kernel, iterations)
     mask = threshold(score, cfg.threshold_k, cfg.threshold_scope)
     if cfg.dilation.enabled and cfg.dilation.stage == "mask":
-        mask = dilate(mask, cfg.dilation.kernel, cfg.dilation.iterations)
+        mask = dilate(mask, cfg.dilation.kernel, iterations)
     if cfg.blur.enabled and cfg.blur.stage == "mask":
         mask = blur(mask, cfg.blur.kernel, cfg.blur.sigma).clamp(0, 1)
     return mask

@@ -17,7 +17,7 @@ Randomness per sample: "vae" (posterior noise), "init" (start noise), "ref_noise
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -35,9 +35,9 @@ from bench.sd.diffusion import (
 from bench.sd.errors import ConfigError
 from bench.sd.methods import Generated, Method, Sample, images_or_failures
 from bench.sd.seeding import draw_normal
-from method.attention import resolve_layers
-from method.config import GradSAMConfig, ScoreConfig
-from method.gradsam import attention_scores, scores_with_config
+from method.attention import layer_resolutions, resolve_layers
+from method.config import LAYERED_KINDS, GradSAMConfig, ScoreConfig
+from method.gradsam import attention_maps, attention_scores, layer_scores, noise_difference, scores_with_config
 from method.masks import replace_background, union_mask
 from method.tokens import SubjectTokens, subject_tokens
 
@@ -57,6 +57,8 @@ class SampleState:
     info: dict = field(default_factory=dict)  # row columns, e.g. kept_frac_i5
     masks: dict = field(default_factory=dict)  # name -> float array [C, h, w]
     failure: str | None = None  # the first non-finite score or mask (stage and reason): the sample fails
+    daam: dict = field(default_factory=dict)  # layer -> subject attention summed over the steps so far [T, h, w]
+    maps: list = field(default_factory=list)  # recorded: (kind, layer, index k, timestep, layer side, [C, h, w])
 
     def check_finite(self, stage: str, k: int, values: torch.Tensor) -> bool:
         """Whether `values` are all finite; if not, record the first failure (the sample's image is then dropped)."""
@@ -90,6 +92,7 @@ class GradSAM(Method):
         score: Mapping | None = None,
         subject: Mapping | None = None,
         mask: Mapping | None = None,
+        attribution: Mapping | None = None,
     ):
         """The arguments are the `method` node; they are validated once, into `self.config` (method/config.py)."""
         self.name, self.label = name, label
@@ -102,6 +105,7 @@ class GradSAM(Method):
             "score": score,
             "subject": subject,
             "mask": mask,
+            "attribution": attribution,
         }
         aliases = {"injection_indices": self.indices_key}
         self.config: GradSAMConfig = from_mapping(GradSAMConfig, values, "method", aliases=aliases)
@@ -135,6 +139,9 @@ class GradSAM(Method):
             "mask.box_sum_once": cfg.mask.box_sum_once,
             "mask.blur": f"k{blur.kernel}_s{blur.sigma:g}_on_{blur.stage}" if blur.enabled else "off",
             "mask.dilation": f"k{dil.kernel}_x{dil.iterations}_on_{dil.stage}" if dil.enabled else "off",
+            # new switches appear only when set, so the rows of existing configs keep their columns
+            **({"mask.channel_rule": cfg.mask.channel_rule} if cfg.mask.channel_rule != "per_channel" else {}),
+            **({"mask.dilation.scale_aware": True} if dil.enabled and dil.scale_aware else {}),
         }
 
     # -- schedule ---------------------------------------------------------------------------------
@@ -171,7 +178,10 @@ class GradSAM(Method):
         scheduler = backbone.new_scheduler()
         timesteps = truncated_timesteps(scheduler, sampling.num_inference_steps, self.strength)
         self.check_schedule(len(timesteps), sampling)
-        resolve_layers(backbone.unet, self.config.score.layers)  # an unknown layer name fails now, listing them
+        self.layers_of(backbone, self.config.score.layers)  # an unknown layer name fails now, listing them
+        record = self.config.attribution
+        if record.record:
+            self.layers_of(backbone, record.layers)
         # 1. Subject columns first: a prompt without its subject word fails before any sampling.
         states = [
             SampleState(
@@ -193,12 +203,19 @@ class GradSAM(Method):
             z = scheduler.add_noise(z0, eps, timesteps[:1])
         # 4. Guided DDPM; the callback scores, masks and blends at the configured indices.
         blends = self.blend_indices(len(timesteps))
+        kinds = self.recorded_kinds()
+        scene = encode_text(backbone, [s.scene.replace("_", " ") for s in samples]) if "noise_diff" in kinds else None
+        daam_layers = self.daam_layers(backbone) if "daam" in kinds else []
 
         def on_step_end(i: int, t: torch.Tensor, z_t: torch.Tensor, z_next: torch.Tensor) -> torch.Tensor:
             k = i + 1  # z_next lives at t_k
+            if daam_layers and k <= self.injection_indices[-1]:  # DAAM sums every step up to the last score
+                for b, state in enumerate(states):
+                    self.accumulate_daam(backbone, z_t[b], t, cond[b], state, daam_layers)
             if k in self.injection_indices:
                 for b, state in enumerate(states):
-                    mask = self.compute_mask(backbone, scheduler, z_t[b], t, cond[b], state, sampling, k)
+                    extra = {"scene": scene[b] if scene is not None else None, "k": k}
+                    mask = self.compute_mask(backbone, scheduler, z_t[b], t, cond[b], state, sampling, **extra)
                     state.set_mask(k, mask)
             if self.config.manipulate and k in blends and k < len(timesteps):
                 z_next = self.blend(z_next, z0, states, scheduler, timesteps[k])
@@ -214,6 +231,7 @@ class GradSAM(Method):
         for result, state in zip(results, states, strict=True):
             last = state.masks[f"mask_i{self.injection_indices[-1]}"]
             result.masks = {**state.masks, "subject_mask": last.max(axis=0)}  # union over channels [h, w]
+            result.maps = state.maps
             result.info = {
                 **state.info,
                 "mask_fraction": float(result.masks["subject_mask"].mean()),
@@ -246,6 +264,59 @@ class GradSAM(Method):
             state.eps_ref = eps
         return state.eps_ref[None]
 
+    # -- scores -----------------------------------------------------------------------------------
+    def recorded_kinds(self) -> set[str]:
+        """Score kinds computed during the chain: the method's own, and those recorded beside it."""
+        record = self.config.attribution
+        return {self.config.score.kind, *(record.kinds if record.record else ())}
+
+    def daam_layers(self, backbone: Backbone) -> list[str]:
+        """Layers whose attention DAAM accumulates: the score's layer set and the recorded one."""
+        unet, cfg = backbone.unet, self.config
+        wanted = set(self.layers_of(backbone, cfg.score.layers)) if cfg.score.kind == "daam" else set()
+        if cfg.attribution.record and "daam" in cfg.attribution.kinds:
+            wanted |= set(self.layers_of(backbone, cfg.attribution.layers))
+        return [name for name in resolve_layers(unet, "all") if name in wanted]
+
+    @staticmethod
+    def layers_of(backbone: Backbone, layers) -> tuple[str, ...]:
+        """A layer set (last, all, res<k> on this backbone's latent, names) -> names in execution order."""
+        return tuple(resolve_layers(backbone.unet, layers, backbone.latent_size))
+
+    def accumulate_daam(self, backbone, z_t, t, cond, state: SampleState, layers: list[str]) -> None:
+        """DAAM (Tang et al. 2022): add this step's bicubic-upsampled, head-summed subject attention per layer."""
+        unet, positions = backbone.float32_unet(), state.subject.positions
+        maps = attention_maps(unet, z_t[None], t, cond[None], positions, layers, "bicubic")
+        for name, layer_map in maps.items():  # [T, h, w]
+            state.daam[name] = state.daam[name] + layer_map if name in state.daam else layer_map
+
+    def layer_maps(self, kind: str, layers, backbone, scheduler, z_t, t, cond, state, sampling, scene) -> dict:
+        """{layer: score [T, C, h, w]} of one score kind (noise_diff: {"-": [1, C, h, w]}), summed over
+        the layers of `layers` it is that kind's score."""
+        unet, channels = backbone.float32_unet(), z_t.shape[0]
+        positions = state.subject.positions
+        if kind == "gradsam":
+            cfg = replace(self.config.score, layers=self.layers_of(backbone, layers))
+            extra = {"guidance_scale": sampling.guidance_scale, "generator": state.method_generator}
+            return layer_scores(unet, z_t[None], t, cond[None], positions, cfg, scheduler=scheduler, **extra)
+        if kind == "noise_diff":
+            return {"-": noise_difference(unet, z_t[None], t, cond[None], scene[None])[None]}
+        if kind == "attention_only":
+            maps = attention_maps(unet, z_t[None], t, cond[None], positions, self.layers_of(backbone, layers))
+        else:  # daam: the running sums of accumulate_daam
+            maps = {name: state.daam[name] for name in self.layers_of(backbone, layers)}
+        return {name: m[:, None].expand(-1, channels, -1, -1) for name, m in maps.items()}
+
+    def record_maps(self, backbone, scheduler, z_t, t, cond, state, sampling, scene, k: int) -> None:
+        """Append the continuous maps of every recorded kind at scoring index k (one subject word: tokens summed)."""
+        record, sides = self.config.attribution, layer_resolutions(backbone.unet, backbone.latent_size)
+        for kind in record.kinds:
+            layers = "all" if kind == "noise_diff" else record.layers
+            maps = self.layer_maps(kind, layers, backbone, scheduler, z_t, t, cond, state, sampling, scene)
+            for name, score in maps.items():
+                side = sides.get(name, z_t.shape[-2])  # the layer's own map size (noise_diff: the latent's)
+                state.maps.append((kind, name, k, int(t), side, score.sum(dim=0).float().cpu().numpy()))
+
     def compute_mask(
         self,
         backbone: Backbone,
@@ -255,15 +326,24 @@ class GradSAM(Method):
         cond: torch.Tensor,
         state: SampleState,
         sampling: SamplingConfig,
+        scene: torch.Tensor | None = None,
         k: int = 0,
     ) -> torch.Tensor:
         """M [C, h, w] from the scores of the UNet call at (z_t, t_i); the pieces of the subject word summed."""
         positions, cfg = state.subject.positions, self.config.score
         unet = backbone.float32_unet()  # the sampling UNet, or its float32 twin when sampling in half precision
         if cfg.kind == "attention_only":
-            scores = attention_scores(unet, z_t[None], t, cond[None], positions, cfg.layers)
+            scores = attention_scores(unet, z_t[None], t, cond[None], positions, self.layers_of(backbone, cfg.layers))
             state.path = "attention"
+        elif cfg.kind in ("daam", "noise_diff"):
+            maps = self.layer_maps(cfg.kind, cfg.layers, backbone, scheduler, z_t, t, cond, state, sampling, scene)
+            scores = torch.zeros_like(next(iter(maps.values())))
+            for layer_map in maps.values():
+                scores = scores + layer_map
+            state.path = cfg.kind
         else:
+            if isinstance(cfg.layers, str) and cfg.layers.startswith("res"):  # resolved on this latent
+                cfg = replace(cfg, layers=self.layers_of(backbone, cfg.layers))
             scores, state.path = scores_with_config(
                 unet,
                 z_t[None],
@@ -276,6 +356,12 @@ class GradSAM(Method):
                 generator=state.method_generator,
             )
         word_score = scores.sum(dim=0, keepdim=True)  # [1, C, h, w]: one subject word
+        if self.config.attribution.record:  # the map that drives the mask, then the recorded kinds per layer
+            own = self.config.score.layers
+            layer_set = own if isinstance(own, str) else ",".join(own)
+            label = f"set:{layer_set}" if cfg.kind in LAYERED_KINDS else "-"
+            state.maps.append((cfg.kind, label, k, int(t), z_t.shape[-2], word_score[0].float().cpu().numpy()))
+            self.record_maps(backbone, scheduler, z_t, t, cond, state, sampling, scene, k)
         state.check_finite("score", k, word_score)
         mask = union_mask(word_score, self.config.mask)
         state.check_finite("mask", k, mask)

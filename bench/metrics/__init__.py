@@ -23,6 +23,7 @@ PER_SAMPLE_METRICS: dict[str, bool] = {
     # Toy world only (metrics=toy, bench/toy/metrics.py): the truth is known there.
     "mask_iou": True,  # the method's subject mask vs the true subject region
     "mask_iou_random": True,  # a random mask of the same area (chance level)
+    "mask_iou_centre": True,  # the same number of cells nearest the centre (a data-free prior)
     "subject_ok": True,  # toy CLIP: prompted colour and shape
     "subject_ok_oracle": True,  # oracle segmenter: prompted colour and shape
     "true_bg_psnr": True,  # background kept, outside the true subject region

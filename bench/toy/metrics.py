@@ -17,6 +17,7 @@ from bench.metrics.toy_clip import load_toy_clip, toy_clip_folder
 from bench.toy.clip import ZeroShot
 from bench.toy.oracle import MAX_DISTANCE, MIN_AREA, colour_region, prompt_subject, region_shape
 from bench.toy.world import COLOURS, SHAPES
+from bench.truth.scores import centre_prior
 
 MASK_KEY = "subject_mask"
 NAN = float("nan")
@@ -61,9 +62,11 @@ class ToyMaskIoU:
 
     name = "mask_iou"
     provenance = (
-        f"toy world; mask '{MASK_KEY}' >= 0.5 (channel mean), nearest-upsampled to image size; "
+        f"toy world; mask '{MASK_KEY}' >= 0.5 ([h, w] masks as given; gradsam passes the union over channels of "
+        "its last mask, [C, h, w] masks: channel mean), nearest-upsampled to image size; "
         "truth = oracle region of the prompt's colour in the generated image "
         f"(RGB distance <= {MAX_DISTANCE:g}); random = mean IoU of 32 masks with the same latent cells shuffled; "
+        "centre = the same number of latent cells nearest the image centre (a data-free prior); "
         "NaN without a mask or without a subject region"
     )
 
@@ -71,7 +74,8 @@ class ToyMaskIoU:
         generated = sample.generated
         colour, _shape = prompt_subject(sample.prompt)
         truth = colour_region(generated, colour)
-        out = {"mask_iou": NAN, "mask_iou_random": NAN, "mask_area": NAN, "true_area": float(truth.mean())}
+        out = {"mask_iou": NAN, "mask_iou_random": NAN, "mask_iou_centre": NAN, "mask_area": NAN}
+        out["true_area"] = float(truth.mean())
         mask = sample.masks.get(MASK_KEY)
         if mask is None:
             return out
@@ -80,7 +84,17 @@ class ToyMaskIoU:
         if truth.mean() >= MIN_AREA:
             out["mask_iou"] = iou(pred, truth)
             out["mask_iou_random"] = random_mask_iou(mask, truth, sample_rng(sample, "mask_iou_random"))
+            out["mask_iou_centre"] = iou(upsample_mask(centre_mask(mask), truth.shape[0]), truth)
         return out
+
+
+def centre_mask(mask: np.ndarray) -> np.ndarray:
+    """As many latent cells as `mask` keeps, the ones nearest the centre (ties in row-major order), float [h, w]."""
+    cells = cell_mask(mask)
+    order = np.argsort(-centre_prior(*cells.shape).ravel(), kind="stable")
+    out = np.zeros(cells.size, dtype=np.float32)
+    out[order[: int(cells.sum())]] = 1.0
+    return out.reshape(cells.shape)
 
 
 class ToySubject:

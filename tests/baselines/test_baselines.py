@@ -153,6 +153,22 @@ def test_diffedit_samples_do_not_depend_on_the_batch(tiny_backbone):
     assert method.texts(samples[0]) == ("ocean", "Seagull standing")
 
 
+def test_diffedit_records_its_pre_threshold_map_without_changing_the_image(tiny_backbone):
+    ref = SyntheticPlaces(
+        "synthetic_places", compose_cfg().protocol, image_size=32, subcategories=["forest"], prompts_per_subcategory=1
+    ).references()[0]
+    sample = WorkUnit(ref, ref.prompts[0], 51828).sample(np.asarray(ref.load()))
+    sampling = SamplingConfig(num_inference_steps=3)
+    plain = DiffEdit(mask_noise_draws=2).generate(tiny_backbone, [sample], sampling)[0]
+    recorded = DiffEdit(mask_noise_draws=2, attribution={"record": True}).generate(tiny_backbone, [sample], sampling)[0]
+    assert np.array_equal(plain.image, recorded.image) and plain.maps == []
+    [(kind, layer, _, _, side, channels)] = recorded.maps
+    assert (kind, layer, side, channels.shape) == ("noise_diff", "-", 8, (4, 8, 8))
+    difference = channels.sum(axis=0)
+    scaled = np.clip(difference, 0, 3.0 * difference.mean()) / (3.0 * difference.mean())
+    assert np.array_equal((scaled > 0.5).astype(np.float32), recorded.masks["subject_mask"])
+
+
 def test_diffedit_rejects_bad_settings():
     with pytest.raises(ConfigError, match="method.strength"):
         DiffEdit(strength=1.5)

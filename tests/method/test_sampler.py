@@ -136,13 +136,14 @@ def test_every_ablation_flips_its_switch_and_runs(tiny_backbone, ablation):
         steps, baseline = SamplingConfig(num_inference_steps=25), GradSAM()  # 22 steps: index 18 exists
     cfg.method.score.general_chunk_size = 256  # one batched backward pass per injection on the CPU
     method = instantiate(cfg.method, _convert_="all")
-    changed = {k for k, v in method.columns().items() if baseline.columns()[k] != v}
+    changed = {k for k, v in method.columns().items() if baseline.columns().get(k) != v}
     assert changed, f"ablation={ablation} changes no switch"
     out = method.generate(tiny_backbone, [make_sample("Picnickers relaxing", "Picnickers")], steps)[0]
     assert out.failure is None and out.image.shape == (32, 32, 3)
     assert {f"kept_frac_i{k}" for k in method.injection_indices} <= set(out.info)
     assert out.masks["subject_mask"].shape == (8, 8)
-    expected_path = {"attention_only": "attention", "all_layers": "general"}.get(ablation, "tail")
+    paths = {"attention_only": "attention", "all_layers": "general", "layers_res8": "general"}
+    expected_path = {**paths, "daam": "daam", "noise_diff": "noise_diff"}.get(ablation, "tail")
     assert out.info["score_path"] == expected_path
     assert out.info["subject_positions"] == ("0" if ablation == "reference_code" else "1,2,3")
 

@@ -54,7 +54,15 @@ def test_perfect_mask_gives_iou_one_and_disjoint_gives_zero():
         metric(SampleContext(generated, reference, prompt=PROMPT, masks={"subject_mask": disjoint}))["mask_iou"] == 0.0
     )
     none = metric(SampleContext(generated, reference, prompt=PROMPT, masks={}))
-    assert np.isnan(none["mask_iou"]) and np.isnan(none["mask_iou_random"])
+    assert np.isnan(none["mask_iou"]) and np.isnan(none["mask_iou_random"]) and np.isnan(none["mask_iou_centre"])
+
+
+def test_centre_prior_line_takes_as_many_cells_nearest_the_centre():
+    generated, reference, _ = red_square_image()  # true cells 4..7 x 4..7
+    mask = np.zeros((16, 16), np.float32)
+    mask[0:4, 0:4] = 1  # 16 cells anywhere: the centre line takes cells 6..9 x 6..9
+    out = ToyMaskIoU()(SampleContext(generated, reference, prompt=PROMPT, masks={"subject_mask": mask}))
+    assert out["mask_iou_centre"] == pytest.approx(4 / 28)  # 2x2 shared cells of two 4x4 squares
 
 
 def test_random_mask_of_full_area_has_iou_equal_to_truth_fraction():

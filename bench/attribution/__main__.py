@@ -1,0 +1,94 @@
+"""`python -m bench.attribution [--profile offline|gpu]`: the attribution study, then its tables and figures.
+
+1. Two Hydra jobs record their maps (method.attribution.record=true) into outputs/attribution/:
+   the no_manipulation chain with every score kind at every layer (its final image is the truth no
+   mask shaped), and the paper's gradsam row (its own map, the cheap kinds, and its output as a second truth).
+2. `--report-only` (or after the jobs): results/attribution/attribution.{csv,md}, samples_attribution.csv,
+   mask_rules.{csv,md}, figures/*.png and report.html (bench/attribution/report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.attribution.report import write_study
+from bench.config import REPO_ROOT
+
+PROFILES = {
+    # 10 subcategories x 2 scenes x 2 prompts = 40 toy-world samples (20 reference images)
+    "offline": [
+        "model=toy",
+        "dataset=toy_world",
+        "metrics=toy",
+        "dataset.images_per_subcategory=2",
+        "dataset.prompts_per_subcategory=2",
+    ],
+    # the smallest end-to-end run (tests): untrained tiny model, one sample, 10 steps
+    "smoke": [
+        "model=tiny",
+        "model.image_size=32",
+        "dataset=toy_world",
+        "metrics=none",
+        "dataset.subcategories=[forest]",
+        "dataset.images_per_subcategory=1",
+        "dataset.prompts_per_subcategory=1",
+        "sampling.num_inference_steps=10",
+        "method.injection_indices=[2,4,6]",
+        "method.score.general_chunk_size=256",
+    ],
+    "gpu": ["model=sd15", "dataset=places365", "dataset.images_per_subcategory=1", "dataset.prompts_per_subcategory=4"],
+}
+TASK = "attribution"
+ALL_KINDS = "method.attribution.kinds=[gradsam,attention_only,daam,noise_diff]"
+CHEAP_KINDS = "method.attribution.kinds=[attention_only,daam,noise_diff]"
+JOBS = {  # row -> what it records beside its own map
+    "no_manipulation": [ALL_KINDS],
+    "gradsam_paper": [CHEAP_KINDS],
+}
+
+
+def run_jobs(profile: str, extra: list[str], root_dir: Path, shards: int) -> None:
+    """Each job as `shards` processes of one CPU thread (each resumes: done samples are skipped)."""
+    for row, overrides in JOBS.items():
+        base = [sys.executable, "-m", "bench.run", f"task_name={TASK}", f"row={row}", f"paths.root_dir={root_dir}"]
+        base += [*PROFILES[profile], "method.attribution.record=true", *overrides, *extra]
+        if shards > 1:
+            base.append("cpu_threads=1")
+        procs = []
+        for index in range(shards):
+            cmd = [*base, f"shard.index={index}", f"shard.count={shards}"]
+            print("+", " ".join(cmd), flush=True)
+            procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=os.environ.copy()))
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise SystemExit(f"error: the {row} job failed (exit codes {codes}); see its log above.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="offline", choices=sorted(PROFILES))
+    parser.add_argument("--root-dir", type=Path, default=REPO_ROOT, help="outputs/ and results/ go under it")
+    parser.add_argument("--shards", type=int, default=2, help="processes per job (default 2: one per core here)")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from recorded maps")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both jobs")
+    args = parser.parse_intermixed_args(argv)
+    root = args.root_dir.resolve()
+    start = time.monotonic()
+    if not args.report_only:
+        run_jobs(args.profile, args.overrides, root, args.shards)
+    jobs_s = time.monotonic() - start
+    paths = write_study(root / "results" / TASK, root)
+    print(paths["md"].read_text())
+    print(f"jobs: {jobs_s:.0f} s; report: {time.monotonic() - start - jobs_s:.0f} s")
+    for key, path in paths.items():
+        if key != "figures":
+            print(f"{key:>10}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Threshold-free attribution quality of one continuous map against a subject truth, with chance maps.
+
+A map [h, w] scores latent cells; the truth is a bool [h, w] of subject cells at the same grid
+(`latent_truth(...) >= 0.5`). Where the truth came from (the toy oracle, a segmenter) is not seen here.
+
+    auroc         P(score of a subject cell > score of a background cell), ties count half
+    ap            average precision (area under the precision-recall steps, torchmetrics)
+    pointing      1 when the highest-scoring cell is a subject cell (ties: the first in row-major order)
+    iou_at_area   IoU of the top-k cells with the truth, k = number of subject cells (no threshold)
+
+Chance maps: `uniform_map` (i.i.d. uniform scores) and `centre_prior` (minus the distance to the
+image centre: data-free, and strong where subjects sit mid-frame, as in the toy world).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+METRICS = ("auroc", "ap", "pointing", "iou_at_area")
+NAN = float("nan")
+
+
+def attribution_metrics(score: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """AUROC, AP, pointing game and IoU at the true area of `score` [h, w] against bool `truth` [h, w].
+
+    All NaN when the truth is empty or covers every cell (no ranking question to answer).
+    """
+    score = np.asarray(score, dtype=np.float64)
+    truth = np.asarray(truth, dtype=bool)
+    if score.shape != truth.shape:
+        raise ValueError(f"map {score.shape} and truth {truth.shape} differ in shape; resample one to the other.")
+    positives = int(truth.sum())
+    if positives == 0 or positives == truth.size:
+        return dict.fromkeys(METRICS, NAN)
+    preds, target = torch.from_numpy(score.ravel()), torch.from_numpy(truth.ravel()).long()
+    order = np.argsort(-score.ravel(), kind="stable")  # highest first; ties in row-major order
+    top = np.zeros(truth.size, dtype=bool)
+    top[order[:positives]] = True
+    flat = truth.ravel()
+    return {
+        "auroc": float(binary_auroc(preds, target)),
+        "ap": float(binary_average_precision(preds, target)),
+        "pointing": float(flat[order[0]]),
+        "iou_at_area": float((top & flat).sum() / (top | flat).sum()),
+    }
+
+
+def centre_prior(height: int, width: int) -> np.ndarray:
+    """Minus the distance of each cell centre to the grid centre [h, w] (higher = more central)."""
+    rows = (np.arange(height) + 0.5) / height - 0.5
+    cols = (np.arange(width) + 0.5) / width - 0.5
+    return -np.sqrt(rows[:, None] ** 2 + cols[None, :] ** 2)
+
+
+def uniform_map(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """I.i.d. uniform scores [h, w]: the chance line."""
+    return rng.random((height, width))
