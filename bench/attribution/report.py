@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 from bench.attribution.study import KEYS, study_rows, summarize, toy_truth  # noqa: E402
 from bench.records import atomic_write_text, write_csv  # noqa: E402
 from bench.reporting.figures import PNG_METADATA  # noqa: E402
-from bench.reporting.html import write_report  # noqa: E402
+from bench.reporting.html import Report, write_report  # noqa: E402
 from bench.truth.scores import METRICS  # noqa: E402
 
 TRUTHS = {  # ablation of the run -> (truth name, what it is)
@@ -68,11 +68,15 @@ def write_study(folder: Path, root: Path) -> dict:
     atomic_write_text(paths["md"], md)
     atomic_write_text(folder / "mask_rules.md", mask_markdown(mask_table) + "\n")
     links = {p.name: p.name for p in sorted(folder.glob("*.csv"))} | {"attribution.md": "attribution.md"}
-    tables = {"Attribution quality (headline layer sets)": view(headline(table))}
-    tables["Mask rules (IoU of the thresholded mask with the truth)"] = mask_view(mask_table)
-    paths["report"] = write_report(
-        folder, "Attribution study: does the score find the subject?", tables, links, figures, notes
+    report = Report(
+        title="Attribution study: does the score find the subject?",
+        subtitle="AUROC, AP, pointing game and IoU at the true area per score kind, layer set and scoring step",
+        headline=view(headline(table)),
+        headline_notes=notes,
+        attribution=(mask_view(mask_table), figures, ["Mask rules: IoU of the thresholded mask with the truth."]),
+        csv_links=links,
     )
+    paths["report"] = write_report(folder, report)
     paths["figures"] = figures
     return paths
 

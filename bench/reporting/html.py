@@ -122,7 +122,8 @@ def collapsed(summary: str, body: str) -> str:
 
 def report_html(folder: Path, r: Report) -> str:
     """The page, in the order of the module docstring."""
-    paper_rows = {i for i, m in enumerate(r.headline["method"]) if str(m).endswith("(paper)")}
+    methods = r.headline["method"] if "method" in r.headline else []
+    paper_rows = {i for i, m in enumerate(methods) if str(m).endswith("(paper)")}
     parts = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(r.title)}</title>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
