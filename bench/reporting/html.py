@@ -122,7 +122,7 @@ def collapsed(summary: str, body: str) -> str:
 
 def report_html(folder: Path, r: Report) -> str:
     """The page, in the order of the module docstring."""
-    methods = r.headline["method"] if "method" in r.headline else []
+    methods = r.headline.get("method", [])
     paper_rows = {i for i, m in enumerate(methods) if str(m).endswith("(paper)")}
     parts = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(r.title)}</title>",
