@@ -3,6 +3,8 @@
 1. Two Hydra jobs record their maps (method.attribution.record=true) into outputs/attribution/:
    the no_manipulation chain with every score kind at every layer (its final image is the truth no
    mask shaped), and the paper's gradsam row (its own map, the cheap kinds, and its output as a second truth).
+   Both record each image's subject truth (truth_record.enabled=true) from the `truth` source: the dataset's
+   default (toy_world: oracle; places365: clipseg) or an override, e.g. `truth=clipseg_tiny` (offline stand-in).
 2. `--report-only` (or after the jobs): results/attribution/attribution.{csv,md}, samples_attribution.csv,
    mask_rules.{csv,md}, figures/*.png and report.html (bench/attribution/report.py).
 """
@@ -46,6 +48,9 @@ PROFILES = {
 TASK = "attribution"
 ALL_KINDS = "method.attribution.kinds=[gradsam,attention_only,daam,noise_diff]"
 CHEAP_KINDS = "method.attribution.kinds=[attention_only,daam,noise_diff]"
+# Both jobs record their images' subject truth (masks/<sample>/truth.npz, `truth_path`): the `truth` segmenter
+# is the dataset's default (toy_world: oracle; places365: clipseg) or the user's override (truth=clipseg_tiny).
+RECORD_TRUTH = ["truth_record.enabled=true"]
 JOBS = {  # row -> what it records beside its own map
     "no_manipulation": [ALL_KINDS],
     "gradsam_paper": [CHEAP_KINDS],
@@ -56,7 +61,7 @@ def run_jobs(profile: str, extra: list[str], root_dir: Path, shards: int) -> Non
     """Each job as `shards` processes of one CPU thread (each resumes: done samples are skipped)."""
     for row, overrides in JOBS.items():
         base = [sys.executable, "-m", "bench.run", f"task_name={TASK}", f"row={row}", f"paths.root_dir={root_dir}"]
-        base += [*PROFILES[profile], "method.attribution.record=true", *overrides, *extra]
+        base += [*PROFILES[profile], "method.attribution.record=true", *RECORD_TRUTH, *overrides, *extra]
         if shards > 1:
             base.append("cpu_threads=1")
         procs = []

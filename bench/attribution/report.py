@@ -11,57 +11,108 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.attribution.study import KEYS, study_rows, summarize, toy_truth  # noqa: E402
+from bench.attribution.study import KEYS, TruthCells, read_image, study_rows, summarize  # noqa: E402
 from bench.records import atomic_write_text, write_csv  # noqa: E402
 from bench.reporting.figures import PNG_METADATA  # noqa: E402
 from bench.reporting.html import Report, write_report  # noqa: E402
+from bench.truth.base import latent_truth  # noqa: E402
+from bench.truth.record import control_row, load_truth  # noqa: E402
 from bench.truth.scores import METRICS  # noqa: E402
 
-TRUTHS = {  # ablation of the run -> (truth name, what it is)
-    "no_manipulation": ("no_manipulation", "subject cells of the final image of the no_manipulation chain"),
-    "none": ("method_output", "subject cells of the method's own output (its masks shaped it)"),
+TRUTHS = {  # truth name -> what it is
+    "no_manipulation": "subject cells of the final image of the no_manipulation chain (no mask shaped it)",
+    "method_output": "subject cells of the method's own output (its masks shaped it)",
 }
+# (ablation of the maps' run, truth name, whose recorded truth): each pairing of maps with a truth
+PAIRS = (
+    ("no_manipulation", "no_manipulation", "own"),
+    ("none", "method_output", "own"),
+    ("none", "no_manipulation", "control"),  # the method's maps vs the no_manipulation chain's truth
+)
+THRESHOLDS = ("main", "alt")  # the truth mask at the segmenter's threshold, and at truth_record.alt_threshold
 HEADLINE_SETS = ("own:last", "last", "all", "res16", "res8", "res4", "res64", "res32", "-")
+CONTROL_LABEL = "+no_manipulation"  # the figures and the per-layer table: the no_manipulation chain's maps
 
 
-def image_truth(root: Path):
-    """truth_of(row) for the toy world: the oracle on the run's own image, at the recorded latent grid."""
-    from bench.attribution.study import read_image  # noqa: PLC0415
+def text(value) -> str:
+    return value if isinstance(value, str) else ""
 
-    def truth_of(row: pd.Series, height: int, width: int) -> np.ndarray | None:
-        if row["dataset"] != "toy_world":
-            raise SystemExit(
-                f"dataset={row['dataset']}: the attribution study has subject truth only for the toy world so far "
-                "(a segmentation model for real images is the next issue). The maps are recorded; rerun "
-                "`python -m bench.attribution --report-only` once a truth source exists."
-            )
-        return toy_truth(read_image(root / row["image_path"]), row["prompt"], height, width)
+
+def truth_function(samples: pd.DataFrame, root: Path, whose: str, threshold: str):
+    """truth_of(row, h, w) from the recorded truth (truth.npz via `truth_path`) of the row (`whose`="own") or
+    of its no_manipulation row (`whose`="control", `control_row`); cells >= half subject at the maps' grid.
+
+    `threshold`="alt" takes the mask at truth_record.alt_threshold (`mask_alt`) where one was recorded, else
+    the main mask (the oracle's probability is binary: both thresholds give it). A row without a recorded
+    truth (maps of an older run) falls back to the toy oracle on its image, on dataset=toy_world only.
+    """
+
+    def truth_of(row: pd.Series, height: int, width: int) -> TruthCells | None:
+        target = row if whose == "own" else control_row(samples, row)
+        if target is None:
+            return None  # no successful no_manipulation sample to pair with
+        path = text(target.get("truth_path"))
+        columns = {"truth_threshold": threshold}
+        if not path:
+            return fallback_truth(target, root, height, width, columns)
+        arrays = load_truth(root / path)
+        alt = threshold == "alt" and "mask_alt" in arrays
+        mask = arrays["mask_alt"] if alt else arrays["mask"]
+        cutoff = target.get("truth_alt_threshold" if alt else "truth_threshold", np.nan)
+        columns |= {"truth_cutoff": float(cutoff) if not pd.isna(cutoff) else np.nan}
+        columns |= {
+            "truth_source": text(target.get("truth_source")),
+            "truth_provenance": text(target.get("truth_provenance")),
+        }
+        reason = text(target.get("truth_nan_reason")) if mask is arrays["mask"] else ""
+        if alt and not mask.any():
+            reason = f"{columns['truth_source']} finds no subject pixel at probability >= {columns['truth_cutoff']:g}"
+        return TruthCells(latent_truth(mask, height, width) >= 0.5, reason, columns)
 
     return truth_of
+
+
+def fallback_truth(row: pd.Series, root: Path, height: int, width: int, columns: dict) -> TruthCells:
+    """The toy oracle on the run's own image (maps recorded before truth was): dataset=toy_world only."""
+    if row["dataset"] != "toy_world":
+        raise SystemExit(
+            f"dataset={row['dataset']}: sample {row['sample_key']} has no recorded subject truth (no truth_path; "
+            "its maps predate truth recording). Rerun the study's jobs (they record truth: truth_record.enabled=true, "
+            "truth=<segmenter>, e.g. truth=clipseg) and then `python -m bench.attribution --report-only`."
+        )
+    from bench.attribution.study import toy_truth  # noqa: PLC0415  (the oracle, for old toy runs only)
+    from bench.toy.truth import OracleTruth  # noqa: PLC0415
+
+    cells = toy_truth(read_image(root / row["image_path"]), row["prompt"], height, width)
+    columns |= {"truth_cutoff": np.nan, "truth_source": "oracle", "truth_provenance": OracleTruth.provenance}
+    return TruthCells(cells, "", columns)
 
 
 def write_study(folder: Path, root: Path) -> dict:
     """Everything the study writes under `folder` (results/attribution), from the samples and their maps."""
     samples = pd.read_csv(folder / "samples.csv", keep_default_na=False, na_values=[""])
     rows, masks = [], []
-    for ablation, (truth_name, _) in TRUTHS.items():
-        part = samples[samples["ablation"] == ablation].assign(label=lambda f: f["label"] + "+" + f["ablation"])
-        r, m = study_rows(part, root, image_truth(root), truth_name)
-        rows, masks = rows + r, masks + m
+    for threshold in THRESHOLDS:
+        for ablation, truth_name, whose in PAIRS:
+            part = samples[samples["ablation"] == ablation].assign(label=lambda f: f["label"] + "+" + f["ablation"])
+            r, m = study_rows(part, root, truth_function(samples, root, whose, threshold), truth_name)
+            rows, masks = rows + r, masks + (m if whose == "own" else [])  # mask rules: each chain's own truths
     per_sample = pd.DataFrame(rows)
+    if per_sample.empty:
+        raise SystemExit(f"no sample in {folder / 'samples.csv'} has recorded maps and a truth to score them by.")
     write_csv(per_sample, folder / "samples_attribution.csv")
-    table = summarize(per_sample, KEYS, METRICS, "attribution")
-    table = table.sort_values(["truth", "index", "kind", "layer_set"], kind="stable").reset_index(drop=True)
+    table = by_threshold(per_sample, KEYS, METRICS, "attribution")
+    table = table.sort_values(["truth_threshold", "truth", "label", "index", "kind", "layer_set"], kind="stable")
+    table = table.reset_index(drop=True)
     write_csv(table, folder / "attribution.csv")
     mask_frame = pd.DataFrame(masks)
-    mask_table = summarize(
-        mask_frame,
-        ["truth", "kind", "layer_set", "rule", "index", "timestep"],
-        ["mask_iou", "kept_fraction", "channel_corr", "channels_per_kept_cell"],
-        "mask_rules",
-    )
+    mask_keys = ["truth", "kind", "layer_set", "rule", "index", "timestep"]
+    mask_metrics = ["mask_iou", "kept_fraction", "channel_corr", "channels_per_kept_cell"]
+    mask_table = by_threshold(mask_frame, mask_keys, mask_metrics, "mask_rules")
+    mask_table = mask_table[mask_table["truth_threshold"] == "main"].reset_index(drop=True)
     write_csv(mask_table, folder / "mask_rules.csv")
-    figures = [auroc_by_layer(table, folder / "figures"), auroc_by_step(table, folder / "figures")]
+    main = table[table["truth_threshold"] == "main"]
+    figures = [auroc_by_layer(main, folder / "figures"), auroc_by_step(main, folder / "figures")]
     notes = study_notes(per_sample)
     md = markdown(table, mask_table, notes)
     paths = {"csv": folder / "attribution.csv", "md": folder / "attribution.md", "masks": folder / "mask_rules.csv"}
@@ -71,7 +122,7 @@ def write_study(folder: Path, root: Path) -> dict:
     report = Report(
         title="Attribution study: does the score find the subject?",
         subtitle="AUROC, AP, pointing game and IoU at the true area per score kind, layer set and scoring step",
-        headline=view(headline(table)),
+        headline=view(headline(main)),
         headline_notes=notes,
         attribution=(mask_view(mask_table), figures, ["Mask rules: IoU of the thresholded mask with the truth."]),
         csv_links=links,
@@ -81,17 +132,73 @@ def write_study(folder: Path, root: Path) -> dict:
     return paths
 
 
+def by_threshold(frame: pd.DataFrame, keys: list[str], metrics, table: str) -> pd.DataFrame:
+    """`summarize` per truth threshold (each with the same bootstrap seeds), with `truth_threshold` and the
+    truth source of each (truth, label) beside the keys."""
+    parts = []
+    for threshold in THRESHOLDS:
+        part = frame[frame["truth_threshold"] == threshold]
+        if part.empty:
+            continue
+        out = summarize(part, keys, metrics, table)
+        by = [k for k in ("truth", "label") if k in keys]
+        sources = {
+            tuple(k): ";".join(sorted(set(g["truth_source"]))) for k, g in part.groupby(by + ["truth_threshold"])
+        }
+        out.insert(1, "truth_threshold", threshold)
+        out.insert(2, "truth_source", [sources[(*k, threshold)] for k in out[by].itertuples(index=False)])
+        parts.append(out)
+    return pd.concat(parts, ignore_index=True)
+
+
 def study_notes(per_sample: pd.DataFrame) -> list[str]:
-    n = per_sample.groupby("truth")["sample_key"].nunique().to_dict()
-    return [
-        *(f"truth={name} ({what}): {n.get(name, 0)} samples" for name, what in TRUTHS.values()),
-        "Cells: latent cells at least half covered by the oracle's subject region; a map is summed over channels.",
+    main = per_sample[per_sample["truth_threshold"] == "main"]
+    notes = []
+    for (name, label), part in main.groupby(["truth", "label"], sort=False):
+        notes.append(f"truth={name} ({TRUTHS[name]}), maps of {label}: {part['sample_key'].nunique()} samples")
+    for (source, provenance), _ in per_sample.groupby(["truth_source", "truth_provenance"]):
+        notes.append(f"Truth source: {source} ({provenance})")
+    notes.append(
+        "Cells: latent cells at least half covered by the recorded subject mask (truth.npz of each image); "
+        "a map is summed over channels."
+    )
+    notes.append(threshold_note(per_sample))
+    firsts = per_sample.drop_duplicates(["truth_threshold", "truth", "label", "sample_key"])
+    empty = firsts[firsts["truth_nan_reason"].fillna("") != ""]
+    if empty.empty:
+        notes.append("Empty truths: none (every sample's truth has subject and background cells).")
+    for (threshold, name), part in empty.groupby(["truth_threshold", "truth"]):
+        reasons = "; ".join(sorted(set(part["truth_nan_reason"])))[:300]
+        notes.append(
+            f"Empty truths (truth={name}, {threshold} threshold): {part['sample_key'].nunique()} samples whose "
+            f"metrics are NaN, counted apart (left out of every mean and N): {reasons}"
+        )
+    notes += [
         "Layer sets: own:<set> = the map that drove the method's mask; last/all/res<k> = sums of the recorded "
         "per-layer maps; layer:<name> = one layer (samples_attribution.csv, figures).",
         "Chance lines: chance:uniform (i.i.d. uniform map) and chance:centre (minus the distance to the centre: "
         "data-free; toy subjects always lie inside the frame).",
         "Intervals: percentile bootstrap 95%, 1000 resamples of reference images, seeded per cell.",
     ]
+    return notes
+
+
+def threshold_note(per_sample: pd.DataFrame) -> str:
+    """Which probability cutoffs the main and alt truth masks are, per source."""
+    parts = []
+    for source, part in per_sample.groupby("truth_source"):
+        cut = {t: sorted(set(part[part["truth_threshold"] == t]["truth_cutoff"].dropna())) for t in THRESHOLDS}
+        if not cut["alt"] or cut["alt"] == cut["main"]:
+            parts.append(
+                f"{source}: no second threshold recorded (the oracle's probability is binary): the alt rows "
+                "repeat the main ones, the two coincide"
+            )
+        else:
+            main, alt = (", ".join(f"{c:g}" for c in cut[t]) for t in THRESHOLDS)
+            parts.append(f"{source}: main = probability >= {main}, alt = probability >= {alt}")
+    return "Truth thresholds (truth_threshold = main | alt, so a conclusion that flips with the threshold shows): " + (
+        "; ".join(parts)
+    )
 
 
 def headline(table: pd.DataFrame) -> pd.DataFrame:
@@ -107,9 +214,9 @@ def interval(row: pd.Series, metric: str) -> str:
 
 
 def view(table: pd.DataFrame) -> pd.DataFrame:
-    """truth, kind, layer set, step, t, N, then each metric as 'mean [lo, hi]'."""
-    out = table[["truth", "kind", "layer_set", "index", "timestep"]].copy()
-    out.insert(5, "N", table["auroc_n"])
+    """truth, maps (label), kind, layer set, step, t, N, then each metric as 'mean [lo, hi]'."""
+    out = table[["truth", "label", "kind", "layer_set", "index", "timestep"]].copy()
+    out.insert(6, "N", table["auroc_n"])
     for metric in METRICS:
         out[metric] = [interval(r, metric) for _, r in table.iterrows()]
     return out
@@ -130,12 +237,31 @@ def md_table(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
+def threshold_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The headline AUROC under the main and the alt truth threshold side by side, and their difference."""
+    keys = ["truth", "label", "kind", "layer_set", "index", "timestep"]
+    main = headline(table[table["truth_threshold"] == "main"]).set_index(keys)
+    alt = table[table["truth_threshold"] == "alt"].set_index(keys).reindex(main.index)
+    out = main.reset_index()[keys].copy()
+    out["truth_source"] = main["truth_source"].to_numpy()
+    out["auroc (main)"] = [interval(r, "auroc") for _, r in main.iterrows()]
+    out["auroc (alt)"] = [interval(r, "auroc") for _, r in alt.iterrows()]
+    out["alt - main"] = [
+        "" if pd.isna(d) else f"{d:+.3f}" for d in alt["auroc_mean"].to_numpy() - main["auroc_mean"].to_numpy()
+    ]
+    return out
+
+
 def markdown(table: pd.DataFrame, mask_table: pd.DataFrame, notes: list[str]) -> str:
     parts = ["# Attribution study (attribution)", ""]
-    for truth in table["truth"].unique():
-        part = headline(table[table["truth"] == truth])
-        parts += [f"## truth = {truth}", "", md_table(view(part)), ""]
-    layers = table[table["layer_set"].str.startswith("layer:") & (table["truth"] == "no_manipulation")]
+    main = table[table["truth_threshold"] == "main"]
+    for truth in main["truth"].unique():
+        part = headline(main[main["truth"] == truth])
+        source = ", ".join(sorted(set(part["truth_source"])))
+        parts += [f"## truth = {truth} ({TRUTHS[truth]}; source: {source})", "", md_table(view(part)), ""]
+    parts += ["## AUROC under two truth thresholds (main vs alt)", "", md_table(threshold_view(table)), ""]
+    layers = main[main["layer_set"].str.startswith("layer:") & (main["truth"] == "no_manipulation")]
+    layers = layers[layers["label"].str.endswith(CONTROL_LABEL)]
     if not layers.empty:
         parts += ["## Per layer (truth = no_manipulation; execution order)", "", md_table(view(layers)), ""]
     parts += ["## Mask rules", "", mask_markdown(mask_table), ""]
@@ -168,7 +294,7 @@ def short_name(layer_set: str) -> str:
 
 def auroc_by_layer(table: pd.DataFrame, folder: Path) -> Path:
     """AUROC of each single layer (execution order), one line per score kind, one panel per scoring step."""
-    part = table[table["truth"] == "no_manipulation"]
+    part = table[(table["truth"] == "no_manipulation") & table["label"].str.endswith(CONTROL_LABEL)]
     steps = sorted(part["index"].unique())
     fig, axes = plt.subplots(1, max(1, len(steps)), figsize=(5 * max(1, len(steps)), 4), squeeze=False)
     for ax, index in zip(axes[0], steps, strict=False):
@@ -197,7 +323,7 @@ def auroc_by_layer(table: pd.DataFrame, folder: Path) -> Path:
 
 def auroc_by_step(table: pd.DataFrame, folder: Path) -> Path:
     """AUROC against the scoring timestep: one line per (score kind, layer set), beside the chance lines."""
-    part = table[table["truth"] == "no_manipulation"]
+    part = table[(table["truth"] == "no_manipulation") & table["label"].str.endswith(CONTROL_LABEL)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (kind, layer_set), rows in part.groupby(["kind", "layer_set"], sort=True):
         if kind.startswith("chance") or layer_set not in ("last", "all", "res8", "-", "own:last"):

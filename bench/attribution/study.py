@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -82,17 +83,46 @@ def cell_maps(maps: pd.DataFrame) -> Iterable[tuple[str, str, int, int, np.ndarr
             yield kind, name, index, timestep, total
 
 
+@dataclass(frozen=True)
+class TruthCells:
+    """One sample's truth at the maps' grid, as `truth_of` may return it (a bare bool array is the same with
+    no reason and no columns)."""
+
+    cells: np.ndarray  # bool [h, w]: latent cells at least half covered by the subject
+    reason: str = ""  # the recorded reason when the truth is empty ("" otherwise)
+    columns: dict = field(default_factory=dict)  # extra row columns (truth_threshold, truth_source, ...)
+
+
+def nan_reason(cells: np.ndarray, recorded: str = "") -> str:
+    """Why a truth's metrics are NaN ("" when they are not): empty, or covering every cell."""
+    if not cells.any():
+        why = "no latent cell is at least half subject: empty truth"
+        return f"{recorded}; {why}" if recorded else why
+    if cells.all():
+        return "the truth covers every latent cell: nothing to rank against"
+    return ""
+
+
 def toy_truth(image: np.ndarray, prompt: str, height: int, width: int) -> np.ndarray:
     """bool [h, w]: latent cells at least half covered by the oracle's region of the prompt's colour."""
     colour, _ = prompt_subject(prompt)
     return latent_truth(colour_region(image, colour), height, width) >= 0.5
 
 
-def sample_rows(row: pd.Series, maps: pd.DataFrame, truth: np.ndarray, truth_name: str) -> tuple[list, list]:
+def sample_rows(
+    row: pd.Series, maps: pd.DataFrame, truth: np.ndarray | TruthCells, truth_name: str
+) -> tuple[list, list]:
     """Attribution metrics of every map of one sample (channels summed), and of the two chance maps at each
-    scoring step; and the mask-rule rows of its Grad-SAM maps (own, all, res8)."""
+    scoring step; and the mask-rule rows of its Grad-SAM maps (own, all, res8).
+
+    An empty truth (or one covering every cell) gives NaN metrics with the reason in `truth_nan_reason`.
+    """
+    if not isinstance(truth, TruthCells):
+        truth = TruthCells(np.asarray(truth, dtype=bool))
+    extra, truth = truth, truth.cells
     base = {k: row[k] for k in ("sample_key", "image_id", "prompt", "seed", "label")}
-    base |= {"truth": truth_name, "true_area": float(truth.mean())}
+    base |= {"truth": truth_name, **extra.columns, "true_area": float(truth.mean())}
+    base["truth_nan_reason"] = nan_reason(truth, extra.reason)
     rows, masks = [], []
     for kind, layer_set, index, timestep, channels in cell_maps(maps):
         keys = {"kind": kind, "layer_set": layer_set, "index": index, "timestep": timestep}
@@ -145,7 +175,8 @@ def mask_rows(channels: np.ndarray, truth: np.ndarray) -> list[dict]:
         rows.append(
             {
                 "rule": rule,
-                "mask_iou": float(inter / union) if union else np.nan,
+                # NaN (never a silent 0) against an empty truth
+                "mask_iou": float(inter / union) if union and truth.any() else np.nan,
                 "kept_fraction": float(mask.mean()),
                 "channel_corr": float(np.nanmean(corr)),
                 "channels_per_kept_cell": float(kept.mean()) if kept.size else np.nan,
@@ -161,10 +192,12 @@ def read_image(path: Path) -> np.ndarray:
 def study_rows(
     samples: pd.DataFrame,
     root: Path,
-    truth_of: Callable[[pd.Series, int, int], np.ndarray | None],
+    truth_of: Callable[[pd.Series, int, int], np.ndarray | TruthCells | None],
     truth_name: str,
 ) -> tuple[list[dict], list[dict]]:
-    """Metric rows and mask-rule rows of every sample with maps; `truth_of(row, h, w)` gives bool [h, w] or None."""
+    """Metric rows and mask-rule rows of every sample with maps; `truth_of(row, h, w)` gives bool [h, w] (or
+    `TruthCells`: with the recorded reason and row columns), or None to skip the sample. Where the truth came
+    from (oracle, segmenter) is not seen here."""
     rows, masks = [], []
     for _, row in samples.iterrows():
         path = root / str(row["masks_dir"]) / MAPS_FILE
@@ -195,4 +228,4 @@ def summarize(frame: pd.DataFrame, keys: list[str], metrics: Iterable[str], tabl
     return pd.DataFrame(out)
 
 
-__all__ = ["CHANCE", "KEYS", "METRICS", "load_maps", "study_rows", "summarize", "toy_truth"]
+__all__ = ["CHANCE", "KEYS", "METRICS", "TruthCells", "load_maps", "nan_reason", "study_rows", "summarize", "toy_truth"]

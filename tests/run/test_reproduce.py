@@ -10,7 +10,7 @@ import sys
 
 import pandas as pd
 
-from bench.config import REPO_ROOT
+from bench.config import CONF_DIR, REPO_ROOT
 from bench.reporting.html import referenced_files
 
 SMALL = [
@@ -54,9 +54,10 @@ def test_reproduce_table1_offline_writes_every_file(tmp_path):
         assert (folder / name).is_file(), name
     assert not (folder / "paper_comparison.csv").exists()  # the toy world is not comparable with the paper
     table = pd.read_csv(folder / "table1.csv")
-    assert len(table) == 8 and set(table["N"]) == {1}
+    assert len(table) == len(ROWS) and set(table["N"]) == {1}  # every row file of conf/row/
     assert {"gradsam", "sdedit_0.6", "sdedit_0.9", "txt2img", "blended_latent", "diffedit"} <= set(table["label"])
-    assert set(table[table["label"] == "gradsam"]["ablation"]) == {"none", "reference_code", "no_manipulation"}
+    expected = {"none", "reference_code", "no_manipulation", "layers_res8", "daam"}
+    assert set(table[table["label"] == "gradsam"]["ablation"]) == expected
     assert list((folder / "figures").glob("samples_*.png")) and list((folder / "figures").glob("box_*.png"))
     links = referenced_files(folder / "report.html")
     assert links and all((folder / link).is_file() for link in links)
@@ -76,13 +77,14 @@ def test_reproduce_table1_offline_writes_every_file(tmp_path):
 
     # W&B: one offline run per Hydra job plus the aggregate run, which holds the tables.
     runs = sorted((tmp_path / "outputs" / "wandb").rglob("offline-run-*"))
-    assert len(runs) == 9
+    assert len(runs) == len(ROWS) + 1
     tables = [p for run in runs for p in run.rglob("*.table.json")]
     logged = {json.loads(p.read_text())["columns"][0] for p in tables}
     assert "model" in logged or "task" in logged
     assert any("table1" in p.name for p in tables)
 
 
+ROWS = sorted(p.stem for p in (CONF_DIR / "row").glob("*.yaml"))
 TINY_ONE_ROW = [
     "model=tiny",
     "dataset=synthetic_places",
@@ -119,7 +121,9 @@ def test_reproduce_failures_are_one_line(tmp_path):
     assert typo.returncode == 2 and not (tmp_path / "outputs").exists()  # refused before any job started
     assert typo.stderr.strip().count("\n") == 0 and "guidance_scale" in typo.stderr and "Traceback" not in typo.stderr
     # A run that writes no samples (dry_run): the tables cannot be built, and it says which task and why.
-    dry = reproduce(tmp_path, "ablations", "task_name=dry", "dry_run=true", *TINY_ONE_ROW[:-1])
+    # (the protocol's 50 steps: every ablation's injection indices must fit the schedule)
+    tiny = [o for o in TINY_ONE_ROW[:-1] if not o.startswith("sampling.")]
+    dry = reproduce(tmp_path, "ablations", "task_name=dry", "dry_run=true", *tiny)
     assert dry.returncode == 1 and "Traceback" not in dry.stderr
     last = dry.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "'dry'" in last and "samples.csv does not exist" in last
