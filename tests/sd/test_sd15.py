@@ -7,7 +7,6 @@ loading code runs for real up to and including the weights.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -17,9 +16,9 @@ import pytest
 import torch
 from huggingface_hub import constants as hf_constants
 from hydra.utils import instantiate
-from open_clip.tokenizer import bytes_to_unicode, default_bpe
 from transformers import CLIPTokenizer
 
+from bench.perf.sd15_folder import write_tokenizer
 from bench.sd.backbone import Backbone
 from bench.sd.errors import ConfigError
 from bench.sd.sd15 import AssetMissingError, check_tokenizer, load_sd15, resolve_dtype, sd15_scheduler
@@ -45,18 +44,8 @@ SD15_SCHEDULER_CONFIG = {
 
 
 def write_clip_tokenizer_files(folder: Path) -> None:
-    """vocab.json / merges.txt of CLIP's BPE built from the raw merges file (as OpenAI's tokenizer builds them)."""
-    with gzip.open(default_bpe()) as fh:
-        lines = fh.read().decode("utf-8").split("\n")
-    merges = lines[1 : 49152 - 256 - 2 + 1]
-    byte_chars = list(bytes_to_unicode().values())
-    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    config = {"model_max_length": 77, "pad_token": "<|endoftext|>", "tokenizer_class": "CLIPTokenizer"}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    """SD1.5's tokenizer/ files from CLIP's raw BPE merges (one writer: bench/perf/sd15_folder.py)."""
+    write_tokenizer(folder)
 
 
 @pytest.fixture(scope="module")
