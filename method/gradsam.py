@@ -38,7 +38,6 @@ TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = dict(
     zip(TRANSFORM_NAMES, (torch.abs, torch.relu), strict=True)
 )
 BLOCK = 8  # reference code: 8 consecutive outputs per batched backward pass
-SD15_LATENT_CELLS = 64 * 64  # the latent grid at which score.general_chunk_size counts rows per pass
 
 
 def importance_scores(*args: Any, **kwargs: Any) -> torch.Tensor:
@@ -83,8 +82,7 @@ def score_with_path(
         generator: CPU generator for the random_block8 matrices.
         path: `auto` (tail when possible), `tail` or `general`.
         chunk_size: output rows (latent elements) per chunk on the tail path (memory ~ rows * N * H * T floats).
-        general_chunk_size: rows per batched backward pass on the general path at a 64x64 latent (scaled up on
-            smaller latents, `rows_per_pass`).
+        general_chunk_size: rows per batched backward pass through the UNet on the general path.
 
     Returns:
         S [T, C, h, w]: one score map per token position, in the order given, and the path taken
@@ -147,8 +145,7 @@ def scores_with_config(
                     raise ConfigError(f"method.score.path=tail is not possible: {exc}. Use path=auto.") from exc
         elif path == "tail":
             raise ConfigError(f"method.score.path=tail needs a single layer; got {names}. Use path=auto.")
-        rows = rows_per_pass(general_chunk_size, height, width)
-        scores = _general_path(unet, z, timestep, cond, names, positions, factor, transform, basis, rows)
+        scores = _general_path(unet, z, timestep, cond, names, positions, factor, transform, basis, general_chunk_size)
     return scores.view(-1, channels, height, width), "general"
 
 
@@ -216,16 +213,10 @@ def layer_scores(
     positions = torch.as_tensor(list(token_positions), dtype=torch.long, device=latents.device)
     z, cond = latents.detach().float(), text_embeddings.detach().float()
     with float32(unet), torch.enable_grad():
-        rows = rows_per_pass(config.general_chunk_size, height, width)
-        out = _general_layers(unet, z, timestep, cond, names, positions, factor, config.transform, basis, rows)
+        out = _general_layers(
+            unet, z, timestep, cond, names, positions, factor, config.transform, basis, config.general_chunk_size
+        )
     return {name: s.view(-1, channels, height, width) for name, s in out.items()}
-
-
-def rows_per_pass(general_chunk_size: int, height: int, width: int) -> int:
-    """Output rows per batched backward pass on the general path: `general_chunk_size` at SD1.5's 64x64 latent,
-    proportionally more on smaller latents (a pass's memory grows with h*w): the same setting, the same memory.
-    Exact whatever the value (16x16 toy latents: 16x as many rows per pass)."""
-    return general_chunk_size * max(1, SD15_LATENT_CELLS // (height * width))
 
 
 def batched_vjp(y: torch.Tensor, inputs: list[torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, ...]:

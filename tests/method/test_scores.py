@@ -14,7 +14,7 @@ from diffusers import DDPMScheduler
 
 from bench.sd.errors import ConfigError
 from method.attention import recording_attention, resolve_layers
-from method.gradsam import BLOCK, attention_scores, importance_scores, rows_per_pass, score_with_path
+from method.gradsam import BLOCK, attention_scores, importance_scores, score_with_path
 from method.post_jacobian import HeadProducts, linearize_head
 from method.tail import (
     TailInputs,
@@ -224,9 +224,3 @@ def test_bad_arguments_are_explained():
         importance_scores(unet, z, T, cond, POSITIONS, vjp_basis="random_block8")
     with pytest.raises(ConfigError, match="single layer"):
         importance_scores(unet, z, T, cond, POSITIONS, layers="all", path="tail")
-
-
-def test_general_path_rows_per_pass_keep_the_memory_of_sd15s_setting():
-    assert rows_per_pass(8, 64, 64) == 8  # SD1.5: as configured
-    assert rows_per_pass(8, 16, 16) == 128  # toy latent: 16x the rows, the same h*w*rows
-    assert rows_per_pass(8, 128, 128) == 8  # never fewer than configured
