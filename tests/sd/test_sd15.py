@@ -18,7 +18,7 @@ from huggingface_hub import constants as hf_constants
 from hydra.utils import instantiate
 from transformers import CLIPTokenizer
 
-from bench.perf.sd15_folder import write_tokenizer
+from bench.perf.sd15_folder import SCHEDULER, write_tokenizer
 from bench.sd.backbone import Backbone
 from bench.sd.errors import ConfigError
 from bench.sd.sd15 import AssetMissingError, check_tokenizer, load_sd15, resolve_dtype, sd15_scheduler
@@ -29,18 +29,7 @@ from tests.conftest import compose_cfg, minimal_run
 
 REPO_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # SD1.5's scheduler/scheduler_config.json (PNDM, steps_offset 1), as published with the weights.
-SD15_SCHEDULER_CONFIG = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
+SD15_SCHEDULER_CONFIG = SCHEDULER
 
 
 def write_clip_tokenizer_files(folder: Path) -> None:
