@@ -42,6 +42,7 @@ from bench.sd.diffusion import (
     unet_noise,
 )
 from bench.sd.errors import ConfigError
+from bench.sd.maps import MapRecord
 from bench.sd.methods import Generated, Method, Sample, images_or_failures
 
 TEMPLATE_FIELDS = {"scene": "forest", "prompt": "Deer roaming", "subject": "Deer"}
@@ -306,5 +307,5 @@ class DiffEdit(Method):
             result.info["mask_fraction"] = float(mask.mean())
             if self.config.attribution.record:  # the same map in every channel, as the study reads [C, h, w]
                 channels = difference.float().cpu().numpy()[None].repeat(z0.shape[1], axis=0) / z0.shape[1]
-                result.maps = [("noise_diff", "-", 0, int(t_mask), mask.shape[-1], channels)]
+                result.maps = [MapRecord("noise_diff", None, None, 0, int(t_mask), mask.shape[-1], channels)]
         return results

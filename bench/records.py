@@ -27,6 +27,7 @@ from filelock import FileLock
 from PIL import Image
 
 from bench.config import REPO_ROOT
+from bench.sd.maps import MapRecord
 
 # Leading columns of samples.csv, in this order; every other column follows sorted by name.
 KEY_COLUMNS = ["model", "dataset", "label", "ablation", "image_id", "prompt", "seed"]
@@ -97,6 +98,51 @@ def save_png(path: str | Path, array: np.ndarray) -> None:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
+
+
+MAPS_FILE = "maps.npz"  # a sample's recorded subject maps, beside its masks
+
+
+def maps_to_npz(records: list[MapRecord]) -> bytes:
+    """Recorded maps -> compressed .npz bytes that load with allow_pickle=False (`maps_from_npz` reads them).
+
+    Each map is stored as float16 of map / scale with scale = its largest |value| (so tiny scores do not
+    underflow); `scale` [N] float32 gives map = maps[n] * scale[n]. `layer` and `layer_set` are
+    fixed-width unicode arrays in which "" stands for None.
+    """
+    arrays = np.stack([np.asarray(r.values, dtype=np.float32) for r in records])  # [N, C, h, w]
+    scale = np.abs(arrays).reshape(len(records), -1).max(axis=1)
+    scale[scale == 0] = 1.0
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        maps=(arrays / scale[:, None, None, None]).astype(np.float16),
+        scale=scale.astype(np.float32),
+        kind=np.array([r.kind for r in records]),
+        layer=np.array([r.layer or "" for r in records]),
+        layer_set=np.array([r.layer_set or "" for r in records]),
+        index=np.array([r.index for r in records], dtype=np.int64),
+        timestep=np.array([r.timestep for r in records], dtype=np.int64),
+        side=np.array([r.side for r in records], dtype=np.int64),
+    )
+    return buffer.getvalue()
+
+
+def maps_from_npz(path: str | Path) -> list[MapRecord]:
+    """The records of a maps.npz written by `maps_to_npz`, in their recorded order (values as float32)."""
+    with np.load(path, allow_pickle=False) as data:
+        if "layer_set" not in data.files:
+            raise StorageError(
+                f"{path} was written by an older version (no layer_set field). Delete the run folder's maps and "
+                "rerun the job that recorded them (method.attribution.record=true)."
+            )
+        values = data["maps"].astype(np.float32) * data["scale"][:, None, None, None]
+        names = ("kind", "layer", "layer_set", "index", "timestep", "side")
+        fields = zip(*(data[name] for name in names), strict=True)
+        return [
+            MapRecord(str(kind), str(layer) or None, str(layer_set) or None, int(k), int(t), int(side), v)
+            for (kind, layer, layer_set, k, t, side), v in zip(fields, values, strict=True)
+        ]
 
 
 def row_path(run_dir: str | Path, key: str) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Iterator
@@ -19,9 +18,11 @@ from bench.config import ConfigError, build, check_ablation, check_path_names, i
 from bench.datasets.base import DatasetError, ReferenceImage, WorkUnit, to_model_input
 from bench.metrics.common import SampleContext
 from bench.records import (
+    MAPS_FILE,
     atomic_write_bytes,
     atomic_write_text,
     environment_manifest,
+    maps_to_npz,
     merge_samples,
     read_rows,
     row_path,
@@ -405,33 +406,6 @@ def record_sample(
         row.update(metric(context))
         row[f"{metric.name}_provenance"] = metric.provenance
     write_row(run_dir, unit.key, row)
-
-
-MAPS_FILE = "maps.npz"
-
-
-def maps_to_npz(maps: list[tuple]) -> bytes:
-    """Recorded maps (kind, layer, index k, timestep, layer side, float [C, h, w]) -> compressed .npz bytes.
-
-    Each map is stored as float16 of map / scale with scale = its largest |value| (so tiny scores do
-    not underflow); `scale` [N] float32 gives map = maps[n] * scale[n]. Strings are fixed-width unicode
-    arrays: the file loads with allow_pickle=False.
-    """
-    arrays = np.stack([np.asarray(m[5], dtype=np.float32) for m in maps])  # [N, C, h, w]
-    scale = np.abs(arrays).reshape(len(maps), -1).max(axis=1)
-    scale[scale == 0] = 1.0
-    buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer,
-        maps=(arrays / scale[:, None, None, None]).astype(np.float16),
-        scale=scale.astype(np.float32),
-        kind=np.array([m[0] for m in maps]),
-        layer=np.array([m[1] for m in maps]),
-        index=np.array([m[2] for m in maps], dtype=np.int64),
-        timestep=np.array([m[3] for m in maps], dtype=np.int64),
-        side=np.array([m[4] for m in maps], dtype=np.int64),
-    )
-    return buffer.getvalue()
 
 
 def mask_to_png(mask: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ from bench.sd.diffusion import (
     truncated_timesteps,
 )
 from bench.sd.errors import ConfigError
+from bench.sd.maps import MapRecord
 from bench.sd.methods import Generated, Method, Sample, images_or_failures
 from bench.sd.seeding import draw_normal
 from method.attention import layer_resolutions, resolve_layers
@@ -315,7 +316,9 @@ class GradSAM(Method):
             maps = self.layer_maps(kind, layers, backbone, scheduler, z_t, t, cond, state, sampling, scene)
             for name, score in maps.items():
                 side = sides.get(name, z_t.shape[-2])  # the layer's own map size (noise_diff: the latent's)
-                state.maps.append((kind, name, k, int(t), side, score.sum(dim=0).float().cpu().numpy()))
+                values = score.sum(dim=0).float().cpu().numpy()
+                layer = None if name == "-" else name
+                state.maps.append(MapRecord(kind, layer, None, k, int(t), side, values))
 
     def compute_mask(
         self,
@@ -359,8 +362,9 @@ class GradSAM(Method):
         if self.config.attribution.record:  # the map that drives the mask, then the recorded kinds per layer
             own = self.config.score.layers
             layer_set = own if isinstance(own, str) else ",".join(own)
-            label = f"set:{layer_set}" if cfg.kind in LAYERED_KINDS else "-"
-            state.maps.append((cfg.kind, label, k, int(t), z_t.shape[-2], word_score[0].float().cpu().numpy()))
+            layer_set = layer_set if cfg.kind in LAYERED_KINDS else None
+            values = word_score[0].float().cpu().numpy()
+            state.maps.append(MapRecord(cfg.kind, None, layer_set, k, int(t), z_t.shape[-2], values))
             self.record_maps(backbone, scheduler, z_t, t, cond, state, sampling, scene, k)
         state.check_finite("score", k, word_score)
         mask = union_mask(word_score, self.config.mask)

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from bench.records import MAPS_FILE, maps_from_npz
 from bench.reporting.tables import cell_rng, cluster_bootstrap
 from bench.sd.config import from_mapping
 from bench.toy.oracle import colour_region, prompt_subject
@@ -34,25 +35,17 @@ from bench.truth.scores import METRICS, attribution_metrics, centre_prior, unifo
 from method.config import MaskConfig
 from method.masks import union_mask
 
-MAPS_FILE = "maps.npz"
 KEYS = ["truth", "label", "kind", "layer_set", "index", "timestep"]
 CHANCE = ("chance:uniform", "chance:centre")
 
 
 def load_maps(path: Path) -> pd.DataFrame:
-    """A maps.npz -> one row per map: kind, layer, index, timestep, side, map (float32 [C, h, w])."""
-    with np.load(path, allow_pickle=False) as data:
-        maps = data["maps"].astype(np.float32) * data["scale"][:, None, None, None]
-        return pd.DataFrame(
-            {
-                "kind": data["kind"].astype(str),
-                "layer": data["layer"].astype(str),
-                "index": data["index"],
-                "timestep": data["timestep"],
-                "side": data["side"],
-                "map": list(maps),
-            }
-        )
+    """A maps.npz -> one row per map: kind, layer, layer_set, index, timestep, side, map (float32 [C, h, w])."""
+    records = maps_from_npz(path)
+    fields = ("kind", "layer", "layer_set", "index", "timestep", "side")
+    frame = pd.DataFrame({name: [getattr(r, name) for r in records] for name in fields})
+    frame["map"] = [r.values for r in records]
+    return frame
 
 
 def layer_sets(layers: pd.DataFrame) -> dict[str, list[str]]:
@@ -68,10 +61,10 @@ def layer_sets(layers: pd.DataFrame) -> dict[str, list[str]]:
 def cell_maps(maps: pd.DataFrame) -> Iterable[tuple[str, str, int, int, np.ndarray]]:
     """(kind, layer set, index, timestep, map [C, h, w]) for every recorded kind and layer set."""
     for (kind, index, timestep), group in maps.groupby(["kind", "index", "timestep"], sort=False):
-        own = group[group["layer"].str.startswith("set:") | (group["layer"] == "-")]
+        own = group[group["layer"].isna()]  # the map a mask was thresholded from, or a layer-free kind's
         for _, row in own.iterrows():
-            label = row["layer"].removeprefix("set:")
-            yield kind, ("own:" + label if kind != "noise_diff" else "-"), index, timestep, row["map"]
+            layer_set = row["layer_set"]  # a string, or missing (None/NaN in the frame) for a layer-free kind
+            yield kind, ("own:" + layer_set if isinstance(layer_set, str) else "-"), index, timestep, row["map"]
         per_layer = group.drop(own.index)
         if per_layer.empty:
             continue

@@ -10,6 +10,7 @@ import torch
 
 from bench.sd.backbone import Backbone
 from bench.sd.diffusion import SamplingConfig, check_strength, decode_checked
+from bench.sd.maps import MapRecord
 from bench.sd.seeding import sample_generator
 
 
@@ -39,8 +40,7 @@ class Generated:
     image: np.ndarray | None  # uint8 [H, W, 3]; None when the sample failed
     info: dict = field(default_factory=dict)  # extra row columns, e.g. mask_kept_i0
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [h, w] or [C, h, w], saved as PNG
-    # continuous subject maps (method.attribution.record): (kind, layer, index k, timestep, layer side, float [C, h, w])
-    maps: list[tuple] = field(default_factory=list)
+    maps: list[MapRecord] = field(default_factory=list)  # continuous subject maps (method.attribution.record)
     failure: str | None = None
 
 

@@ -162,9 +162,10 @@ def test_diffedit_records_its_pre_threshold_map_without_changing_the_image(tiny_
     plain = DiffEdit(mask_noise_draws=2).generate(tiny_backbone, [sample], sampling)[0]
     recorded = DiffEdit(mask_noise_draws=2, attribution={"record": True}).generate(tiny_backbone, [sample], sampling)[0]
     assert np.array_equal(plain.image, recorded.image) and plain.maps == []
-    [(kind, layer, _, _, side, channels)] = recorded.maps
-    assert (kind, layer, side, channels.shape) == ("noise_diff", "-", 8, (4, 8, 8))
-    difference = channels.sum(axis=0)
+    [record] = recorded.maps
+    assert (record.kind, record.layer, record.layer_set, record.side) == ("noise_diff", None, None, 8)
+    assert record.values.shape == (4, 8, 8)
+    difference = record.values.sum(axis=0)
     scaled = np.clip(difference, 0, 3.0 * difference.mean()) / (3.0 * difference.mean())
     assert np.array_equal((scaled > 0.5).astype(np.float32), recorded.masks["subject_mask"])
 

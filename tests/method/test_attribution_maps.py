@@ -131,14 +131,14 @@ def test_recording_leaves_the_image_bit_identical_and_stores_every_kind(tiny_bac
     recorded = GradSAM(**common, attribution=record).generate(tiny_backbone, [sample], STEPS)[0]
     assert np.array_equal(plain.image, recorded.image)
     assert plain.maps == [] and plain.info == recorded.info
-    kinds = {(m[0], m[2]) for m in recorded.maps}
+    kinds = {(m.kind, m.index) for m in recorded.maps}
     assert kinds == {(k, i) for k in ALL_KINDS for i in INDICES}
     layers = resolve_layers(tiny_backbone.unet, "all")
-    own = [m for m in recorded.maps if m[1] == "set:last"]
-    assert len(own) == len(INDICES) and all(m[5].shape == (4, 8, 8) for m in recorded.maps)
-    gradsam_layers = [m for m in recorded.maps if m[0] == "gradsam" and m[2] == INDICES[0] and m[1] in layers]
-    assert [m[1] for m in gradsam_layers] == layers  # one map per layer, execution order
-    np.testing.assert_allclose(gradsam_layers[-1][5], own[0][5], rtol=1e-4, atol=1e-6)  # last layer = own score
+    own = [m for m in recorded.maps if m.layer is None and m.layer_set == "last"]
+    assert len(own) == len(INDICES) and all(m.values.shape == (4, 8, 8) for m in recorded.maps)
+    gradsam_layers = [m for m in recorded.maps if m.kind == "gradsam" and m.index == INDICES[0] and m.layer in layers]
+    assert [m.layer for m in gradsam_layers] == layers  # one map per layer, execution order
+    np.testing.assert_allclose(gradsam_layers[-1].values, own[0].values, rtol=1e-4, atol=1e-6)  # last layer = own score
 
 
 def test_daam_sums_the_chain_s_attention_over_every_step_so_far(tiny_backbone):
@@ -171,7 +171,7 @@ def test_daam_sums_the_chain_s_attention_over_every_step_so_far(tiny_backbone):
             up = cubic_matrix(8, n)
             for s in range(len(positions)):
                 expected[s] += up @ a[:, s].reshape(n, n) @ up.T
-    ours = sum(torch.from_numpy(m[5][0]).double() for m in maps if m[0] == "daam" and m[2] == first)
+    ours = sum(torch.from_numpy(m.values[0]).double() for m in maps if m.kind == "daam" and m.index == first)
     torch.testing.assert_close(ours, expected.sum(0), atol=1e-4, rtol=1e-4)
 
 
@@ -201,8 +201,10 @@ def test_every_new_switch_composes_with_method_gradsam(tiny_backbone):
     assert columns["mask.channel_rule"] == "sum" and columns["mask.dilation.scale_aware"] is True
     method.config = replace(method.config, injection_indices=tuple(INDICES))
     out = method.generate(tiny_backbone, [make_sample()], STEPS)[0]
-    assert out.failure is None and {m[0] for m in out.maps} == {"daam", "attention_only", "noise_diff"}
-    assert {m[1] for m in out.maps if m[0] == "attention_only"} == set(resolve_layers(tiny_backbone.unet, "res8", 8))
+    assert out.failure is None and {m.kind for m in out.maps} == {"daam", "attention_only", "noise_diff"}
+    assert {m.layer for m in out.maps if m.kind == "attention_only"} == set(
+        resolve_layers(tiny_backbone.unet, "res8", 8)
+    )
     assert "mask.channel_rule" not in GradSAM().columns()  # default rows keep their columns
 
 
