@@ -34,6 +34,7 @@ from bench.sd.backbone import Backbone
 from bench.sd.config import Rule, boolean, from_mapping, integer, real, setting, text
 from bench.sd.diffusion import (
     SamplingConfig,
+    TextConditioning,
     check_strength,
     encode_images,
     encode_text,
@@ -101,22 +102,6 @@ def ddim_schedulers(ddpm: DDPMScheduler) -> tuple[DDIMScheduler, DDIMInverseSche
 
 
 @torch.no_grad()
-def semantic_mask(
-    backbone: Backbone,
-    scheduler: DDIMScheduler,
-    z0: torch.Tensor,
-    t_mask: torch.Tensor,
-    query: torch.Tensor,
-    reference: torch.Tensor,
-    noise: torch.Tensor,
-    clamp_ratio: float,
-    threshold: float,
-) -> torch.Tensor:
-    """DiffEdit's mask of one sample: z0 [1, C, h, w], texts [1, 77, D], noise [n, C, h, w] -> {0, 1} [h, w]."""
-    difference = noise_difference_map(backbone, scheduler, z0, t_mask, query, reference, noise)
-    return threshold_difference(difference, clamp_ratio, threshold)
-
-
 def noise_difference_map(
     backbone: Backbone,
     scheduler: DDIMScheduler,
@@ -173,8 +158,7 @@ def masked_decoding(
     chain: list[torch.Tensor],
     z0: torch.Tensor,
     masks: torch.Tensor,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
+    text: TextConditioning,
     sampling: SamplingConfig,
 ) -> torch.Tensor:
     """Guided DDIM over `timesteps` from chain[-1]; outside `masks` [B, 1, h, w] keep the encoded reference.
@@ -185,7 +169,7 @@ def masked_decoding(
     backgrounds = chain[-2::-1] + [z0]
     z = chain[-1]
     for i, t in enumerate(timesteps):
-        eps = guided_noise(backbone, z, t, cond, uncond, sampling.guidance_scale, sampling.batch_invariant)
+        eps = guided_noise(backbone, z, t, text.cond, text.uncond, sampling.guidance_scale, sampling.batch_invariant)
         z = scheduler.step(eps, t, z).prev_sample.float()  # eta = 0: no noise
         z = masks * z + (1 - masks) * backgrounds[i]
     return z
@@ -300,7 +284,8 @@ class DiffEdit(Method):
         # 4. DDIM inversion to t_start; level k of the chain is inverse timestep k (0, 20, ...).
         chain = ddim_inversion(backbone, inverse, z0, n_steps, len(timesteps), inversion, sampling.batch_invariant)
         # 5. Masked DDIM decoding with R, from the inverted latent at t_start.
-        z = masked_decoding(backbone, ddim, timesteps, chain, z0, masks, reference, uncond, sampling)
+        decoding = TextConditioning(reference, uncond)
+        z = masked_decoding(backbone, ddim, timesteps, chain, z0, masks, decoding, sampling)
         results = images_or_failures(backbone, z)
         for result, mask, (_, difference) in zip(results, masks[:, 0].cpu().numpy(), pairs, strict=True):
             result.masks["subject_mask"] = mask  # [h, w], 1 = edited (subject) region

@@ -8,7 +8,7 @@ import numpy as np
 
 from bench.sd.backbone import Backbone
 from bench.sd.config import from_mapping, real, setting
-from bench.sd.diffusion import SamplingConfig, denoise, encode_images, encode_text, truncated_timesteps
+from bench.sd.diffusion import SamplingConfig, TextConditioning, denoise, encode_images, truncated_timesteps
 from bench.sd.methods import Generated, Method, Sample, images_or_failures
 from bench.sd.seeding import draw_normal
 
@@ -25,8 +25,9 @@ class SDEdit(Method):
 
     uses_reference = True
 
-    def __init__(self, name: str = "sdedit", label: str = "sdedit", strength: float = 0.6):
-        self.name, self.label = name, label
+    def __init__(self, name: str = "sdedit", label: str | None = None, strength: float = 0.6):
+        """`label` defaults to `sdedit_<strength>`, as conf/method/sdedit.yaml writes it (sdedit_0.6)."""
+        self.name, self.label = name, label if label is not None else f"sdedit_{strength}"
         self.config = from_mapping(SDEditConfig, {"strength": strength}, "method")
 
     @property
@@ -40,12 +41,11 @@ class SDEdit(Method):
         scheduler = backbone.new_scheduler()
         timesteps = truncated_timesteps(scheduler, sampling.num_inference_steps, self.config.strength)
         # 1. Text conditioning [B, 77, D] and the unconditional "" prompt.
-        cond = encode_text(backbone, [s.prompt for s in samples])
-        uncond = encode_text(backbone, [sampling.negative_prompt] * len(samples))
+        text = TextConditioning.encode(backbone, [s.prompt for s in samples], sampling.negative_prompt)
         # 2. Reference latent z0 (posterior sample), noised to t_start with the sample's init noise.
         z0 = encode_images(backbone, np.stack([s.reference for s in samples]), [s.generator("vae") for s in samples])
         eps = draw_normal([s.generator("init") for s in samples], z0.shape[1:], z0.device, z0.dtype)
         z = scheduler.add_noise(z0, eps, timesteps[:1])
         # 3. Guided DDPM from t_start to 0, then decode.
-        z = denoise(backbone, scheduler, z, timesteps, cond, uncond, sampling, [s.generator("steps") for s in samples])
+        z = denoise(backbone, scheduler, z, timesteps, text, sampling, [s.generator("steps") for s in samples])
         return images_or_failures(backbone, z)

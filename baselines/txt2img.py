@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.sd.backbone import Backbone
-from bench.sd.diffusion import SamplingConfig, denoise, encode_text, truncated_timesteps
+from bench.sd.diffusion import SamplingConfig, TextConditioning, denoise, truncated_timesteps
 from bench.sd.methods import Generated, Method, Sample, images_or_failures
 from bench.sd.seeding import draw_normal
 
@@ -19,10 +19,9 @@ class Txt2Img(Method):
     def generate(self, backbone: Backbone, samples: list[Sample], sampling: SamplingConfig) -> list[Generated]:
         scheduler = backbone.new_scheduler()
         timesteps = truncated_timesteps(scheduler, sampling.num_inference_steps, 1.0)
-        cond = encode_text(backbone, [s.prompt for s in samples])
-        uncond = encode_text(backbone, [sampling.negative_prompt] * len(samples))
+        text = TextConditioning.encode(backbone, [s.prompt for s in samples], sampling.negative_prompt)
         shape = (backbone.latent_channels, backbone.latent_size, backbone.latent_size)
-        z = draw_normal([s.generator("init") for s in samples], shape, backbone.device, cond.dtype).float()
+        z = draw_normal([s.generator("init") for s in samples], shape, backbone.device, text.cond.dtype).float()
         z = z * scheduler.init_noise_sigma
-        z = denoise(backbone, scheduler, z, timesteps, cond, uncond, sampling, [s.generator("steps") for s in samples])
+        z = denoise(backbone, scheduler, z, timesteps, text, sampling, [s.generator("steps") for s in samples])
         return images_or_failures(backbone, z)

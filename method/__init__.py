@@ -1,7 +1,9 @@
 """Grad-SAM latent manipulation (arXiv 2408.16232): scores, masks and the sampler. See docs/method.md.
 
 attention.py       cross-attention probabilities from chosen layers (processor + context manager)
-gradsam.py         importance_scores(): exact Grad-SAM scores, tail or general path
+gradsam.py         importance_scores(ScoreInputs, ScoreConfig): exact Grad-SAM scores, tail or general path
+kinds.py           score kinds (gradsam, attention_only, daam, noise_diff): one sample's subject maps
+attribution.py     ChainRecorder: the attribution study's seam into a chain (recorded maps)
 tail.py            the last layer's network tail as a function of A (fast exact Jacobian)
 post_jacobian.py   closed-form Jacobian of the output head GroupNorm -> SiLU -> conv_out
 tokens.py          subject word -> CLIP columns
@@ -14,8 +16,14 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["GradSAM", "attention_scores", "importance_scores"]
-_HOMES = {"GradSAM": "method.sampler", "attention_scores": "method.gradsam", "importance_scores": "method.gradsam"}
+__all__ = ["GradSAM", "ScoreInputs", "attention_scores", "importance_scores", "importance_scores_per_layer"]
+_HOMES = {
+    "GradSAM": "method.sampler",
+    "ScoreInputs": "method.gradsam",
+    "attention_scores": "method.gradsam",
+    "importance_scores": "method.gradsam",
+    "importance_scores_per_layer": "method.gradsam",
+}
 
 
 def __getattr__(name: str):

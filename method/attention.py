@@ -151,10 +151,13 @@ def describe_layers(unet: UNet2DConditionModel, latent_size: int | None = None) 
 
 
 def resolve_layers(
-    unet: UNet2DConditionModel, layers: str | Sequence[str], latent_size: int | None = None
+    unet: UNet2DConditionModel,
+    layers: str | Sequence[str],
+    latent_size: int | None = None,
+    key: str = "method.score.layers",
 ) -> list[str]:
     """`last`, `all`, `res<k>` (maps k x k on a `latent_size` latent), or explicit names (with or without
-    `.processor`) -> names in execution order."""
+    `.processor`) -> names in execution order. `key` names the setting in a refusal."""
     ordered = cross_attention_layers(unet)
     if isinstance(layers, str) and layers in ("last", "all"):
         return ordered[-1:] if layers == "last" else ordered
@@ -163,7 +166,7 @@ def resolve_layers(
         chosen = [name for name in ordered if sizes[name] == int(layers[3:])]
         if not chosen:
             raise ConfigError(
-                f"method.score.layers={layers!r}: no cross-attention layer of this UNet has a "
+                f"{key}={layers!r}: no cross-attention layer of this UNet has a "
                 f"{layers[3:]}x{layers[3:]} map. Valid: {sorted({f'res{k}' for k in sizes.values()})}, "
                 f"`last`, `all`, or names from:\n{describe_layers(unet, latent_size)}"
             )
@@ -174,7 +177,7 @@ def resolve_layers(
     if unknown or not wanted:
         sets = ", ".join(sorted({f"res{k}" for k in sizes.values()}))
         raise ConfigError(
-            f"method.score.layers={list(layers) if not isinstance(layers, str) else layers!r}: {unknown or 'empty'} "
+            f"{key}={list(layers) if not isinstance(layers, str) else layers!r}: {unknown or 'empty'} "
             f"is not a cross-attention layer of this UNet. Use `last`, `all`, {sets}, or names from:\n"
             f"{describe_layers(unet, latent_size)}"
         )

@@ -11,17 +11,23 @@ depend on A_cond, CFG multiplies by w, x0_pred and the DDPM mean are affine in e
 Jacobian of eps_cond is computed once and scaled: with abs the masks coincide, with relu the sign
 of the factor selects positive or negative gradients.
 
-Two exact paths: `tail` (the last layer only, method/tail.py: one UNet forward pass plus batched
-matrix products) and `general` (any layer set: chunked batched VJPs through the UNet).
-`vjp_basis=random_block8` reproduces the reference code's random 8x8 cotangents (B2).
+    importance_scores(inputs, config)            S [T, C, h, w], summed over the layer set
+    importance_scores_per_layer(inputs, config)  {layer: S_l [T, C, h, w]}, the terms of that sum
+
+`inputs` (ScoreInputs) is one sample's UNet call; `config` (method.config.ScoreConfig, or a mapping
+of its keys) says what is differentiated and how. Two exact paths: `tail` (the last layer only,
+method/tail.py: one UNet forward pass plus batched matrix products) and `general` (any layer set:
+chunked batched VJPs through the UNet). `vjp_basis=random_block8` reproduces the reference code's
+random 8x8 cotangents (B2). `attention_maps`, `attention_scores` and `noise_difference` are the
+gradient-free maps on the same inputs.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -40,183 +46,175 @@ TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = dict(
 BLOCK = 8  # reference code: 8 consecutive outputs per batched backward pass
 
 
-def importance_scores(*args: Any, **kwargs: Any) -> torch.Tensor:
-    """Grad-SAM scores S [T, C, h, w] of one sample: `score_with_path` (same arguments) without the path taken."""
-    scores, _ = score_with_path(*args, **kwargs)
-    return scores
+@dataclass(frozen=True, eq=False)
+class ScoreInputs:
+    """One sample's UNet call, and what turns its noise prediction into the scored target.
 
-
-def score_with_path(
-    unet: UNet2DConditionModel,
-    latents: torch.Tensor,
-    timestep: torch.Tensor | int,
-    text_embeddings: torch.Tensor,
-    token_positions: Sequence[int],
-    layers: str | Sequence[str] = "last",
-    transform: str = "abs",
-    target: str = "eps_cond",
-    *,
-    guidance_scale: float = 8.0,
-    scheduler: DDPMScheduler | None = None,
-    vjp_basis: str = "identity",
-    generator: torch.Generator | None = None,
-    path: str = "auto",
-    chunk_size: int = 512,
-    general_chunk_size: int = 8,
-) -> tuple[torch.Tensor, str]:
-    """Grad-SAM scores of one sample, exact (identity basis), in float32.
-
-    Args:
-        unet: an SD1 UNet; its parameters need not require grad (nothing is trained).
-        latents: z_t [1, C, h, w] (or [C, h, w]).
-        timestep: t of the UNet call.
-        text_embeddings: the conditional prompt's CLIP states [1, 77, D]; the unconditional half is
-            not needed (its prediction does not depend on A_cond).
-        token_positions: CLIP columns s (0 = <start>).
-        layers: `last` (default, the reference code), `all`, or layer names (method.attention).
-        transform: `abs` (paper) or `relu` (reference code).
-        target: `eps_cond` (reference code), `eps_cfg`, `x0_pred` or `x_prev`.
-        guidance_scale: w, for the targets that use CFG.
-        scheduler: the DDPM scheduler with its timesteps set; needed for x0_pred and x_prev.
-        vjp_basis: `identity` (exact Jacobian rows) or `random_block8` (B2; needs `generator`).
-        generator: CPU generator for the random_block8 matrices.
-        path: `auto` (tail when possible), `tail` or `general`.
-        chunk_size: output rows (latent elements) per chunk on the tail path (memory ~ rows * N * H * T floats).
-        general_chunk_size: rows per batched backward pass through the UNet on the general path.
-
-    Returns:
-        S [T, C, h, w]: one score map per token position, in the order given, and the path taken
-        (`tail` or `general`).
-
-    The settings are validated once, by the rules of `method.config.ScoreConfig` (a ConfigError
-    naming `method.score.<key>`); `scores_with_config` is the same computation on a validated config.
+    Only the conditional half is needed: the unconditional prediction does not depend on A_cond.
     """
-    settings = {"layers": layers, "transform": transform, "target": target, "vjp_basis": vjp_basis, "path": path}
-    settings |= {"chunk_size": chunk_size, "general_chunk_size": general_chunk_size}
-    config = from_mapping(ScoreConfig, settings, "method.score")
-    return scores_with_config(
-        unet,
-        latents,
-        timestep,
-        text_embeddings,
-        token_positions,
-        config,
-        guidance_scale=guidance_scale,
-        scheduler=scheduler,
-        generator=generator,
-    )
+
+    unet: UNet2DConditionModel  # an SD1 UNet; its parameters need not require grad
+    latents: torch.Tensor  # z_t [1, C, h, w] (or [C, h, w])
+    timestep: torch.Tensor | int  # t of the UNet call
+    text_embeddings: torch.Tensor  # the conditional prompt's CLIP states [1, 77, D]
+    token_positions: tuple[int, ...]  # the subject's CLIP columns s (0 = <start>), in output order
+    guidance_scale: float = 8.0  # w, for the targets that use CFG
+    scheduler: DDPMScheduler | None = None  # with its timesteps set: needed for x0_pred and x_prev
+    generator: torch.Generator | None = None  # CPU generator of the random_block8 matrices (B2)
+
+    def __post_init__(self):
+        latents = self.latents if self.latents.ndim == 4 else self.latents[None]
+        if latents.shape[0] != 1 or self.text_embeddings.shape[0] != 1:
+            raise ValueError(
+                f"one sample at a time: latents {tuple(latents.shape)}, text {tuple(self.text_embeddings.shape)}; "
+                "score each sample of a batch with its own ScoreInputs."
+            )
+        object.__setattr__(self, "latents", latents)
+        object.__setattr__(self, "token_positions", tuple(int(p) for p in self.token_positions))
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """(C, h, w) of the latent: the shape of one score map."""
+        _, channels, height, width = self.latents.shape
+        return channels, height, width
+
+    def layers(self, layers: str | tuple[str, ...]) -> list[str]:
+        """A layer set (`last`, `all`, `res<k>` on this latent, or names) -> names in execution order."""
+        return resolve_layers(self.unet, layers, self.latents.shape[-2])
 
 
-def scores_with_config(
-    unet: UNet2DConditionModel,
-    latents: torch.Tensor,
-    timestep: torch.Tensor | int,
-    text_embeddings: torch.Tensor,
-    token_positions: Sequence[int],
-    config: ScoreConfig,
-    *,
-    guidance_scale: float = 8.0,
-    scheduler: DDPMScheduler | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, str]:
-    """`score_with_path` with its settings in a validated ScoreConfig (trusted: built by `from_mapping`).
+def score_config(config: ScoreConfig | Mapping | None) -> ScoreConfig:
+    """A validated ScoreConfig from an instance, a mapping of `method.score` keys, or None (the defaults).
 
-    `config.kind` is not consulted: these are always Grad-SAM scores (attention_scores is the other kind).
+    Every form is checked by the same rules as the method node (a ConfigError naming `method.score.<key>`).
     """
-    layers, transform, target, path = config.layers, config.transform, config.target, config.path
-    vjp_basis, chunk_size, general_chunk_size = config.vjp_basis, config.chunk_size, config.general_chunk_size
-    latents = latents if latents.ndim == 4 else latents[None]
-    if latents.shape[0] != 1 or text_embeddings.shape[0] != 1:
-        raise ValueError(f"one sample at a time: latents {tuple(latents.shape)}, text {tuple(text_embeddings.shape)}.")
-    factor = target_factor(target, timestep, guidance_scale, scheduler)
-    names = resolve_layers(unet, layers)
-    _, channels, height, width = latents.shape
-    size = channels * height * width
-    basis = CotangentBasis(size, vjp_basis, generator, latents.device)
-    positions = torch.as_tensor(list(token_positions), dtype=torch.long, device=latents.device)
-    z, cond = latents.detach().float(), text_embeddings.detach().float()
-    with float32(unet), torch.enable_grad():
-        if path != "general" and len(names) == 1:
+    if isinstance(config, ScoreConfig):
+        config = {f.name: getattr(config, f.name) for f in fields(ScoreConfig)}
+    return from_mapping(ScoreConfig, config, "method.score")
+
+
+def importance_scores(inputs: ScoreInputs, config: ScoreConfig | Mapping | None = None) -> torch.Tensor:
+    """Grad-SAM scores S [T, C, h, w] of one sample, exact (identity basis), in float32: one map per
+    token position of `inputs`, summed over the layers of `config.layers` (default: the paper's preset,
+    `ScoreConfig()`). `config.kind` is not consulted: these are always Grad-SAM scores."""
+    return scores_and_path(inputs, config)[0]
+
+
+def scores_and_path(inputs: ScoreInputs, config: ScoreConfig | Mapping | None = None) -> tuple[torch.Tensor, str]:
+    """`importance_scores` and the path that computed them: `tail` (one layer, path auto or tail) or `general`."""
+    config = score_config(config)
+    jacobian = JacobianPass.of(inputs, config)
+    with float32(inputs.unet), torch.enable_grad():
+        if config.path != "general" and len(jacobian.layers) == 1:
             try:
-                scores = _tail_path(unet, z, timestep, cond, names[0], positions, factor, transform, basis, chunk_size)
-                return scores.view(-1, channels, height, width), "tail"
+                return jacobian.shaped(tail_path(jacobian, config.chunk_size)), "tail"
             except TailNotApplicable as exc:
-                if path == "tail":
+                if config.path == "tail":
                     raise ConfigError(f"method.score.path=tail is not possible: {exc}. Use path=auto.") from exc
-        elif path == "tail":
-            raise ConfigError(f"method.score.path=tail needs a single layer; got {names}. Use path=auto.")
-        scores = _general_path(unet, z, timestep, cond, names, positions, factor, transform, basis, general_chunk_size)
-    return scores.view(-1, channels, height, width), "general"
+        elif config.path == "tail":
+            raise ConfigError(f"method.score.path=tail needs a single layer; got {jacobian.layers}. Use path=auto.")
+        per_layer = general_path(jacobian, config.general_chunk_size)
+    total = torch.zeros(len(jacobian.positions), jacobian.size, dtype=torch.float32, device=jacobian.device)
+    for layer in per_layer.values():
+        total += layer
+    return jacobian.shaped(total), "general"
 
 
-def _tail_path(unet, z, t, cond, layer, positions, factor, transform, basis, chunk_size) -> torch.Tensor:
-    """Scores [S, M] of the last layer through its tail; checks the rebuilt tail against the forward pass."""
+def importance_scores_per_layer(
+    inputs: ScoreInputs, config: ScoreConfig | Mapping | None = None
+) -> dict[str, torch.Tensor]:
+    """Grad-SAM scores per layer of `config.layers` {name: S_l [T, C, h, w]} (general path, one set of VJPs);
+    their sum over layers is `importance_scores` on the same layer set."""
+    config = score_config(config)
+    jacobian = JacobianPass.of(inputs, config)
+    with float32(inputs.unet), torch.enable_grad():
+        per_layer = general_path(jacobian, config.general_chunk_size)
+    return {name: jacobian.shaped(scores) for name, scores in per_layer.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class JacobianPass:
+    """Everything one exact Grad-SAM computation needs, derived once from (inputs, config)."""
+
+    inputs: ScoreInputs
+    layers: list[str]  # the cross-attention layers differentiated against, in execution order
+    positions: torch.Tensor  # token columns s [T] (long)
+    factor: float  # d target / d eps_cond
+    transform: Callable[[torch.Tensor], torch.Tensor]  # T: abs or relu
+    basis: CotangentBasis  # identity or the reference code's random blocks
+
+    @classmethod
+    def of(cls, inputs: ScoreInputs, config: ScoreConfig) -> JacobianPass:
+        device = inputs.latents.device
+        channels, height, width = inputs.grid
+        return cls(
+            inputs=inputs,
+            layers=inputs.layers(config.layers),
+            positions=torch.as_tensor(inputs.token_positions, dtype=torch.long, device=device),
+            factor=target_factor(config.target, inputs.timestep, inputs.guidance_scale, inputs.scheduler),
+            transform=TRANSFORMS[config.transform],
+            basis=CotangentBasis(channels * height * width, config.vjp_basis, inputs.generator, device),
+        )
+
+    @property
+    def size(self) -> int:
+        return self.basis.size
+
+    @property
+    def device(self) -> torch.device:
+        return self.inputs.latents.device
+
+    def forward_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_t, conditional text) as float32 leaves of no graph."""
+        return self.inputs.latents.detach().float(), self.inputs.text_embeddings.detach().float()
+
+    def shaped(self, scores: torch.Tensor) -> torch.Tensor:
+        """[T, M] -> [T, C, h, w]."""
+        return scores.view(-1, *self.inputs.grid)
+
+
+def tail_path(jacobian: JacobianPass, chunk_size: int) -> torch.Tensor:
+    """Scores [T, M] of the last layer through its tail; checks the rebuilt tail against the forward pass."""
+    (layer,) = jacobian.layers
+    unet, (z, cond), positions = jacobian.inputs.unet, jacobian.forward_inputs(), jacobian.positions
     mods = tail_modules(unet, layer)
     with recording_attention(unet, [layer]) as store, capturing_tail_inputs(mods) as captured, torch.no_grad():
-        eps = unet(z, t, encoder_hidden_states=cond).sample.float()[0]  # [C, h, w]
+        eps = unet(z, jacobian.inputs.timestep, encoder_hidden_states=cond).sample.float()[0]  # [C, h, w]
     record = store.records[layer]
     inputs = TailInputs(captured["block_residual"][0], captured["transformer_residual"][0])
     tail = build_tail(mods, inputs, record.probs[0], record.value[0], positions)
-    a_sub = record.probs[0][:, :, positions].detach()  # [H, N, S]
+    a_sub = record.probs[0][:, :, positions].detach()  # [H, N, T]
     chunk = max(BLOCK, chunk_size // BLOCK * BLOCK)  # random blocks never straddle two chunks
+    basis = jacobian.basis
     try:  # the tail rebuilt from its primal u must reproduce eps (checked inside, before any product)
-        return tail_scores(tail, a_sub, factor, TRANSFORMS[transform], basis.within, basis.size, chunk, eps.flatten())
+        return tail_scores(
+            tail, a_sub, jacobian.factor, jacobian.transform, basis.within, basis.size, chunk, eps.flatten()
+        )
     except TailNotApplicable as exc:
         warnings.warn(f"the tail of {layer}: {exc}; using the general path.", RuntimeWarning, stacklevel=3)
         raise
 
 
-def _general_path(unet, z, t, cond, names, positions, factor, transform, basis, chunk_size) -> torch.Tensor:
-    """Scores [S, M] for any layer set: batched VJPs of the whole UNet output w.r.t. every recorded A."""
-    per_layer = _general_layers(unet, z, t, cond, names, positions, factor, transform, basis, chunk_size)
-    scores = torch.zeros(len(positions), basis.size, dtype=torch.float32, device=z.device)
-    for layer in per_layer.values():
-        scores += layer
-    return scores
-
-
-def _general_layers(unet, z, t, cond, names, positions, factor, transform, basis, chunk_size) -> dict:
-    """Per-layer scores {name: [S, M]}: the terms of the sum over layers, from one set of VJPs."""
+def general_path(jacobian: JacobianPass, chunk_size: int) -> dict[str, torch.Tensor]:
+    """Per-layer scores {name: [T, M]}: batched VJPs of the whole UNet output w.r.t. every recorded A."""
+    unet, (z, cond), names, positions = (
+        jacobian.inputs.unet,
+        jacobian.forward_inputs(),
+        jacobian.layers,
+        jacobian.positions,
+    )
     with recording_attention(unet, names) as store:
-        y = unet(z, t, encoder_hidden_states=cond).sample.float().flatten() * factor  # [M]
+        y = unet(z, jacobian.inputs.timestep, encoder_hidden_states=cond).sample.float().flatten() * jacobian.factor
     probs = [store.records[name].probs for name in names]  # [1, H, N_l, K] each, in the graph
-    weights = [p.detach()[0][..., positions] for p in probs]  # A_l[h, q, s] [H, N_l, S]
-    out = {name: torch.zeros(len(positions), basis.size, dtype=torch.float32, device=z.device) for name in names}
-    for start in range(0, basis.size, chunk_size):
-        stop = min(start + chunk_size, basis.size)
-        grads = batched_vjp(y, probs, basis.rows(start, stop))
+    weights = [p.detach()[0][..., positions] for p in probs]  # A_l[h, q, s] [H, N_l, T]
+    out = {name: torch.zeros(len(positions), jacobian.size, dtype=torch.float32, device=z.device) for name in names}
+    for start in range(0, jacobian.size, chunk_size):
+        stop = min(start + chunk_size, jacobian.size)
+        grads = batched_vjp(y, probs, jacobian.basis.rows(start, stop))
         for name, g, a in zip(names, grads, weights, strict=True):
-            g = g[:, 0][..., positions]  # d y_m / d A_l [k, H, N_l, S]
-            out[name][:, start:stop] = torch.einsum("khns,hns->sk", TRANSFORMS[transform](g), a)
+            g = g[:, 0][..., positions]  # d y_m / d A_l [k, H, N_l, T]
+            out[name][:, start:stop] = torch.einsum("khns,hns->sk", jacobian.transform(g), a)
     return out
-
-
-def layer_scores(
-    unet: UNet2DConditionModel,
-    latents: torch.Tensor,
-    timestep: torch.Tensor | int,
-    text_embeddings: torch.Tensor,
-    token_positions: Sequence[int],
-    config: ScoreConfig,
-    *,
-    guidance_scale: float = 8.0,
-    scheduler: DDPMScheduler | None = None,
-    generator: torch.Generator | None = None,
-) -> dict[str, torch.Tensor]:
-    """Grad-SAM scores per layer of `config.layers` {name: S_l [T, C, h, w]} (general path); their sum
-    over layers is the layer set's score."""
-    latents = latents if latents.ndim == 4 else latents[None]
-    factor = target_factor(config.target, timestep, guidance_scale, scheduler)
-    names = resolve_layers(unet, config.layers)
-    _, channels, height, width = latents.shape
-    basis = CotangentBasis(channels * height * width, config.vjp_basis, generator, latents.device)
-    positions = torch.as_tensor(list(token_positions), dtype=torch.long, device=latents.device)
-    z, cond = latents.detach().float(), text_embeddings.detach().float()
-    with float32(unet), torch.enable_grad():
-        out = _general_layers(
-            unet, z, timestep, cond, names, positions, factor, config.transform, basis, config.general_chunk_size
-        )
-    return {name: s.view(-1, channels, height, width) for name, s in out.items()}
 
 
 def batched_vjp(y: torch.Tensor, inputs: list[torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -228,47 +226,31 @@ def batched_vjp(y: torch.Tensor, inputs: list[torch.Tensor], rows: torch.Tensor)
         return tuple(torch.stack(g) for g in zip(*per_row, strict=True))
 
 
-def attention_scores(
-    unet: UNet2DConditionModel,
-    latents: torch.Tensor,
-    timestep: torch.Tensor | int,
-    text_embeddings: torch.Tensor,
-    token_positions: Sequence[int],
-    layers: str | Sequence[str] = "last",
-) -> torch.Tensor:
+def attention_scores(inputs: ScoreInputs, layers: str | tuple[str, ...] = "last") -> torch.Tensor:
     """The subject's cross-attention map alone, no gradient (the authors' earlier variant, PAPER_SPEC §6 (a)).
 
     S_s[c, i, j] = sum_layers sum_h A[h, q(i, j), s], nearest-upsampled to the latent grid and the
     same for every channel c. Returns [T, C, h, w].
     """
-    latents = latents if latents.ndim == 4 else latents[None]
-    channels = latents.shape[1]
-    maps = attention_maps(unet, latents, timestep, text_embeddings, token_positions, layers)
+    maps = attention_maps(inputs, layers)
     total = torch.zeros_like(next(iter(maps.values())))
     for layer_map in maps.values():
         total += layer_map
-    return total[:, None].expand(-1, channels, -1, -1).contiguous()
+    return total[:, None].expand(-1, inputs.grid[0], -1, -1).contiguous()
 
 
 def attention_maps(
-    unet: UNet2DConditionModel,
-    latents: torch.Tensor,
-    timestep: torch.Tensor | int,
-    text_embeddings: torch.Tensor,
-    token_positions: Sequence[int],
-    layers: str | Sequence[str] = "all",
-    mode: str = "nearest",
+    inputs: ScoreInputs, layers: str | tuple[str, ...] = "all", mode: str = "nearest"
 ) -> dict[str, torch.Tensor]:
     """Per layer: the subject tokens' attention summed over heads, upsampled to the latent grid {name: [T, h, w]}.
 
     mode: `nearest` (attention_only) or `bicubic` (DAAM, Tang et al. 2022).
     """
-    latents = latents if latents.ndim == 4 else latents[None]
-    names = resolve_layers(unet, layers)
-    _, _, height, width = latents.shape
-    positions = list(token_positions)
+    unet, names = inputs.unet, inputs.layers(layers)
+    _, height, width = inputs.grid
+    positions = list(inputs.token_positions)
     with float32(unet), recording_attention(unet, names) as store, torch.no_grad():
-        unet(latents.float(), timestep, encoder_hidden_states=text_embeddings.float())
+        unet(inputs.latents.float(), inputs.timestep, encoder_hidden_states=inputs.text_embeddings.float())
     out = {}
     for name in names:
         probs = store.records[name].probs[0][..., positions].sum(dim=0)  # [N_l, T]
@@ -279,18 +261,12 @@ def attention_maps(
     return out
 
 
-def noise_difference(
-    unet: UNet2DConditionModel,
-    latents: torch.Tensor,
-    timestep: torch.Tensor | int,
-    text_embeddings: torch.Tensor,
-    scene_embeddings: torch.Tensor,
-) -> torch.Tensor:
+def noise_difference(inputs: ScoreInputs, scene_embeddings: torch.Tensor) -> torch.Tensor:
     """DiffEdit's map |eps(z_t, prompt) - eps(z_t, scene)| [C, h, w] at one UNet call (no clamp, no threshold)."""
-    latents = latents if latents.ndim == 4 else latents[None]
+    unet, z, t = inputs.unet, inputs.latents.float(), inputs.timestep
     with float32(unet), torch.no_grad():
-        eps_p = unet(latents.float(), timestep, encoder_hidden_states=text_embeddings.float()).sample
-        eps_s = unet(latents.float(), timestep, encoder_hidden_states=scene_embeddings.float()).sample
+        eps_p = unet(z, t, encoder_hidden_states=inputs.text_embeddings.float()).sample
+        eps_s = unet(z, t, encoder_hidden_states=scene_embeddings.float()).sample
     return (eps_p - eps_s).abs()[0].float()
 
 

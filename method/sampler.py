@@ -10,6 +10,8 @@
         z = z_next
 
 Built on bench.sd.diffusion.denoise: its step callback receives the step index and the timestep.
+The score is one `ScoreKind` per sample (method/kinds.py: Grad-SAM by default). A `ChainRecorder`
+(method/attribution.py) watches the chain for the attribution study; it never changes the image.
 Randomness per sample: "vae" (posterior noise), "init" (start noise), "ref_noise" (eps_ref),
 "steps" (DDPM noise), "method" (random_block8 matrices).
 """
@@ -17,18 +19,20 @@ Randomness per sample: "vae" (posterior noise), "init" (start noise), "ref_noise
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from diffusers import DDPMScheduler
 
 from bench.sd.backbone import Backbone
 from bench.sd.config import from_mapping
 from bench.sd.diffusion import (
     SamplingConfig,
+    StepCallback,
+    TextConditioning,
     denoise,
     encode_images,
-    encode_text,
     schedule_length,
     truncated_timesteps,
 )
@@ -36,9 +40,10 @@ from bench.sd.errors import ConfigError
 from bench.sd.maps import MapRecord
 from bench.sd.methods import Generated, Method, Sample, images_or_failures
 from bench.sd.seeding import draw_normal
-from method.attention import layer_resolutions, resolve_layers
+from method.attribution import ChainRecorder, attribution_recorder
 from method.config import LAYERED_KINDS, GradSAMConfig, ScoreConfig
-from method.gradsam import attention_maps, attention_scores, layer_scores, noise_difference, scores_with_config
+from method.gradsam import ScoreInputs
+from method.kinds import ScoreKind, layers_on, scene_embeddings, score_kind
 from method.masks import replace_background, union_mask
 from method.tokens import SubjectTokens, subject_tokens
 
@@ -47,19 +52,18 @@ __all__ = ["GradSAM", "GradSAMConfig", "SampleState", "ScoreConfig"]
 
 @dataclass
 class SampleState:
-    """One sample's masks, reference noise and records during the chain."""
+    """One sample's score, masks and reference noise during the chain."""
 
     subject: SubjectTokens
     ref_generator: torch.Generator
     method_generator: torch.Generator
+    score: ScoreKind | None = None  # the map the mask is thresholded from (method.score.kind)
     eps_ref: torch.Tensor | None = None  # [C, h, w], shared across injections
     mask: torch.Tensor | None = None  # current mask [C, h, w]
     path: str = ""
     info: dict = field(default_factory=dict)  # row columns, e.g. kept_frac_i5
     masks: dict = field(default_factory=dict)  # name -> float array [C, h, w]
     failure: str | None = None  # the first non-finite score or mask (stage and reason): the sample fails
-    daam: dict = field(default_factory=dict)  # layer -> subject attention summed over the steps so far [T, h, w]
-    maps: list = field(default_factory=list)  # recorded: (kind, layer, index k, timestep, layer side, [C, h, w])
 
     def check_finite(self, stage: str, k: int, values: torch.Tensor) -> bool:
         """Whether `values` are all finite; if not, record the first failure (the sample's image is then dropped)."""
@@ -73,6 +77,33 @@ class SampleState:
         self.mask = mask
         self.info[f"kept_frac_i{k}"] = float(mask.mean())
         self.masks[f"mask_i{k}"] = mask.float().cpu().numpy()
+
+
+@dataclass(frozen=True, eq=False)
+class Chain:
+    """One batch's chain: what every step of it reads (the states change, the rest does not)."""
+
+    backbone: Backbone
+    scheduler: DDPMScheduler
+    timesteps: torch.Tensor  # the truncated schedule t_0 > t_1 > ... (strength)
+    sampling: SamplingConfig
+    text: TextConditioning  # cond, uncond [B, 77, D]
+    z0: torch.Tensor  # the references' latents [B, C, h, w]
+    states: list[SampleState]
+    recorder: ChainRecorder
+
+    def inputs(self, b: int, z_t: torch.Tensor, t: torch.Tensor) -> ScoreInputs:
+        """Sample b's UNet call at (z_t, t) as the score kinds take it (the float32 UNet for gradients)."""
+        return ScoreInputs(
+            unet=self.backbone.float32_unet(),  # the sampling UNet, or its float32 twin in half precision
+            latents=z_t[b][None],
+            timestep=t,
+            text_embeddings=self.text.cond[b][None],
+            token_positions=self.states[b].subject.positions,
+            guidance_scale=self.sampling.guidance_scale,
+            scheduler=self.scheduler,
+            generator=self.states[b].method_generator,
+        )
 
 
 class GradSAM(Method):
@@ -122,7 +153,6 @@ class GradSAM(Method):
     def columns(self) -> dict:
         cfg = self.config
         blur, dil = cfg.mask.blur, cfg.mask.dilation
-        layers = cfg.score.layers if isinstance(cfg.score.layers, str) else ",".join(cfg.score.layers)
         return {
             "strength": cfg.strength,
             "injection_indices": ",".join(map(str, cfg.injection_indices)),
@@ -130,7 +160,7 @@ class GradSAM(Method):
             "ref_noise": cfg.ref_noise,
             "manipulate": cfg.manipulate,
             "score.kind": cfg.score.kind,
-            "score.layers": layers,
+            "score.layers": layer_set_name(cfg.score.layers),
             "score.transform": cfg.score.transform,
             "score.target": cfg.score.target,
             "score.vjp_basis": cfg.score.vjp_basis,
@@ -145,7 +175,7 @@ class GradSAM(Method):
             **({"mask.dilation.scale_aware": True} if dil.enabled and dil.scale_aware else {}),
         }
 
-    # -- schedule ---------------------------------------------------------------------------------
+    # -- checks -----------------------------------------------------------------------------------
     def check_schedule(self, length: int, sampling: SamplingConfig) -> None:
         """Injection index k uses t_{k-1} and t_k, so it must lie in [1, length - 1]."""
         bad = [k for k in self.injection_indices if not 1 <= k <= length - 1]
@@ -161,9 +191,15 @@ class GradSAM(Method):
         super().check(sampling)
         self.check_schedule(schedule_length(sampling.num_inference_steps, self.strength), sampling)
 
+    def check_layers(self, backbone: Backbone) -> None:
+        """The score's and the recorded layer sets on this backbone's latent (an unknown one lists the layers)."""
+        layers_on(backbone, self.config.score.layers)
+        if self.config.attribution.record:
+            layers_on(backbone, self.config.attribution.layers, "method.attribution.layers")
+
     def preflight(self, backbone: Backbone, samples: list[Sample]) -> None:
         """Layer names and every subject word inside the tokenizer window, before any sample is generated."""
-        resolve_layers(backbone.unet, self.config.score.layers)
+        self.check_layers(backbone)
         for s in samples:
             try:
                 subject_tokens(backbone.tokenizer, s.prompt, s.subject, self.config.subject.index_mode)
@@ -175,83 +211,108 @@ class GradSAM(Method):
         return set(self.injection_indices)
 
     # -- generation -------------------------------------------------------------------------------
-    def generate(self, backbone: Backbone, samples: list[Sample], sampling: SamplingConfig) -> list[Generated]:
+    def generate(
+        self,
+        backbone: Backbone,
+        samples: list[Sample],
+        sampling: SamplingConfig,
+        recorder: ChainRecorder | None = None,
+    ) -> list[Generated]:
+        """The paper's chain for a batch: start latent, guided DDPM, and at each injection index score, mask,
+        replace the background; `recorder` (default: the one method.attribution asks for) watches it."""
         scheduler = backbone.new_scheduler()
         timesteps = truncated_timesteps(scheduler, sampling.num_inference_steps, self.strength)
         self.check_schedule(len(timesteps), sampling)
-        self.layers_of(backbone, self.config.score.layers)  # an unknown layer name fails now, listing them
-        record = self.config.attribution
-        if record.record:
-            self.layers_of(backbone, record.layers)
-        # 1. Subject columns first: a prompt without its subject word fails before any sampling.
-        states = [
+        self.check_layers(backbone)
+        states = self.sample_states(backbone, samples)  # a prompt without its subject word fails here
+        if recorder is None:
+            recorder = attribution_recorder(self.config.attribution, self.config.score, backbone, samples)
+        text = TextConditioning.encode(backbone, [s.prompt for s in samples], sampling.negative_prompt)
+        z0 = encode_images(backbone, np.stack([s.reference for s in samples]), [s.generator("vae") for s in samples])
+        chain = Chain(backbone, scheduler, timesteps, sampling, text, z0, states, recorder)
+        z = denoise(
+            backbone,
+            scheduler,
+            self.start_latent(chain, samples),
+            timesteps,
+            text,
+            sampling,
+            [s.generator("steps") for s in samples],
+            on_step_end=self.on_step_end(chain),
+        )
+        return self.results(chain, images_or_failures(backbone, z))
+
+    def sample_states(self, backbone: Backbone, samples: list[Sample]) -> list[SampleState]:
+        """Each sample's subject columns, its score kind and its generators."""
+        layers = layers_on(backbone, self.config.score.layers)
+        scenes = scene_embeddings(backbone, samples) if self.config.score.kind == "noise_diff" else None
+        return [
             SampleState(
                 subject=subject_tokens(backbone.tokenizer, s.prompt, s.subject, self.config.subject.index_mode),
+                score=score_kind(
+                    self.config.score.kind, self.config.score, layers, scenes[b] if scenes is not None else None
+                ),
                 ref_generator=s.generator("ref_noise"),
                 method_generator=s.generator("method"),
             )
-            for s in samples
+            for b, s in enumerate(samples)
         ]
-        # 2. Text conditioning [B, 77, D], reference latent z0 [B, C, h, w] (posterior sample).
-        cond = encode_text(backbone, [s.prompt for s in samples])
-        uncond = encode_text(backbone, [sampling.negative_prompt] * len(samples))
-        z0 = encode_images(backbone, np.stack([s.reference for s in samples]), [s.generator("vae") for s in samples])
-        # 3. Start latent at t_0: pure noise (B1, default) or the reference noised with it (SDEdit's start).
-        eps = draw_normal([s.generator("init") for s in samples], z0.shape[1:], z0.device, torch.float32)
-        if self.config.init_latent == "noise":
-            z = eps * scheduler.init_noise_sigma
-        else:
-            z = scheduler.add_noise(z0, eps, timesteps[:1])
-        # 4. Guided DDPM; the callback scores, masks and blends at the configured indices.
-        blends = self.blend_indices(len(timesteps))
-        kinds = self.recorded_kinds()
-        scene = encode_text(backbone, [s.scene.replace("_", " ") for s in samples]) if "noise_diff" in kinds else None
-        daam_layers = self.daam_layers(backbone) if "daam" in kinds else []
 
-        def on_step_end(i: int, t: torch.Tensor, z_t: torch.Tensor, z_next: torch.Tensor) -> torch.Tensor:
+    def start_latent(self, chain: Chain, samples: list[Sample]) -> torch.Tensor:
+        """z at t_0: pure noise (B1, default) or the references noised with it (SDEdit's start) [B, C, h, w]."""
+        eps = draw_normal([s.generator("init") for s in samples], chain.z0.shape[1:], chain.z0.device, torch.float32)
+        if self.config.init_latent == "noise":
+            return eps * chain.scheduler.init_noise_sigma
+        return chain.scheduler.add_noise(chain.z0, eps, chain.timesteps[:1])
+
+    def on_step_end(self, chain: Chain) -> StepCallback:
+        """After DDPM step i (z_t at t_i -> z_next at t_{i+1}): observe, score and mask at the injection
+        indices, blend at the blend indices."""
+        blends, last = self.blend_indices(len(chain.timesteps)), self.injection_indices[-1]
+
+        def step(i: int, t: torch.Tensor, z_t: torch.Tensor, z_next: torch.Tensor) -> torch.Tensor:
             k = i + 1  # z_next lives at t_k
-            if daam_layers and k <= self.injection_indices[-1]:  # DAAM sums every step up to the last score
-                for b, state in enumerate(states):
-                    self.accumulate_daam(backbone, z_t[b], t, cond[b], state, daam_layers)
+            if k <= last:  # every step up to the last score is seen (DAAM sums them)
+                for b, state in enumerate(chain.states):
+                    inputs = chain.inputs(b, z_t, t)
+                    state.score.observe(inputs)
+                    chain.recorder.observe(b, inputs)
             if k in self.injection_indices:
-                for b, state in enumerate(states):
-                    extra = {"scene": scene[b] if scene is not None else None, "k": k}
-                    mask = self.compute_mask(backbone, scheduler, z_t[b], t, cond[b], state, sampling, **extra)
-                    state.set_mask(k, mask)
-            if self.config.manipulate and k in blends and k < len(timesteps):
-                z_next = self.blend(z_next, z0, states, scheduler, timesteps[k])
+                for b, state in enumerate(chain.states):
+                    state.set_mask(k, self.compute_mask(chain, b, k, chain.inputs(b, z_t, t)))
+            if self.config.manipulate and k in blends and k < len(chain.timesteps):
+                z_next = self.blend(z_next, chain.z0, chain.states, chain.scheduler, chain.timesteps[k])
             return z_next
 
-        steps = [s.generator("steps") for s in samples]
-        z = denoise(backbone, scheduler, z, timesteps, cond, uncond, sampling, steps, on_step_end=on_step_end)
-        results = images_or_failures(backbone, z)
-        for b, state in enumerate(states):  # a non-finite score or mask fails its sample alone (the first cause)
-            if state.failure is not None:
-                results[b] = Generated(image=None, failure=state.failure)
-        # 5. Per-sample columns and masks for the row.
-        for result, state in zip(results, states, strict=True):
-            last = state.masks[f"mask_i{self.injection_indices[-1]}"]
-            result.masks = {**state.masks, "subject_mask": last.max(axis=0)}  # union over channels [h, w]
-            result.maps = state.maps
-            result.info = {
-                **state.info,
-                "mask_fraction": float(result.masks["subject_mask"].mean()),
-                "score_timesteps": ",".join(str(int(timesteps[k - 1])) for k in self.injection_indices),
-                "inject_timesteps": ",".join(str(int(timesteps[k])) for k in self.injection_indices),
-                "subject_positions": ",".join(map(str, state.subject.positions)),
-                "subject_pieces": ",".join(state.subject.pieces),
-                "score_path": state.path,
-            }
-        return results
+        return step
+
+    def compute_mask(self, chain: Chain, b: int, k: int, inputs: ScoreInputs) -> torch.Tensor:
+        """M [C, h, w] from the score of the UNet call at (z_t, t_{k-1}); the pieces of the subject word summed."""
+        state = chain.states[b]
+        scores, state.path = state.score.total(inputs)  # [T, C, h, w]
+        word_score = scores.sum(dim=0, keepdim=True)  # [1, C, h, w]: one subject word
+        chain.recorder.scored(b, self.own_record(k, inputs, word_score[0]), inputs)
+        state.check_finite("score", k, word_score)
+        mask = union_mask(word_score, self.config.mask)
+        state.check_finite("mask", k, mask)
+        return mask
+
+    def own_record(self, k: int, inputs: ScoreInputs, score: torch.Tensor) -> MapRecord:
+        """The map the mask is thresholded from [C, h, w], as the attribution study reads it."""
+        kind = self.config.score.kind
+        layer_set = layer_set_name(self.config.score.layers) if kind in LAYERED_KINDS else None
+        values = score.float().cpu().numpy()
+        return MapRecord(kind, None, layer_set, k, int(inputs.timestep), inputs.grid[1], values)
 
     def blend(
-        self, z: torch.Tensor, z0: torch.Tensor, states: list[SampleState], scheduler, t: torch.Tensor
+        self, z: torch.Tensor, z0: torch.Tensor, states: list[SampleState], scheduler: DDPMScheduler, t: torch.Tensor
     ) -> torch.Tensor:
         """z [B, C, h, w] at t: each sample's background (M = 0) <- its reference z0 noised to t with eps_ref."""
         out = z.clone()
         for b, state in enumerate(states):
             if state.mask is not None:
-                z_ref = scheduler.add_noise(z0[b : b + 1], self.reference_noise(state, z0[b]), t.reshape(1))
+                eps = self.reference_noise(state, z0[b])
+                z_ref = scheduler.add_noise(z0[b : b + 1], eps, t.reshape(1))
                 out[b] = replace_background(z[b], z_ref[0], state.mask)
         return out
 
@@ -265,108 +326,27 @@ class GradSAM(Method):
             state.eps_ref = eps
         return state.eps_ref[None]
 
-    # -- scores -----------------------------------------------------------------------------------
-    def recorded_kinds(self) -> set[str]:
-        """Score kinds computed during the chain: the method's own, and those recorded beside it."""
-        record = self.config.attribution
-        return {self.config.score.kind, *(record.kinds if record.record else ())}
+    def results(self, chain: Chain, results: list[Generated]) -> list[Generated]:
+        """Per sample: its failure (the first non-finite score or mask), or its masks, maps and row columns."""
+        timesteps, indices = chain.timesteps, self.injection_indices
+        for b, (result, state) in enumerate(zip(results, chain.states, strict=True)):
+            if state.failure is not None:
+                results[b] = result = Generated(image=None, failure=state.failure)
+            last = state.masks[f"mask_i{indices[-1]}"]
+            result.masks = {**state.masks, "subject_mask": last.max(axis=0)}  # union over channels [h, w]
+            result.maps = chain.recorder.records(b)
+            result.info = {
+                **state.info,
+                "mask_fraction": float(result.masks["subject_mask"].mean()),
+                "score_timesteps": ",".join(str(int(timesteps[k - 1])) for k in indices),
+                "inject_timesteps": ",".join(str(int(timesteps[k])) for k in indices),
+                "subject_positions": ",".join(map(str, state.subject.positions)),
+                "subject_pieces": ",".join(state.subject.pieces),
+                "score_path": state.path,
+            }
+        return results
 
-    def daam_layers(self, backbone: Backbone) -> list[str]:
-        """Layers whose attention DAAM accumulates: the score's layer set and the recorded one."""
-        unet, cfg = backbone.unet, self.config
-        wanted = set(self.layers_of(backbone, cfg.score.layers)) if cfg.score.kind == "daam" else set()
-        if cfg.attribution.record and "daam" in cfg.attribution.kinds:
-            wanted |= set(self.layers_of(backbone, cfg.attribution.layers))
-        return [name for name in resolve_layers(unet, "all") if name in wanted]
 
-    @staticmethod
-    def layers_of(backbone: Backbone, layers) -> tuple[str, ...]:
-        """A layer set (last, all, res<k> on this backbone's latent, names) -> names in execution order."""
-        return tuple(resolve_layers(backbone.unet, layers, backbone.latent_size))
-
-    def accumulate_daam(self, backbone, z_t, t, cond, state: SampleState, layers: list[str]) -> None:
-        """DAAM (Tang et al. 2022): add this step's bicubic-upsampled, head-summed subject attention per layer."""
-        unet, positions = backbone.float32_unet(), state.subject.positions
-        maps = attention_maps(unet, z_t[None], t, cond[None], positions, layers, "bicubic")
-        for name, layer_map in maps.items():  # [T, h, w]
-            state.daam[name] = state.daam[name] + layer_map if name in state.daam else layer_map
-
-    def layer_maps(self, kind: str, layers, backbone, scheduler, z_t, t, cond, state, sampling, scene) -> dict:
-        """{layer: score [T, C, h, w]} of one score kind (noise_diff: {"-": [1, C, h, w]}), summed over
-        the layers of `layers` it is that kind's score."""
-        unet, channels = backbone.float32_unet(), z_t.shape[0]
-        positions = state.subject.positions
-        if kind == "gradsam":
-            cfg = replace(self.config.score, layers=self.layers_of(backbone, layers))
-            extra = {"guidance_scale": sampling.guidance_scale, "generator": state.method_generator}
-            return layer_scores(unet, z_t[None], t, cond[None], positions, cfg, scheduler=scheduler, **extra)
-        if kind == "noise_diff":
-            return {"-": noise_difference(unet, z_t[None], t, cond[None], scene[None])[None]}
-        if kind == "attention_only":
-            maps = attention_maps(unet, z_t[None], t, cond[None], positions, self.layers_of(backbone, layers))
-        else:  # daam: the running sums of accumulate_daam
-            maps = {name: state.daam[name] for name in self.layers_of(backbone, layers)}
-        return {name: m[:, None].expand(-1, channels, -1, -1) for name, m in maps.items()}
-
-    def record_maps(self, backbone, scheduler, z_t, t, cond, state, sampling, scene, k: int) -> None:
-        """Append the continuous maps of every recorded kind at scoring index k (one subject word: tokens summed)."""
-        record, sides = self.config.attribution, layer_resolutions(backbone.unet, backbone.latent_size)
-        for kind in record.kinds:
-            layers = "all" if kind == "noise_diff" else record.layers
-            maps = self.layer_maps(kind, layers, backbone, scheduler, z_t, t, cond, state, sampling, scene)
-            for name, score in maps.items():
-                side = sides.get(name, z_t.shape[-2])  # the layer's own map size (noise_diff: the latent's)
-                values = score.sum(dim=0).float().cpu().numpy()
-                layer = None if name == "-" else name
-                state.maps.append(MapRecord(kind, layer, None, k, int(t), side, values))
-
-    def compute_mask(
-        self,
-        backbone: Backbone,
-        scheduler,
-        z_t: torch.Tensor,
-        t: torch.Tensor,
-        cond: torch.Tensor,
-        state: SampleState,
-        sampling: SamplingConfig,
-        scene: torch.Tensor | None = None,
-        k: int = 0,
-    ) -> torch.Tensor:
-        """M [C, h, w] from the scores of the UNet call at (z_t, t_i); the pieces of the subject word summed."""
-        positions, cfg = state.subject.positions, self.config.score
-        unet = backbone.float32_unet()  # the sampling UNet, or its float32 twin when sampling in half precision
-        if cfg.kind == "attention_only":
-            scores = attention_scores(unet, z_t[None], t, cond[None], positions, self.layers_of(backbone, cfg.layers))
-            state.path = "attention"
-        elif cfg.kind in ("daam", "noise_diff"):
-            maps = self.layer_maps(cfg.kind, cfg.layers, backbone, scheduler, z_t, t, cond, state, sampling, scene)
-            scores = torch.zeros_like(next(iter(maps.values())))
-            for layer_map in maps.values():
-                scores = scores + layer_map
-            state.path = cfg.kind
-        else:
-            if isinstance(cfg.layers, str) and cfg.layers.startswith("res"):  # resolved on this latent
-                cfg = replace(cfg, layers=self.layers_of(backbone, cfg.layers))
-            scores, state.path = scores_with_config(
-                unet,
-                z_t[None],
-                t,
-                cond[None],
-                positions,
-                cfg,
-                guidance_scale=sampling.guidance_scale,
-                scheduler=scheduler,
-                generator=state.method_generator,
-            )
-        word_score = scores.sum(dim=0, keepdim=True)  # [1, C, h, w]: one subject word
-        if self.config.attribution.record:  # the map that drives the mask, then the recorded kinds per layer
-            own = self.config.score.layers
-            layer_set = own if isinstance(own, str) else ",".join(own)
-            layer_set = layer_set if cfg.kind in LAYERED_KINDS else None
-            values = word_score[0].float().cpu().numpy()
-            state.maps.append(MapRecord(cfg.kind, None, layer_set, k, int(t), z_t.shape[-2], values))
-            self.record_maps(backbone, scheduler, z_t, t, cond, state, sampling, scene, k)
-        state.check_finite("score", k, word_score)
-        mask = union_mask(word_score, self.config.mask)
-        state.check_finite("mask", k, mask)
-        return mask
+def layer_set_name(layers: str | tuple[str, ...]) -> str:
+    """A layer set as the rows write it: `last`, `res8`, or names joined by commas."""
+    return layers if isinstance(layers, str) else ",".join(layers)

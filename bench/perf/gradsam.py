@@ -30,7 +30,7 @@ from bench.config import CONF_DIR, REPO_ROOT
 from bench.datasets.base import WorkUnit, to_model_input
 from bench.sd.diffusion import SamplingConfig, encode_text
 from method.attention import recording_attention, resolve_layers
-from method.gradsam import score_with_path
+from method.gradsam import ScoreInputs, scores_and_path
 from method.sampler import GradSAM
 from method.tokens import subject_tokens
 
@@ -76,12 +76,10 @@ def jacobian_figures(backbone, prompt, repeats: int) -> None:
             unet(z, t, encoder_hidden_states=cond)
 
     forward_s, _ = best_time(forward, repeats, warmup=3)
-    fast_s, (fast, path) = best_time(
-        lambda: score_with_path(unet, z, t, cond, positions, path="tail"), repeats, warmup=3
-    )
-    general_s, (general, _) = best_time(
-        lambda: score_with_path(unet, z, t, cond, positions, path="general", general_chunk_size=64), repeats, warmup=1
-    )
+    inputs = ScoreInputs(unet, z, t, cond, tuple(positions))
+    fast_s, (fast, path) = best_time(lambda: scores_and_path(inputs, {"path": "tail"}), repeats, warmup=3)
+    general = {"path": "general", "general_chunk_size": 64}
+    general_s, (general, _) = best_time(lambda: scores_and_path(inputs, general), repeats, warmup=1)
     naive_s, naive = best_time(lambda: naive_scores(unet, z, t, cond, uncond, positions), 1)
     scale = naive.abs().max().item()
 

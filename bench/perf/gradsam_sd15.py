@@ -33,7 +33,7 @@ from bench.perf.sd15_folder import ensure_folder
 from bench.sd.diffusion import SamplingConfig, encode_text
 from method.attention import recording_attention, resolve_layers
 from method.config import MaskConfig, ScoreConfig
-from method.gradsam import scores_with_config
+from method.gradsam import ScoreInputs, scores_and_path
 from method.masks import union_mask
 from method.sampler import GradSAM
 from method.tokens import subject_tokens
@@ -112,7 +112,7 @@ def naive_rows(unet, z, t, cond, uncond, positions, rows: torch.Tensor) -> tuple
 
 
 def score(unet, z, t, cond, positions):
-    return scores_with_config(unet, z, t, cond, positions, ScoreConfig(path="tail"))
+    return scores_and_path(ScoreInputs(unet, z, t, cond, tuple(positions)), ScoreConfig(path="tail"))
 
 
 def jacobian_part(backbone, prompt, naive_count: int, lines: list[str]) -> tuple[torch.Tensor, tuple]:

@@ -152,17 +152,28 @@ def ddpm_step(
     return scheduler.step(eps, t, z, generator=list(generators)).prev_sample.float()
 
 
+@dataclass(frozen=True, eq=False)
+class TextConditioning:
+    """The two text conditions of classifier-free guidance, per sample: cond and uncond [B, 77, D]."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+
+    @classmethod
+    def encode(cls, backbone: Backbone, prompts: Sequence[str], negative_prompt: str) -> TextConditioning:
+        """Each sample's prompt, and the negative prompt ("" in the protocol) for every sample."""
+        return cls(encode_text(backbone, prompts), encode_text(backbone, [negative_prompt] * len(prompts)))
+
+
 def denoise(
     backbone: Backbone,
     scheduler: DDPMScheduler,
     z: torch.Tensor,
     timesteps: torch.Tensor,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
+    text: TextConditioning,
     sampling: SamplingConfig,
     step_generators: list[torch.Generator],
     on_step_end: StepCallback | None = None,
-    progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Run the guided DDPM chain over `timesteps` from z (at timesteps[0]); return the final latent.
 
@@ -170,11 +181,9 @@ def denoise(
     timestep are passed explicitly, never counted.
     """
     for i, t in enumerate(timesteps):
-        eps = guided_noise(backbone, z, t, cond, uncond, sampling.guidance_scale, sampling.batch_invariant)
+        eps = guided_noise(backbone, z, t, text.cond, text.uncond, sampling.guidance_scale, sampling.batch_invariant)
         z_next = ddpm_step(scheduler, eps, t, z, step_generators)
         if on_step_end is not None:
             z_next = on_step_end(i, t, z, z_next)
         z = z_next
-        if progress is not None:
-            progress(i)
     return z

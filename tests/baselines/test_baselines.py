@@ -9,10 +9,17 @@ import torch
 from diffusers import StableDiffusionDiffEditPipeline
 from PIL import Image
 
-from baselines.diffedit import DiffEdit, ddim_inversion, ddim_schedulers, masked_decoding, semantic_mask
+from baselines.diffedit import (
+    DiffEdit,
+    ddim_inversion,
+    ddim_schedulers,
+    masked_decoding,
+    noise_difference_map,
+    threshold_difference,
+)
 from bench.datasets.base import WorkUnit
 from bench.datasets.synthetic import SyntheticPlaces
-from bench.sd.diffusion import SamplingConfig, encode_text, truncated_timesteps
+from bench.sd.diffusion import SamplingConfig, TextConditioning, encode_text, truncated_timesteps
 from bench.sd.errors import ConfigError
 from bench.task import run_benchmark
 from tests.conftest import compose_cfg, minimal_run
@@ -59,7 +66,8 @@ def test_mask_equals_diffusers_generate_mask(tiny_backbone, pipeline, texts, see
     ddim, _ = ddim_schedulers(tiny_backbone.scheduler)
     t_mask = truncated_timesteps(ddim, STEPS, 0.5)[0]
     noise = torch.randn((draws, 4, 8, 8), generator=torch.Generator().manual_seed(seed + 10))
-    ours = semantic_mask(tiny_backbone, ddim, z0, t_mask, texts["forest"], texts["Deer roaming"], noise, 3.0, 0.5)
+    difference = noise_difference_map(tiny_backbone, ddim, z0, t_mask, texts["forest"], texts["Deer roaming"], noise)
+    ours = threshold_difference(difference, 3.0, 0.5)
     theirs = pipeline.generate_mask(
         image=z0,  # 4-channel input = latents, used as they are
         source_prompt_embeds=texts["forest"],
@@ -101,7 +109,8 @@ def test_decoding_with_an_all_ones_mask_equals_the_diffusers_pipeline(tiny_backb
     chain = ddim_inversion(tiny_backbone, inverse, z0, STEPS, len(timesteps), texts[""])
     ones = torch.ones(1, 1, 8, 8)
     sampling = SamplingConfig(num_inference_steps=STEPS, guidance_scale=8.0)
-    ours = masked_decoding(tiny_backbone, ddim, timesteps, chain, z0, ones, texts["Deer roaming"], texts[""], sampling)
+    decoding = TextConditioning(texts["Deer roaming"], texts[""])
+    ours = masked_decoding(tiny_backbone, ddim, timesteps, chain, z0, ones, decoding, sampling)
     theirs = pipeline(
         prompt_embeds=texts["Deer roaming"],
         negative_prompt_embeds=texts[""],
@@ -127,7 +136,8 @@ def test_outside_the_mask_the_reference_latent_is_kept_at_matching_noise_levels(
     half = torch.zeros(1, 1, 8, 8)
     half[..., 4:] = 1.0
     sampling = SamplingConfig(num_inference_steps=STEPS)
-    z = masked_decoding(tiny_backbone, ddim, timesteps, chain, z0, half, texts["Deer roaming"], texts[""], sampling)
+    decoding = TextConditioning(texts["Deer roaming"], texts[""])
+    z = masked_decoding(tiny_backbone, ddim, timesteps, chain, z0, half, decoding, sampling)
     assert torch.equal(z[..., :4], z0[..., :4])  # the background is the encoded reference, bit for bit
     assert (z[..., 4:] - z0[..., 4:]).abs().max() > 0.1
 

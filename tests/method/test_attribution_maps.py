@@ -11,12 +11,18 @@ import torch
 from hydra.utils import instantiate
 
 from bench.sd.config import from_mapping
-from bench.sd.diffusion import denoise, encode_text, truncated_timesteps
+from bench.sd.diffusion import TextConditioning, denoise, encode_text, truncated_timesteps
 from bench.sd.errors import ConfigError
 from bench.sd.seeding import draw_normal
 from method.attention import layer_resolutions, recording_attention, resolve_layers
 from method.config import MaskConfig, ScoreConfig
-from method.gradsam import attention_maps, attention_scores, layer_scores, score_with_path
+from method.gradsam import (
+    ScoreInputs,
+    attention_maps,
+    attention_scores,
+    importance_scores_per_layer,
+    scores_and_path,
+)
 from method.masks import subject_mask
 from method.sampler import GradSAM
 from tests.conftest import compose_cfg, run_cli
@@ -67,7 +73,7 @@ def test_daam_layer_maps_equal_a_hand_bicubic_sum_of_the_recorded_attention():
     names = resolve_layers(unet, "all")
     with recording_attention(unet, names) as store, torch.no_grad():
         unet(z, T, encoder_hidden_states=cond)
-    maps = attention_maps(unet, z, T, cond, POSITIONS, "all", mode="bicubic")
+    maps = attention_maps(ScoreInputs(unet, z, T, cond, POSITIONS), "all", mode="bicubic")
     ours = sum(m.double() for m in maps.values())
     torch.testing.assert_close(ours, hand_daam(store, names, 8), atol=1e-5, rtol=1e-5)
 
@@ -76,16 +82,18 @@ def test_per_layer_maps_sum_to_the_layer_set_score():
     unet = build_unet(TINY)
     g = torch.Generator().manual_seed(1)
     z, cond = torch.randn(1, 4, 4, 4, generator=g), torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
+    inputs = ScoreInputs(unet, z, T, cond, POSITIONS)
     config = from_mapping(ScoreConfig, {"layers": "all", "general_chunk_size": 16}, "method.score")
-    per_layer = layer_scores(unet, z, T, cond, POSITIONS, config)
+    per_layer = importance_scores_per_layer(inputs, config)
     assert list(per_layer) == resolve_layers(unet, "all") and len(per_layer) == 7
-    whole, path = score_with_path(unet, z, T, cond, POSITIONS, "all", general_chunk_size=16)
+    whole, path = scores_and_path(inputs, {"layers": "all", "general_chunk_size": 16})
     assert path == "general"
     assert torch.equal(sum(per_layer.values(), torch.zeros_like(whole)), whole)  # the same terms, same order
-    last = score_with_path(unet, z, T, cond, POSITIONS, "last")[0]  # the tail path
+    last, path = scores_and_path(inputs)
+    assert path == "tail"
     torch.testing.assert_close(per_layer[resolve_layers(unet, "last")[0]], last, atol=1e-6, rtol=1e-4)
-    attention = attention_maps(unet, z, T, cond, POSITIONS, "all")
-    expected = attention_scores(unet, z, T, cond, POSITIONS, "all")[:, 0]
+    attention = attention_maps(inputs, "all")
+    expected = attention_scores(inputs, "all")[:, 0]
     assert torch.equal(sum(attention.values(), torch.zeros_like(expected)), expected)
 
 
@@ -155,7 +163,7 @@ def test_daam_sums_the_chain_s_attention_over_every_step_so_far(tiny_backbone):
     z = draw_normal([sample.generator("init")], shape, tiny_backbone.device, torch.float32) * scheduler.init_noise_sigma
     seen = []
     denoise(
-        tiny_backbone, scheduler, z, timesteps, cond, uncond, STEPS, [sample.generator("steps")],
+        tiny_backbone, scheduler, z, timesteps, TextConditioning(cond, uncond), STEPS, [sample.generator("steps")],
         on_step_end=lambda i, t, z_t, z_next: seen.append((t, z_t.clone())) or z_next,
     )  # fmt: skip
     unet, names = tiny_backbone.unet, resolve_layers(tiny_backbone.unet, "all")

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
 import torch
+from hydra.utils import get_class
+from omegaconf import OmegaConf
 
 from baselines.blended_latent import BlendedLatent
 from baselines.diffedit import DiffEdit, DiffEditConfig
 from baselines.sdedit import SDEdit, SDEditConfig
+from bench.config import CONF_DIR
 from bench.sd.config import from_mapping
 from bench.sd.errors import ConfigError
 from method import config as mc
 from method.config import GradSAMConfig, MaskConfig
-from method.gradsam import importance_scores
+from method.gradsam import ScoreInputs, importance_scores
 from method.sampler import GradSAM
 from tests.method.unets import TINY, build_unet
 
@@ -196,7 +200,31 @@ def test_public_score_entry_point_validates_by_the_same_rules():
         ({"layers": []}, "layers"),
     ):
         with pytest.raises(ConfigError) as public:
-            importance_scores(unet, z, 780, cond, [1], **kwargs)
+            importance_scores(ScoreInputs(unet, z, 780, cond, (1,)), kwargs)
         with pytest.raises(ConfigError) as sampler:
             GradSAM(score={key: kwargs[key]})
         assert str(public.value) == str(sampler.value)  # one rule, one message
+
+
+METHOD_FILES = sorted((CONF_DIR / "method").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", METHOD_FILES, ids=[p.stem for p in METHOD_FILES])
+def test_each_method_s_constructor_defaults_equal_its_yaml(path):
+    """A method built from its conf/method file equals the one its constructor builds with no argument, and every
+    key of the file is a constructor argument: a class copied from another cannot silently run other defaults."""
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    cls = get_class(node.pop("_target_"))
+    parameters = inspect.signature(cls.__init__).parameters
+    takes_more = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    assert takes_more or set(node) <= set(parameters), f"{path.name}: {set(node) - set(parameters)} are not arguments"
+    from_yaml, from_defaults = cls(**node), cls()
+    assert vars(from_yaml) == vars(from_defaults), f"{path.name} differs from {cls.__name__}()'s defaults"
+
+
+def test_the_defaults_comparison_sees_a_changed_default(monkeypatch):
+    """The test above fails when a constructor default drifts from its YAML (here GradSAM's strength)."""
+    node = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "method" / "gradsam.yaml"), resolve=True)
+    node.pop("_target_")
+    node["strength"] = 0.8
+    assert vars(GradSAM(**node)) != vars(GradSAM())

@@ -14,7 +14,14 @@ from omegaconf import OmegaConf
 from baselines.blended_latent import BlendedLatent
 from baselines.sdedit import SDEdit
 from bench.config import CONF_DIR, ConfigError
-from bench.sd.diffusion import SamplingConfig, decode_latents, denoise, encode_text, truncated_timesteps
+from bench.sd.diffusion import (
+    SamplingConfig,
+    TextConditioning,
+    decode_latents,
+    denoise,
+    encode_text,
+    truncated_timesteps,
+)
 from bench.sd.methods import Sample
 from bench.sd.seeding import draw_normal
 from method.sampler import GradSAM, SampleState
@@ -41,7 +48,7 @@ def plain_chain(backbone, sample: Sample) -> np.ndarray:
     cond, uncond = encode_text(backbone, [sample.prompt]), encode_text(backbone, [""])
     shape = (backbone.latent_channels, backbone.latent_size, backbone.latent_size)
     z = draw_normal([sample.generator("init")], shape, backbone.device, torch.float32) * scheduler.init_noise_sigma
-    z = denoise(backbone, scheduler, z, timesteps, cond, uncond, STEPS, [sample.generator("steps")])
+    z = denoise(backbone, scheduler, z, timesteps, TextConditioning(cond, uncond), STEPS, [sample.generator("steps")])
     return decode_latents(backbone, z)[0]
 
 
@@ -194,3 +201,34 @@ def test_cli_gradsam_no_blur_writes_rows_with_masks(tmp_path: Path):
     assert all(0 <= row[f"kept_frac_i{k}"] <= 1 for k in INDICES)
     masks = list((tmp_path / "outputs").rglob("masks/**/*.png"))
     assert {p.stem for p in masks} == {"mask_i2", "mask_i4", "mask_i6", "subject_mask"}
+
+
+def test_preflight_resolves_layer_sets_at_the_backbone_s_latent_size(tiny_backbone):
+    """At 32 px the tiny backbone's latent is 8x8 while its UNet's config.sample_size is 16: preflight must accept
+    exactly the layer sets generate accepts (res2, res4, res8 here), and refuse res16 before any sample is made."""
+    assert tiny_backbone.latent_size == 8 and tiny_backbone.unet.config.sample_size == 16
+    sample = make_sample()
+    for layers in ("res2", "res4", "res8"):  # res2 (the mid block) exists only at this latent size
+        GradSAM(score={"layers": layers}).preflight(tiny_backbone, [sample])
+        GradSAM(attribution={"record": True, "layers": layers}).preflight(tiny_backbone, [sample])
+    for key, method in (
+        ("method.score.layers", GradSAM(score={"layers": "res16"})),
+        ("method.attribution.layers", GradSAM(attribution={"record": True, "layers": "res16"})),
+    ):
+        with pytest.raises(ConfigError, match=f"{key}='res16': no cross-attention layer of this UNet has a 16x16 map"):
+            method.preflight(tiny_backbone, [sample])
+        with pytest.raises(ConfigError, match=r"Valid: \['res2', 'res4', 'res8'\]"):  # the sets at this latent size
+            method.preflight(tiny_backbone, [sample])
+    out = GradSAM(injection_indices=INDICES, score={"layers": "res4"}).generate(tiny_backbone, [sample], STEPS)[0]
+    assert out.failure is None and out.info["score_path"] == "general"
+
+
+def test_cli_refuses_a_layer_set_of_another_latent_size_before_any_sample(tmp_path: Path):
+    args = ["cpu_threads=1", *FAST, "method=gradsam", "model.image_size=32", "metrics=none"]
+    args += ["method.injection_indices=[2,4,6]", f"paths.root_dir={tmp_path}", "dataset.subcategories=[park]"]
+    proc = run_cli([*args, "method.score.layers=res16"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "16x16 map" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("*.png")) and not list(tmp_path.rglob("rows/**/*.json"))  # refused before any write
+    run_cli([*args, "method.score.layers=res4", "method.score.general_chunk_size=256"], cwd=tmp_path)  # exists at 8x8
+    frame = pd.read_csv(tmp_path / "results" / "demo" / "samples.csv")
+    assert list(frame["status"]) == ["ok"] and list(frame["method.score.layers"]) == ["res4"]

@@ -14,7 +14,7 @@ from diffusers import DDPMScheduler
 
 from bench.sd.errors import ConfigError
 from method.attention import recording_attention, resolve_layers
-from method.gradsam import BLOCK, attention_scores, importance_scores, score_with_path
+from method.gradsam import BLOCK, ScoreInputs, attention_scores, importance_scores, scores_and_path
 from method.post_jacobian import HeadProducts, linearize_head
 from method.tail import (
     TailInputs,
@@ -78,6 +78,11 @@ def grad_sam(rows, probs, transform, mix=None):
     return out.view(len(POSITIONS), 4, 4, 4)
 
 
+def call(unet, z, cond, **extra) -> ScoreInputs:
+    """The scoring inputs of (z, T, cond) at the subject's columns POSITIONS."""
+    return ScoreInputs(unet, z, T, cond, POSITIONS, **extra)
+
+
 def assert_close(ours, ref):
     assert ref.abs().max() > 0 and ref.std() > 0  # a non-trivial map
     rel = ((ours - ref).abs().max() / ref.abs().max()).item()
@@ -95,7 +100,8 @@ def unet_and_rows(request):
 @pytest.mark.parametrize("transform", ["abs", "relu"])
 def test_last_layer_scores_equal_brute_force(unet_and_rows, path, transform):
     unet, (z, cond, _), (rows, probs) = unet_and_rows
-    ours, taken = score_with_path(unet, z, T, cond, POSITIONS, "last", transform, path=path, chunk_size=24)
+    config = {"layers": "last", "transform": transform, "path": path, "chunk_size": 24}
+    ours, taken = scores_and_path(call(unet, z, cond), config)
     assert taken == path
     assert ours.shape == (len(POSITIONS), 4, 4, 4)
     assert_close(ours, grad_sam(rows, probs, transform))
@@ -145,7 +151,7 @@ def test_all_layers_general_path_equals_brute_force():
     unet = build_unet(TINY)
     z, cond, uncond = inputs(unet, seed=1)
     rows, probs = jacobian_rows(unet, z, cond, uncond, layers="all")
-    ours, taken = score_with_path(unet, z, T, cond, POSITIONS, "all", "abs", general_chunk_size=16)
+    ours, taken = scores_and_path(call(unet, z, cond), {"layers": "all", "general_chunk_size": 16})
     assert taken == "general" and len(rows) == 7
     assert_close(ours, grad_sam(rows, probs, "abs"))
 
@@ -154,15 +160,15 @@ def test_x_prev_target_with_relu_equals_brute_force_through_the_ddpm_step():
     unet, scheduler = build_unet(TINY), scheduler_at_50_steps()
     z, cond, uncond = inputs(unet, seed=2)
     rows, probs = jacobian_rows(unet, z, cond, uncond, target="x_prev", scheduler=scheduler)
-    kw = dict(guidance_scale=W, scheduler=scheduler)
+    stepped = call(unet, z, cond, guidance_scale=W, scheduler=scheduler)
     for path in ("tail", "general"):
-        ours, _ = score_with_path(unet, z, T, cond, POSITIONS, "last", "relu", "x_prev", path=path, **kw)
+        ours = importance_scores(stepped, {"transform": "relu", "target": "x_prev", "path": path})
         assert_close(ours, grad_sam(rows, probs, "relu"))
     # With relu the sign of d x_prev / d eps (< 0) matters; with abs every target gives the same mask.
-    eps_relu = importance_scores(unet, z, T, cond, POSITIONS, transform="relu")
+    eps_relu = importance_scores(call(unet, z, cond), {"transform": "relu"})
     assert not torch.allclose(eps_relu / eps_relu.max(), ours / ours.max(), atol=1e-3)
-    x_abs = importance_scores(unet, z, T, cond, POSITIONS, target="x_prev", **kw)
-    eps_abs = importance_scores(unet, z, T, cond, POSITIONS)
+    x_abs = importance_scores(stepped, {"target": "x_prev"})
+    eps_abs = importance_scores(call(unet, z, cond))
     torch.testing.assert_close(x_abs / x_abs.max(), eps_abs / eps_abs.max())
 
 
@@ -173,10 +179,8 @@ def test_random_block8_mixes_eight_neighbouring_rows(path):
     rows, probs = jacobian_rows(unet, z, cond, uncond)
     g = torch.Generator().manual_seed(7)
     mix = torch.block_diag(*[torch.randn(BLOCK, BLOCK, generator=g) for _ in range(64 // BLOCK)])
-    ours, _ = score_with_path(
-        unet, z, T, cond, POSITIONS, "last", "relu", vjp_basis="random_block8",
-        generator=torch.Generator().manual_seed(7), path=path,
-    )  # fmt: skip
+    mixed = call(unet, z, cond, generator=torch.Generator().manual_seed(7))
+    ours = importance_scores(mixed, {"transform": "relu", "vjp_basis": "random_block8", "path": path})
     assert_close(ours, grad_sam(rows, probs, "relu", mix))
 
 
@@ -184,11 +188,11 @@ def test_no_tail_unet_falls_back_to_the_general_path():
     unet = build_unet(NO_TAIL)
     z, cond, uncond = inputs(unet, seed=4)
     rows, probs = jacobian_rows(unet, z, cond, uncond)
-    ours, taken = score_with_path(unet, z, T, cond, POSITIONS)
+    ours, taken = scores_and_path(call(unet, z, cond))
     assert taken == "general"
     assert_close(ours, grad_sam(rows, probs, "abs"))
     with pytest.raises(ConfigError, match="upsampler"):
-        score_with_path(unet, z, T, cond, POSITIONS, path="tail")
+        importance_scores(call(unet, z, cond), {"path": "tail"})
 
 
 def test_attention_only_is_the_head_sum_of_the_maps_nearest_upsampled():
@@ -205,7 +209,7 @@ def test_attention_only_is_the_head_sum_of_the_maps_nearest_upsampled():
         for i in range(8):
             for j in range(8):
                 expected[:, i, j] += a[(i * side // 8) * side + j * side // 8]
-    ours = attention_scores(unet, z, T, cond, POSITIONS, "all")
+    ours = attention_scores(call(unet, z, cond), "all")
     assert ours.shape == (len(POSITIONS), 4, 8, 8)
     for c in range(4):
         torch.testing.assert_close(ours[:, c], expected)
@@ -215,12 +219,18 @@ def test_bad_arguments_are_explained():
     unet = build_unet(TINY)
     z, cond, _ = inputs(unet)
     with pytest.raises(ConfigError, match="transform"):
-        importance_scores(unet, z, T, cond, POSITIONS, transform="square")
+        importance_scores(call(unet, z, cond), {"transform": "square"})
     with pytest.raises(ConfigError, match="target"):
-        importance_scores(unet, z, T, cond, POSITIONS, target="x0")
+        importance_scores(call(unet, z, cond), {"target": "x0"})
     with pytest.raises(ValueError, match="scheduler"):
-        importance_scores(unet, z, T, cond, POSITIONS, target="x_prev")
+        importance_scores(call(unet, z, cond), {"target": "x_prev"})
     with pytest.raises(ValueError, match="generator"):
-        importance_scores(unet, z, T, cond, POSITIONS, vjp_basis="random_block8")
+        importance_scores(call(unet, z, cond), {"vjp_basis": "random_block8"})
     with pytest.raises(ConfigError, match="single layer"):
-        importance_scores(unet, z, T, cond, POSITIONS, layers="all", path="tail")
+        importance_scores(call(unet, z, cond), {"layers": "all", "path": "tail"})
+    with pytest.raises(
+        ConfigError, match=r"method.score has unknown keys \['layrs'\]"
+    ):  # a typo in a mapping: named, never ignored
+        importance_scores(call(unet, z, cond), {"layrs": "all"})
+    with pytest.raises(ValueError, match="one sample at a time"):
+        call(unet, torch.cat([z, z]), cond)

@@ -14,7 +14,7 @@ SCRIPT = """
 import json, sys
 import torch
 from diffusers import UNet2DConditionModel
-from method.gradsam import importance_scores
+from method.gradsam import ScoreInputs, importance_scores
 
 torch.manual_seed(0)
 unet = UNet2DConditionModel(
@@ -22,7 +22,7 @@ unet = UNet2DConditionModel(
     attention_head_dim=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
 ).eval().requires_grad_(False)
-scores = importance_scores(unet, torch.randn(1, 4, 8, 8), 500, torch.randn(1, 77, 16), [1, 2])
+scores = importance_scores(ScoreInputs(unet, torch.randn(1, 4, 8, 8), 500, torch.randn(1, 77, 16), (1, 2)))
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("hydra", "omegaconf", "pandas", "wandb", "bench"))
 print(json.dumps({"shape": list(scores.shape), "finite": bool(torch.isfinite(scores).all()), "loaded": loaded}))
 """

@@ -24,7 +24,7 @@ from bench.sd.errors import ConfigError
 from bench.sd.sd15 import AssetMissingError, check_tokenizer, load_sd15, resolve_dtype, sd15_scheduler
 from bench.sd.tokenizer import ClipBpeTokenizer
 from bench.task import run_benchmark
-from method.gradsam import score_with_path
+from method.gradsam import ScoreInputs, scores_and_path
 from tests.conftest import compose_cfg, minimal_run
 
 REPO_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -103,10 +103,10 @@ def test_upcast_scores_with_the_sampling_unet_and_casts_it_back(tiny_folder, tin
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     g = torch.Generator().manual_seed(0)
     z, cond = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
-    low, path = score_with_path(unet, z, 500, cond, [1, 2])
+    low, path = scores_and_path(ScoreInputs(unet, z, 500, cond, (1, 2)))
     assert path == "tail" and low.dtype == torch.float32 and unet.dtype == torch.bfloat16
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())  # the round trip is exact
-    ref, _ = score_with_path(tiny_backbone.unet, z, 500, cond, [1, 2])
+    ref, _ = scores_and_path(ScoreInputs(tiny_backbone.unet, z, 500, cond, (1, 2)))
     assert (low - ref).abs().max() <= 0.1 * ref.abs().max()  # bfloat16 weights: close, not equal
 
 

@@ -1,0 +1,147 @@
+"""Score kinds (`method.score.kind`): the ways to map a sample's subject at a scoring step.
+
+    gradsam         the paper: sum_{h,q} A * T(d target / d A)                     (method.gradsam)
+    attention_only  the subject's cross-attention alone, nearest-upsampled          (PAPER_SPEC §6 (a))
+    daam            DAAM-style: bicubic-upsampled attention summed over the steps so far
+    noise_diff      DiffEdit's |eps(z_t, prompt) - eps(z_t, scene)|                 (no layers)
+
+A kind is one object per sample and chain: `observe` sees every denoising step up to the last scoring
+one (DAAM sums them; the others ignore it); `per_layer` gives the map of each layer of its layer set
+at a scoring step ({None: map} for a layer-free kind); `total` is their sum, the map a mask is
+thresholded from, with the path that computed it (Grad-SAM's own sum takes the fast tail path when
+it can). Every map is [T, C, h, w]: one per subject token, on the latent grid.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import replace
+
+import torch
+
+from bench.sd.backbone import Backbone
+from bench.sd.diffusion import encode_text
+from bench.sd.methods import Sample
+from method.attention import resolve_layers
+from method.config import ScoreConfig
+from method.gradsam import (
+    ScoreInputs,
+    attention_maps,
+    importance_scores_per_layer,
+    noise_difference,
+    scores_and_path,
+)
+
+
+class ScoreKind(ABC):
+    """One score kind's maps of one sample's subject."""
+
+    name: str
+    path: str  # the row's `score_path` when this kind drives the mask
+
+    def observe(self, inputs: ScoreInputs) -> None:
+        """A denoising step at or before the last scoring step (nothing by default)."""
+        return None  # only DAAM sums the steps
+
+    @abstractmethod
+    def per_layer(self, inputs: ScoreInputs) -> dict[str | None, torch.Tensor]:
+        """{layer: map [T, C, h, w]} in execution order; {None: map} for a layer-free kind."""
+
+    def total(self, inputs: ScoreInputs) -> tuple[torch.Tensor, str]:
+        """The sum over the layer set [T, C, h, w] and the path that computed it."""
+        maps = self.per_layer(inputs)
+        total = torch.zeros_like(next(iter(maps.values())))
+        for layer_map in maps.values():
+            total = total + layer_map
+        return total, self.path
+
+
+class GradSAMKind(ScoreKind):
+    """The paper's scores over `layers` (resolved names) with the method's transform, target and basis."""
+
+    name = "gradsam"
+
+    def __init__(self, config: ScoreConfig, layers: tuple[str, ...]):
+        self.config = replace(config, layers=layers)
+
+    def per_layer(self, inputs: ScoreInputs) -> dict[str | None, torch.Tensor]:
+        return dict(importance_scores_per_layer(inputs, self.config))
+
+    def total(self, inputs: ScoreInputs) -> tuple[torch.Tensor, str]:
+        return scores_and_path(inputs, self.config)  # one layer: the exact tail path
+
+
+class AttentionKind(ScoreKind):
+    """The subject's cross-attention per layer, summed over heads, nearest-upsampled, equal in every channel."""
+
+    name, path = "attention_only", "attention"
+    mode = "nearest"
+
+    def __init__(self, layers: tuple[str, ...]):
+        self.layers = layers
+
+    def per_layer(self, inputs: ScoreInputs) -> dict[str | None, torch.Tensor]:
+        maps = attention_maps(inputs, self.layers, self.mode)  # {layer: [T, h, w]}
+        return {name: in_every_channel(m, inputs) for name, m in maps.items()}
+
+
+class DAAMKind(AttentionKind):
+    """DAAM (Tang et al. 2022): each layer's bicubic-upsampled, head-summed subject attention, summed over
+    every step observed so far (the scoring step included)."""
+
+    name = path = "daam"
+    mode = "bicubic"
+
+    def __init__(self, layers: tuple[str, ...]):
+        super().__init__(layers)
+        self.sums: dict[str, torch.Tensor] = {}  # layer -> [T, h, w]
+
+    def observe(self, inputs: ScoreInputs) -> None:
+        for name, layer_map in attention_maps(inputs, self.layers, self.mode).items():
+            self.sums[name] = self.sums[name] + layer_map if name in self.sums else layer_map
+
+    def per_layer(self, inputs: ScoreInputs) -> dict[str | None, torch.Tensor]:
+        return {name: in_every_channel(self.sums[name], inputs) for name in self.layers}
+
+
+class NoiseDiffKind(ScoreKind):
+    """DiffEdit's noise difference against the scene's text [77, D] (one map, no layers)."""
+
+    name = path = "noise_diff"
+
+    def __init__(self, scene_embeddings: torch.Tensor):
+        self.scene = scene_embeddings
+
+    def per_layer(self, inputs: ScoreInputs) -> dict[str | None, torch.Tensor]:
+        return {None: noise_difference(inputs, self.scene[None])[None]}  # [1, C, h, w]
+
+
+def in_every_channel(layer_map: torch.Tensor, inputs: ScoreInputs) -> torch.Tensor:
+    """[T, h, w] -> [T, C, h, w], the same map in every latent channel."""
+    return layer_map[:, None].expand(-1, inputs.grid[0], -1, -1)
+
+
+def score_kind(
+    kind: str, config: ScoreConfig, layers: tuple[str, ...], scene_embeddings: torch.Tensor | None
+) -> ScoreKind:
+    """One sample's ScoreKind of `kind` over the resolved `layers` (`scene_embeddings`: noise_diff only)."""
+    if kind == "gradsam":
+        return GradSAMKind(config, layers)
+    if kind == "attention_only":
+        return AttentionKind(layers)
+    if kind == "daam":
+        return DAAMKind(layers)
+    if scene_embeddings is None:
+        raise ValueError("score kind noise_diff needs the scene's text embeddings.")
+    return NoiseDiffKind(scene_embeddings)
+
+
+def layers_on(backbone: Backbone, layers: str | tuple[str, ...], key: str = "method.score.layers") -> tuple[str, ...]:
+    """A layer set (`last`, `all`, `res<k>` on this backbone's latent, names) -> names in execution order;
+    `key` names the setting in a refusal."""
+    return tuple(resolve_layers(backbone.unet, layers, backbone.latent_size, key))
+
+
+def scene_embeddings(backbone: Backbone, samples: list[Sample]) -> torch.Tensor:
+    """The scene texts of noise_diff (DiffEdit's default query: the subcategory, "_" read as a space) [B, 77, D]."""
+    return encode_text(backbone, [s.scene.replace("_", " ") for s in samples])
