@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from bench.datasets.base import (
+    Dataset,
     DatasetError,
     ReferenceImage,
     file_sha256,
@@ -62,7 +63,7 @@ def read_image(path: Path) -> Image.Image:
     return open_bounded(path)
 
 
-class Places365Scenes:
+class Places365Scenes(Dataset):
     """The protocol's subcategories, each with N Places365 images."""
 
     # Real images: where a generated subject is can only be found by a segmenter, so a run records its
