@@ -64,7 +64,10 @@ def read_image(path: Path) -> Image.Image:
 
 
 class Places365Scenes(Dataset):
-    """The protocol's subcategories, each with N Places365 images."""
+    """The protocol's subcategories, each with N Places365 images.
+
+    The Hydra `_target_` of conf/dataset/places365.yaml: the constructor's keywords are that file's keys.
+    """
 
     # Real images: where a generated subject is can only be found by a segmenter, so a run records its
     # subject truth by default (truth_record.enabled=auto; bench/truth).
