@@ -100,6 +100,22 @@ def save_png(path: str | Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def mask_to_png(mask: np.ndarray) -> np.ndarray:
+    """[h, w] or [C, h, w] mask in [0, 1] -> uint8 [h, C*w] (channels side by side)."""
+    mask = np.asarray(mask, dtype=np.float32)
+    if mask.ndim == 3:
+        mask = np.concatenate(list(mask), axis=1)
+    return (np.clip(mask, 0, 1) * 255).round().astype(np.uint8)
+
+
+def relative_to_root(path: str | Path, root: str | Path) -> str:
+    """`path` relative to `root` (paths.root_dir) as rows record it; the path as given when it lies outside."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
+
+
 MAPS_FILE = "maps.npz"  # a sample's recorded subject maps, beside its masks
 
 

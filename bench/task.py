@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +16,18 @@ from PIL import Image
 from tqdm import tqdm
 
 from bench.config import ConfigError, build, check_ablation, check_path_names, is_safe_name
-from bench.datasets.base import DatasetError, ReferenceImage, WorkUnit, to_model_input
-from bench.metrics.common import SampleContext
+from bench.datasets.base import Dataset, DatasetError, ReferenceImage, WorkUnit, to_model_input
+from bench.metrics.common import PerSampleMetric, SampleContext
 from bench.records import (
     MAPS_FILE,
     atomic_write_bytes,
     atomic_write_text,
     environment_manifest,
     maps_to_npz,
+    mask_to_png,
     merge_samples,
     read_rows,
+    relative_to_root,
     row_path,
     save_png,
     task_writers,
@@ -32,10 +35,12 @@ from bench.records import (
     write_row,
     writing,
 )
+from bench.sd.backbone import Backbone
 from bench.sd.config import from_mapping, integer, is_integer
 from bench.sd.diffusion import SamplingConfig
 from bench.sd.methods import Generated, Method, Sample
-from bench.truth.record import TRUTH_FILE, TruthRecorder
+from bench.tracking import NullTracker
+from bench.truth.record import TRUTH_FILE, TruthRecorder, TruthSources
 from method.attention import describe_layers
 
 log = logging.getLogger(__name__)
@@ -91,6 +96,73 @@ def batches(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run reads and writes, built once from the config (after `check_path_names`)."""
+
+    run_dir: Path  # outputs/<task>/<model>/<dataset>/<label>+<ablation>: this run's rows, images and masks
+    task_dir: Path  # outputs/<task>: every run of the task (its writers lock)
+    results_dir: Path  # results/<task>
+    samples_csv: Path  # results/<task>/samples.csv, rebuilt from every row of the task
+    references_dir: Path  # outputs/<task>/references/<model>/<dataset>: the references as the model saw them
+    root_dir: Path  # paths.root_dir: rows hold paths relative to it
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> RunPaths:
+        task_dir = Path(cfg.paths.output_dir) / cfg.task_name
+        results_dir = Path(cfg.paths.results_dir) / cfg.task_name
+        return cls(
+            run_dir=Path(cfg.run_dir),
+            task_dir=task_dir,
+            results_dir=results_dir,
+            samples_csv=results_dir / "samples.csv",
+            references_dir=task_dir / "references" / cfg.model.name / cfg.dataset.name,
+            root_dir=Path(cfg.paths.root_dir),
+        )
+
+    def image_png(self, key: str) -> Path:
+        return self.run_dir / "images" / f"{key}.png"
+
+    def sample_masks(self, key: str) -> Path:
+        """The folder of a sample's masks (and its maps.npz and truth.npz)."""
+        return self.run_dir / "masks" / key
+
+    def reference_png(self, size: int, image_id: str) -> Path:
+        """The reference at `size` px, shared by every method of the task."""
+        return self.references_dir / f"{size}px" / f"{image_id}.png"
+
+    def relative(self, path: Path) -> str:
+        return relative_to_root(path, self.root_dir)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """This shard's work, planned before any model is built."""
+
+    dataset: Dataset
+    units: list[WorkUnit]  # every unit of this shard, in protocol order
+    pending: list[WorkUnit]  # the units without a row yet
+    settings: dict  # every setting that changes a sample's pixels (`image_settings`)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the sample loop needs, built once by `run_benchmark` after every check has passed."""
+
+    paths: RunPaths
+    method: Method
+    backbone: Backbone
+    sampling: SamplingConfig
+    metrics: dict[str, PerSampleMetric]  # conf name -> per-sample metric
+    tracker: NullTracker  # logger=none, or a subclass of it (logger=wandb)
+    truth: TruthRecorder | None  # None: truth_record.enabled is off
+    references: dict[str, tuple[np.ndarray, str]]  # image id -> (uint8 [S, S, 3] model input, conversion note)
+    row_base: dict  # the columns shared by every row of the run (`row_base`)
+    batch_size: int
+    config: dict  # the resolved config, as the tracker records it
+    run_name: str  # the tracker's name of this run
+
+
 def run_benchmark(cfg: DictConfig) -> dict:
     """Run one job: one (model, dataset, method, ablation) over its shard of the work units.
 
@@ -98,7 +170,25 @@ def run_benchmark(cfg: DictConfig) -> dict:
     Order: every check that needs no model, then the references, then the models and the checks that
     need them; only then the first write. A run refused by any check leaves nothing that blocks the fix.
     """
-    # 1. Validate the whole config before anything is loaded or written.
+    sampling, method = validate_config(cfg)
+    paths = RunPaths.from_config(cfg)
+    plan = plan_run(cfg, paths.run_dir)
+    summary = {"run_dir": str(paths.run_dir), "planned": len(plan.units), "pending": len(plan.pending)}
+    if cfg.dry_run:
+        return print_dry_run(cfg, plan, summary)
+    # Read every reference first: a bad file fails now, not after an hour of sampling.
+    references = load_references(plan.pending, cfg.model.image_size, cfg.dataset.get("resample", "bicubic"))
+    context = build_context(cfg, paths, plan, method, sampling, references)
+    written = [paths.task_dir, paths.results_dir, paths.run_dir]
+    with writing(paths.task_dir), task_writers(paths.task_dir, written) as removed:
+        if removed:
+            log.info("deleted %d temporary files of killed writes (no other run of this task is alive)", removed)
+        write_run_records(cfg, context, plan)
+        return generate_and_record(context, plan.pending, summary)
+
+
+def validate_config(cfg: DictConfig) -> tuple[SamplingConfig, Method]:
+    """Check the whole config before anything is loaded or written; the sampling config and the method."""
     check_ablation(cfg)
     check_run_keys(cfg)
     check_path_names(cfg)
@@ -106,10 +196,17 @@ def run_benchmark(cfg: DictConfig) -> dict:
     method: Method = build(cfg.method)
     method.check(sampling)
     set_cpu_threads(cfg.get("cpu_threads"))
-    run_dir = Path(cfg.run_dir)
+    return sampling, method
 
-    # 2. Plan the work units of this shard and find those not done yet.
+
+def plan_run(cfg: DictConfig, run_dir: Path) -> RunPlan:
+    """The dataset and this shard's work units; refuses a run folder made with other pixel settings."""
     dataset = build(cfg.dataset)
+    if not isinstance(dataset, Dataset):
+        raise ConfigError(
+            f"dataset={cfg.dataset.name} builds a {type(dataset).__name__}, which is not a "
+            "bench.datasets.base.Dataset. Fix: subclass Dataset (it declares records_truth and manifest())."
+        )
     references = dataset.references()
     if not references:
         raise DatasetError(f"dataset={cfg.dataset.name} yielded no reference images; check its config.")
@@ -118,94 +215,95 @@ def run_benchmark(cfg: DictConfig) -> dict:
     check_run_settings(run_dir, settings)
     pending = [u for u in units if not row_path(run_dir, u.key).exists()]
     read_rows([run_dir])  # a damaged row fails now, naming its file, not after the whole run
-    summary = {"run_dir": str(run_dir), "planned": len(units), "pending": len(pending)}
-    if cfg.dry_run:
-        print(OmegaConf.to_yaml(cfg, resolve=True))
-        print(json.dumps(summary, indent=2))
-        if "score" in cfg.method:  # a method with a layer choice: the model's cross-attention layers
-            print_layers(build(cfg.model))
-        for unit in pending[:10]:
-            print(f"  would generate {unit.key}")
-        return summary
+    return RunPlan(dataset, units, pending, settings)
 
-    # 3. Read every reference first: a bad file fails now, not after an hour of sampling.
-    refs = load_references(pending, cfg.model.image_size, cfg.dataset.get("resample", "bicubic"))
 
-    # 4. Build the subject-truth segmenter (missing weights fail here), the backbone and check what needs
-    #    it, then the metrics and the tracker.
-    truth = truth_recorder(cfg, dataset)
+def print_dry_run(cfg: DictConfig, plan: RunPlan, summary: dict) -> dict:
+    """dry_run=true: the resolved config, the summary, the layers to choose from and the first samples."""
+    print(OmegaConf.to_yaml(cfg, resolve=True))
+    print(json.dumps(summary, indent=2))
+    if "score" in cfg.method:  # a method with a layer choice: the model's cross-attention layers
+        print_layers(build(cfg.model))
+    for unit in plan.pending[:10]:
+        print(f"  would generate {unit.key}")
+    return summary
+
+
+def build_context(
+    cfg: DictConfig,
+    paths: RunPaths,
+    plan: RunPlan,
+    method: Method,
+    sampling: SamplingConfig,
+    references: dict[str, tuple[np.ndarray, str]],
+) -> RunContext:
+    """Build the models and run the checks that need them, in this order: the subject-truth segmenters
+    (missing weights stop the run before the backbone loads), the backbone, its checks and
+    `Method.preflight`, then the metrics and the tracker."""
+    truth = truth_sources(cfg, plan.dataset)
     backbone = build(cfg.model)
-    if truth is not None:
-        truth.latent_size = backbone.latent_size
     check_steps(sampling, backbone.scheduler.config.num_train_timesteps)
-    method.preflight(backbone, [u.sample(refs[u.image.image_id][0]) for u in pending])
+    method.preflight(backbone, [u.sample(references[u.image.image_id][0]) for u in plan.pending])
     metrics = {name: build(node) for name, node in cfg.metrics.per_sample.items()}
     tracker = build(cfg.logger)
-    task_dir = Path(cfg.paths.output_dir) / cfg.task_name
-    results_dir = Path(cfg.paths.results_dir) / cfg.task_name
-    with writing(task_dir), task_writers(task_dir, [task_dir, results_dir, run_dir]) as removed:
-        if removed:
-            log.info("deleted %d temporary files of killed writes (no other run of this task is alive)", removed)
-        write_run_records(cfg, run_dir, settings, backbone, dataset)
-        return generate_and_record(
-            cfg, run_dir, pending, refs, method, backbone, sampling, metrics, tracker, summary, truth
-        )
+    shard = f"+shard-{cfg.shard.index}-of-{cfg.shard.count}" if cfg.shard.count > 1 else ""
+    return RunContext(
+        paths=paths,
+        method=method,
+        backbone=backbone,
+        sampling=sampling,
+        metrics=metrics,
+        tracker=tracker,
+        truth=None if truth is None else truth.recorder(backbone.latent_size),
+        references=references,
+        row_base=row_base(cfg, method),
+        batch_size=cfg.batch_size,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        run_name=f"{cfg.task_name}/{method.label}+{cfg.ablation.name}{shard}",
+    )
 
 
-def write_run_records(cfg: DictConfig, run_dir: Path, settings: dict, backbone, dataset) -> None:
+def write_run_records(cfg: DictConfig, context: RunContext, plan: RunPlan) -> None:
     """config.yaml, the image settings, this shard's environment and the dataset manifest (atomic)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    run_dir = context.paths.run_dir
     # What made the samples, the same for every shard (Hydra keeps each shard's own config in .hydra/).
-    shared = {k: v for k, v in resolved.items() if k != "shard"}
+    shared = {k: v for k, v in context.config.items() if k != "shard"}
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(shared))
-    atomic_write_text(run_dir / SETTINGS_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(run_dir / SETTINGS_FILE, json.dumps(plan.settings, indent=2, sort_keys=True) + "\n")
     atomic_write_text(
         run_dir / f"environment-shard-{cfg.shard.index}-of-{cfg.shard.count}.json",
-        json.dumps(environment_manifest(backbone.device), indent=2, sort_keys=True) + "\n",
+        json.dumps(environment_manifest(context.backbone.device), indent=2, sort_keys=True) + "\n",
     )
-    if hasattr(dataset, "manifest"):  # the files used, with their sha256 (e.g. dataset=places365)
-        write_csv(pd.DataFrame(dataset.manifest()), run_dir / "manifest.csv")
+    manifest = plan.dataset.manifest()  # the files used, with their sha256 (e.g. dataset=places365)
+    if manifest is not None:
+        write_csv(pd.DataFrame(manifest), run_dir / "manifest.csv")
 
 
-def generate_and_record(
-    cfg: DictConfig,
-    run_dir: Path,
-    pending: list[WorkUnit],
-    refs: dict,
-    method: Method,
-    backbone,
-    sampling: SamplingConfig,
-    metrics: dict,
-    tracker,
-    summary: dict,
-    truth: TruthRecorder | None = None,
-) -> dict:
-    """Generate, score and record, one batch at a time; each sample is saved as it completes."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    shard = f"+shard-{cfg.shard.index}-of-{cfg.shard.count}" if cfg.shard.count > 1 else ""
-    tracker.start(resolved, name=f"{cfg.task_name}/{method.label}+{cfg.ablation.name}{shard}")
+def generate_and_record(context: RunContext, pending: list[WorkUnit], summary: dict) -> dict:
+    """Generate, score and record, one batch at a time; each sample is saved as it completes.
+
+    Then rebuild the task's samples table from every row on disk (all methods, all shards); returns
+    `summary` with its path.
+    """
+    context.tracker.start(context.config, name=context.run_name)
     exit_code = 1
     try:
-        base = row_base(cfg, method)
-        with tqdm(total=len(pending), desc=method.label, unit="sample") as bar:
-            for batch in batches(pending, cfg.batch_size):
-                samples = [u.sample(refs[u.image.image_id][0]) for u in batch]
-                results = method.generate(backbone, samples, sampling)
+        with tqdm(total=len(pending), desc=context.method.label, unit="sample") as bar:
+            for batch in batches(pending, context.batch_size):
+                samples = [u.sample(context.references[u.image.image_id][0]) for u in batch]
+                results = context.method.generate(context.backbone, samples, context.sampling)
                 for unit, sample, result in zip(batch, samples, results, strict=True):
-                    conversion = refs[unit.image.image_id][1]
-                    with writing(run_dir):
-                        record_sample(cfg, run_dir, base, unit, sample, result, metrics, conversion, truth)
+                    with writing(context.paths.run_dir):
+                        record_sample(context, unit, sample, result)
                     bar.update(1)
-        # Rebuild the task's samples table from every row on disk (all methods, all shards).
-        task_dir = Path(cfg.paths.output_dir) / cfg.task_name
-        samples_csv = Path(cfg.paths.results_dir) / cfg.task_name / "samples.csv"
+        samples_csv = context.paths.samples_csv
         with writing(samples_csv):
-            frame = merge_samples(task_dir, samples_csv)
-        tracker.log_table("samples", frame)
+            frame = merge_samples(context.paths.task_dir, samples_csv)
+        context.tracker.log_table("samples", frame)
         summary["samples_csv"] = str(samples_csv)
         exit_code = 0
     finally:
-        tracker.finish(exit_code)
+        context.tracker.finish(exit_code)
     return summary
 
 
@@ -314,8 +412,8 @@ def row_base(cfg: DictConfig, method: Method) -> dict:
     return base
 
 
-def truth_recorder(cfg: DictConfig, dataset) -> TruthRecorder | None:
-    """The run's subject-truth recorder, or None when `truth_record.enabled` is off.
+def truth_sources(cfg: DictConfig, dataset: Dataset) -> TruthSources | None:
+    """The run's subject-truth segmenters, or None when `truth_record.enabled` is off.
 
     auto: on for datasets of real images (`records_truth`, e.g. dataset=places365), whose subjects are
     found only by a segmenter; off elsewhere, so those rows keep exactly their columns.
@@ -323,7 +421,7 @@ def truth_recorder(cfg: DictConfig, dataset) -> TruthRecorder | None:
     node = cfg.get("truth_record") or {}
     enabled = node.get("enabled", False)
     if enabled == "auto":
-        enabled = bool(getattr(dataset, "records_truth", False))
+        enabled = dataset.records_truth
     if not isinstance(enabled, bool):
         raise ConfigError(f"truth_record.enabled={enabled!r}; expected auto, true or false.")
     if not enabled:
@@ -334,23 +432,28 @@ def truth_recorder(cfg: DictConfig, dataset) -> TruthRecorder | None:
             "truth=oracle on dataset=toy_world) or set truth_record.enabled=false."
         )
     compare = build(cfg.truth_compare) if cfg.get("truth_compare") else None
-    return TruthRecorder(build(cfg.truth), node.get("alt_threshold"), compare)
+    return TruthSources(build(cfg.truth), node.get("alt_threshold"), compare)
 
 
-def record_sample(
-    cfg: DictConfig,
-    run_dir: Path,
-    base: dict,
-    unit: WorkUnit,
-    sample: Sample,
-    result: Generated,
-    metrics: dict,
-    conversion: str,
-    truth: TruthRecorder | None = None,
-) -> None:
+def record_sample(context: RunContext, unit: WorkUnit, sample: Sample, result: Generated) -> None:
     """Save the image and masks (and the truth), score the sample, then write its row (the row marks it done)."""
-    row = {
-        **base,
+    conversion = context.references[unit.image.image_id][1]
+    row = {**context.row_base, **identity_columns(unit, conversion), **result.info}
+    if result.failure is not None or result.image is None:
+        row.update(status="failed", failure=result.failure or "no image", image_path="")
+        write_row(context.paths.run_dir, unit.key, row)
+        log.warning("sample %s failed: %s", unit.key, row["failure"])
+        return
+    row.update(save_sample_files(context.paths, unit, sample, result))
+    if context.truth is not None:
+        row.update(truth_columns(context, unit, sample, result))
+    row.update(metric_columns(context.metrics, unit, sample, result))
+    write_row(context.paths.run_dir, unit.key, row)
+
+
+def identity_columns(unit: WorkUnit, conversion: str) -> dict:
+    """What identifies a sample in its row: reference image, prompt, seed, and how the reference was converted."""
+    return {
         "image_id": unit.image.image_id,
         "category": unit.image.category,
         "subcategory": unit.image.subcategory,
@@ -360,39 +463,42 @@ def record_sample(
         "sample_key": unit.key,
         "reference_source": unit.image.source,
         "reference_conversion": conversion,
-        **result.info,
     }
-    if result.failure is not None or result.image is None:
-        row.update(status="failed", failure=result.failure or "no image", image_path="")
-        write_row(run_dir, unit.key, row)
-        log.warning("sample %s failed: %s", unit.key, row["failure"])
-        return
-    image_path = run_dir / "images" / f"{unit.key}.png"
+
+
+def save_sample_files(paths: RunPaths, unit: WorkUnit, sample: Sample, result: Generated) -> dict:
+    """Write the image, the masks (and recorded maps) and the reference as the model saw it; their row columns."""
+    image_path, masks_dir = paths.image_png(unit.key), paths.sample_masks(unit.key)
     save_png(image_path, result.image)
     for name, mask in result.masks.items():
-        save_png(run_dir / "masks" / unit.key / f"{name}.png", mask_to_png(mask))
+        save_png(masks_dir / f"{name}.png", mask_to_png(mask))
     if result.maps:  # method.attribution.record: the continuous maps beside the masks
-        atomic_write_bytes(run_dir / "masks" / unit.key / MAPS_FILE, maps_to_npz(result.maps))
-    # The reference as the model saw it (after conversion and resize), shared by every method of the task.
-    size = sample.reference.shape[0]
-    reference_dir = Path(cfg.paths.output_dir) / cfg.task_name / "references" / cfg.model.name / cfg.dataset.name
-    reference_path = reference_dir / f"{size}px" / f"{unit.image.image_id}.png"
+        atomic_write_bytes(masks_dir / MAPS_FILE, maps_to_npz(result.maps))
+    # The reference after conversion and resize, shared by every method of the task.
+    reference_path = paths.reference_png(sample.reference.shape[0], unit.image.image_id)
     if not reference_path.exists():
         save_png(reference_path, sample.reference)
-    row.update(
-        status="ok",
-        failure="",
-        image_path=relative_to_root(image_path, cfg.paths.root_dir),
-        reference_path=relative_to_root(reference_path, cfg.paths.root_dir),
-        masks_dir=relative_to_root(run_dir / "masks" / unit.key, cfg.paths.root_dir) if result.masks else "",
+    return {
+        "status": "ok",
+        "failure": "",
+        "image_path": paths.relative(image_path),
+        "reference_path": paths.relative(reference_path),
+        "masks_dir": paths.relative(masks_dir) if result.masks else "",
+    }
+
+
+def truth_columns(context: RunContext, unit: WorkUnit, sample: Sample, result: Generated) -> dict:
+    """Segment the generated image, write its truth.npz beside the masks; the `truth_*` columns."""
+    truth_path = context.paths.sample_masks(unit.key) / TRUTH_FILE
+    columns = context.truth(
+        result.image, sample.subject, sample.prompt, truth_path, result.masks, sample.reference, unit.key
     )
-    if truth is not None:
-        truth_path = run_dir / "masks" / unit.key / TRUTH_FILE
-        row.update(
-            truth(result.image, sample.subject, sample.prompt, truth_path, result.masks, sample.reference, unit.key)
-        )
-        row["truth_path"] = relative_to_root(truth_path, cfg.paths.root_dir)
-    context = SampleContext(
+    return {**columns, "truth_path": context.paths.relative(truth_path)}
+
+
+def metric_columns(metrics: dict[str, PerSampleMetric], unit: WorkUnit, sample: Sample, result: Generated) -> dict:
+    """Every per-sample metric's columns, each with its provenance."""
+    scored = SampleContext(
         generated=result.image,
         reference=sample.reference,
         prompt=sample.prompt,
@@ -402,22 +508,8 @@ def record_sample(
         masks=result.masks,
         native_reference=unit.image.load,
     )
+    columns = {}
     for metric in metrics.values():
-        row.update(metric(context))
-        row[f"{metric.name}_provenance"] = metric.provenance
-    write_row(run_dir, unit.key, row)
-
-
-def mask_to_png(mask: np.ndarray) -> np.ndarray:
-    """[h, w] or [C, h, w] mask in [0, 1] -> uint8 [h, C*w] (channels side by side)."""
-    mask = np.asarray(mask, dtype=np.float32)
-    if mask.ndim == 3:
-        mask = np.concatenate(list(mask), axis=1)
-    return (np.clip(mask, 0, 1) * 255).round().astype(np.uint8)
-
-
-def relative_to_root(path: Path, root: str) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path(root).resolve()))
-    except ValueError:
-        return str(path)
+        columns.update(metric(scored))
+        columns[f"{metric.name}_provenance"] = metric.provenance
+    return columns

@@ -82,14 +82,36 @@ class WorkUnit:
         return Sample(image.image_id, prompt.text, prompt.subject, self.seed, reference, scene=image.subcategory)
 
 
-class DrawnDataset:
+class Dataset:
+    """A source of reference scenes (config group `dataset`): its references and its declared features.
+
+    A run reads the features plainly: `records_truth` (a run records subject truth by default,
+    `truth_record.enabled=auto`) and `manifest()` (the files used, written to the run's manifest.csv).
+    """
+
+    name: str
+    # Real images, whose subjects only a segmenter finds: a run records their subject truth by default.
+    records_truth: bool = False
+
+    def references(self) -> list[ReferenceImage]:
+        """Every reference image, in protocol order."""
+        raise NotImplementedError
+
+    def manifest(self) -> list[dict] | None:
+        """One row per file used (e.g. with its sha256), or None when no file is read (drawn scenes)."""
+        return None
+
+
+class DrawnDataset(Dataset):
     """A procedurally drawn dataset on a protocol: image k of each subcategory is `draw(subcategory, k)`.
 
     Subclasses set `kind` (the start of each reference's `source`) and define `draw`; `prompted` may
-    replace the protocol's prompts (the toy world does).
+    replace the protocol's prompts (the toy world does). Drawn scenes are read from no file (no manifest)
+    and record no subject truth by default.
     """
 
     kind = "drawn"
+    records_truth = False
 
     def __init__(
         self,

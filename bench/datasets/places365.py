@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from bench.datasets.base import (
+    Dataset,
     DatasetError,
     ReferenceImage,
     file_sha256,
@@ -62,8 +63,11 @@ def read_image(path: Path) -> Image.Image:
     return open_bounded(path)
 
 
-class Places365Scenes:
-    """The protocol's subcategories, each with N Places365 images."""
+class Places365Scenes(Dataset):
+    """The protocol's subcategories, each with N Places365 images.
+
+    The Hydra `_target_` of conf/dataset/places365.yaml: the constructor's keywords are that file's keys.
+    """
 
     # Real images: where a generated subject is can only be found by a segmenter, so a run records its
     # subject truth by default (truth_record.enabled=auto; bench/truth).

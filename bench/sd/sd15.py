@@ -10,19 +10,21 @@ Where the weights come from, checked in this order before anything heavy is buil
        or a single `.safetensors` / `.ckpt` checkpoint;
     2. the Hugging Face cache (HF_HOME / HF_HUB_CACHE, or `model.cache_dir`) at `model.revision`;
     3. the hub, when online (a quick probe first, so an unreachable hub fails in about a second).
-Anything missing ends in one `AssetMissingError` that names the model and the three ways to provide it.
+Anything missing ends in one `AssetMissingError` that names the model and the three ways to provide it
+(the folder locator is shared with CLIPSeg: bench/sd/weights.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import HfApi
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 from safetensors import SafetensorError
@@ -31,13 +33,13 @@ from transformers import CLIPTextModel
 from bench.sd.backbone import Backbone, make_scheduler, resolve_device
 from bench.sd.errors import AssetMissingError, ConfigError
 from bench.sd.tokenizer import ClipBpeTokenizer
+from bench.sd.weights import HUB_PROBE_TIMEOUT_S, SafetensorsFolder, locate_folder
 
 log = logging.getLogger(__name__)
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 # Scheduler keys fixed by training: the checkpoint and the config must agree on them.
 TRAINING_SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
-HUB_PROBE_TIMEOUT_S = 10.0
 GRADIENT_UNETS = ("twin", "upcast")
 
 
@@ -83,74 +85,49 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 # --- where the weights are ---------------------------------------------------------------------------------------
 
 
+def weights_folder(repo_id: str, revision: str, variant: str | None, cache_dir: str | None) -> SafetensorsFolder:
+    """The diffusers folder of SD1.5 that the shared locator looks for (bench/sd/weights.py)."""
+    return SafetensorsFolder(
+        title="Stable Diffusion v1-5 weights",
+        repo_id=repo_id,
+        revision=revision,
+        required=tuple(required_files(variant)),
+        how_to_provide=how_to_provide(repo_id, revision),
+        path_key="model.path",
+        revision_key="model.revision",
+        cache_dir=cache_dir,
+        also_fetch=("tokenizer/*",),
+        missing_hint=" (set model.variant=fp16 if only *.fp16.safetensors files are there)" if variant is None else "",
+    )
+
+
 def locate_weights(
     repo_id: str, revision: str, path: str | None, variant: str | None, cache_dir: str | None
 ) -> tuple[str, Path]:
     """("folder" | "file", local path) of the weights; raises AssetMissingError naming the fixes."""
+    spec = weights_folder(repo_id, revision, variant, cache_dir)
     if path is not None:
-        return _local_weights(Path(path).expanduser(), repo_id, revision, variant)
-    folder = _cached_snapshot(repo_id, revision, variant, cache_dir)
-    if folder is not None:
-        return "folder", folder
-    cache = cache_dir or hf_constants.HF_HUB_CACHE
-    if hf_constants.is_offline_mode():
-        raise AssetMissingError(
-            f"Stable Diffusion v1-5 weights {repo_id}@{revision} are not in the Hugging Face cache ({cache}) "
-            "and HF_HUB_OFFLINE=1 forbids downloading them. " + how_to_provide(repo_id, revision)
-        )
-    _probe_hub(repo_id, revision, cache)
-    try:
-        folder = Path(
-            snapshot_download(
-                repo_id,
-                revision=revision,
-                cache_dir=cache_dir,
-                allow_patterns=required_files(variant) + ["tokenizer/*"],
-            )
-        )
-    except (OSError, ValueError) as exc:  # LocalEntryNotFoundError, HTTP errors, disk full
-        raise AssetMissingError(
-            f"downloading {repo_id}@{revision} into {cache} failed: {exc}. " + how_to_provide(repo_id, revision)
-        ) from exc
-    _check_folder(folder, variant, repo_id, revision)
+        local = Path(path).expanduser()
+        if not local.exists():
+            raise AssetMissingError(f"model.path={local} does not exist. " + spec.how_to_provide)
+        if not local.is_dir():
+            return "file", single_file(local)
+    folder, _source = locate_folder(spec, path, resolve=lambda: _probe_hub(repo_id, revision, spec.cache))
     return "folder", folder
 
 
-def _local_weights(path: Path, repo_id: str, revision: str, variant: str | None) -> tuple[str, Path]:
-    if not path.exists():
-        raise AssetMissingError(f"model.path={path} does not exist. " + how_to_provide(repo_id, revision))
-    if path.is_dir():
-        _check_folder(path, variant, repo_id, revision)
-        return "folder", path
+def single_file(path: Path) -> Path:
+    """A single checkpoint: only .safetensors or .ckpt (loaded with weights_only=True)."""
     if path.suffix not in SINGLE_FILE_SUFFIXES:
         raise ConfigError(
             f"model.path={path} has suffix {path.suffix!r}; expected a diffusers folder or a single checkpoint "
             f"with one of {SINGLE_FILE_SUFFIXES} (.bin/.pt pickles are refused; convert them to safetensors)."
         )
-    return "file", path
+    return path
 
 
-def _cached_snapshot(repo_id: str, revision: str, variant: str | None, cache_dir: str | None) -> Path | None:
-    """The cached snapshot folder if it holds every required file, else None (no network)."""
-    try:
-        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
-    except (OSError, ValueError):  # LocalEntryNotFoundError is both
-        return None
-    return folder if all((folder / f).is_file() for f in required_files(variant)) else None
-
-
-def _check_folder(folder: Path, variant: str | None, repo_id: str, revision: str) -> None:
-    missing = [f for f in required_files(variant) if not (folder / f).is_file()]
-    if missing:
-        hint = " (set model.variant=fp16 if only *.fp16.safetensors files are there)" if variant is None else ""
-        raise AssetMissingError(
-            f"the Stable Diffusion folder {folder} lacks {missing}{hint}. Only safetensors weights are loaded. "
-            + how_to_provide(repo_id, revision)
-        )
-
-
-def _probe_hub(repo_id: str, revision: str, cache: str) -> None:
-    """One quick request, so that an unreachable hub fails now instead of after minutes of retries."""
+def _probe_hub(repo_id: str, revision: str, cache: str) -> str:
+    """One quick request, so that an unreachable hub fails now instead of after minutes of retries; the revision."""
     try:
         HfApi().model_info(repo_id, revision=revision, timeout=HUB_PROBE_TIMEOUT_S)
     except (RepositoryNotFoundError, GatedRepoError) as exc:
@@ -167,6 +144,7 @@ def _probe_hub(repo_id: str, revision: str, cache: str) -> None:
             f"Stable Diffusion v1-5 weights {repo_id}@{revision} are not in the Hugging Face cache ({cache}) "
             f"and the hub cannot be reached ({type(exc).__name__}: {exc}). " + how_to_provide(repo_id, revision)
         ) from exc
+    return revision
 
 
 # --- loading --------------------------------------------------------------------------------------------------------
@@ -187,6 +165,7 @@ def load_sd15(
 ) -> Backbone:
     """SD1.5 as a `Backbone`: sampling in `dtype`, with a float32 UNet on demand for gradient passes.
 
+    The Hydra `_target_` of conf/model/sd15.yaml: its keyword arguments are that file's keys, one for one.
     gradient_unet: `twin` (a float32 copy loaded from the stored weights) or `upcast` (the sampling
     UNet cast to float32 during each gradient pass; no second copy).
     """
@@ -198,19 +177,12 @@ def load_sd15(
     torch_dtype = resolve_dtype(dtype, dev)
     kind, location = locate_weights(repo_id, revision, path, variant, cache_dir)
     log.info("loading Stable Diffusion v1-5 from %s (%s, %s)", location, kind, torch_dtype)
-    try:
+    with _loading(location, repo_id, revision):
         if kind == "folder":
             check_tokenizer(location)
             unet, vae, text_encoder, repo_scheduler = _load_folder(location, torch_dtype, variant)
         else:
             unet, vae, text_encoder, repo_scheduler = _load_single_file(location, torch_dtype, repo_id, cache_dir)
-    except (OSError, ValueError, SafetensorError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise AssetMissingError(
-            f"loading Stable Diffusion v1-5 from {location} failed ({type(exc).__name__}: {exc}). A partial or "
-            "corrupt file: delete it and fetch it again. " + how_to_provide(repo_id, revision)
-        ) from exc
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if image_size % factor != 0:
         raise ConfigError(f"model.image_size={image_size}; expected a multiple of the VAE's factor {factor}.")
@@ -232,6 +204,20 @@ def load_sd15(
         unet_float32_loader=_float32_unet_loader(kind, location, variant, repo_id, cache_dir, dev),
         gradient_unet=gradient_unet,
     )
+
+
+@contextmanager
+def _loading(location: Path, repo_id: str, revision: str) -> Iterator[None]:
+    """A partial or corrupt file while loading -> AssetMissingError naming it and the ways to fetch it again."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise AssetMissingError(
+            f"loading Stable Diffusion v1-5 from {location} failed ({type(exc).__name__}: {exc}). A partial or "
+            "corrupt file: delete it and fetch it again. " + how_to_provide(repo_id, revision)
+        ) from exc
 
 
 def _load_folder(folder: Path, torch_dtype: torch.dtype, variant: str | None):

@@ -17,6 +17,7 @@ from bench.metrics.toy_clip import load_toy_clip, toy_clip_folder
 from bench.toy.clip import ZeroShot
 from bench.toy.oracle import MAX_DISTANCE, MIN_AREA, colour_region, prompt_subject, region_shape
 from bench.toy.world import COLOURS, SHAPES
+from bench.truth.base import cell_mask, iou
 from bench.truth.scores import centre_prior
 
 MASK_KEY = "subject_mask"
@@ -27,18 +28,6 @@ def upsample_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """[h, w] or [C, h, w] mask in [0, 1] -> bool [size, size], as bench.metrics.background reads it
     (channel mean >= 0.5, nearest-neighbour upsampling)."""
     return subject_mask_to_image(mask, size, size)
-
-
-def cell_mask(mask: np.ndarray) -> np.ndarray:
-    """The latent-resolution subject cells, bool [h, w] ([C, h, w] masks: channel mean >= 0.5)."""
-    mask = np.asarray(mask, dtype=np.float32)
-    return (mask.mean(axis=0) if mask.ndim == 3 else mask) >= 0.5
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two bool masks; NaN when both are empty."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else NAN
 
 
 def random_mask_iou(mask: np.ndarray, truth: np.ndarray, rng: np.random.Generator, draws: int = 32) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 
@@ -43,33 +44,41 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+@dataclass(frozen=True)
+class FitSettings:
+    """How `fit` optimises: AdamW over `steps`, linear warmup then cosine decay from `lr`, EMA of the weights."""
+
+    steps: int
+    lr: float
+    warmup: int  # steps of linear warmup to `lr`
+    weight_decay: float
+    ema_decay: float
+    clip_norm: float | None = None  # the gradient norm's cap; None: no clipping
+
+
 def fit(
     name: str,
     params: list[torch.nn.Parameter],
     loss_at: Callable[[int], torch.Tensor],
-    steps: int,
-    lr: float,
-    warmup: int,
-    weight_decay: float,
-    ema_decay: float,
+    settings: FitSettings,
     log: Callable[[str], None],
-    clip_norm: float | None = None,
     after_step: Callable[[], None] | None = None,
 ) -> list[float]:
     """Minimise `loss_at(step)` (which draws its own batch) over `params`; leaves the EMA weights in `params`.
 
     Returns the loss of every step. `after_step` runs after each optimiser step, before the EMA update.
     """
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    ema = EMA(params, decay=ema_decay)
+    steps, lr = settings.steps, settings.lr
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
+    ema = EMA(params, decay=settings.ema_decay)
     start, losses = time.time(), []
     for step in range(steps):
-        set_lr(opt, lr_at(step, steps, lr, warmup=warmup))
+        set_lr(opt, lr_at(step, steps, lr, warmup=settings.warmup))
         loss = loss_at(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        if settings.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, settings.clip_norm)
         opt.step()
         if after_step is not None:
             after_step()

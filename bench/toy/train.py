@@ -23,7 +23,7 @@ from bench.toy.clip import save_clip
 from bench.toy.data import TRAIN_SEED, toy_set
 from bench.toy.fingerprint import clip_slice, unet_slice, vae_slice
 from bench.toy.train_clip import train_clip
-from bench.toy.train_unet import train_unet
+from bench.toy.train_unet import UNetTraining, train_unet
 from bench.toy.train_vae import train_vae
 
 STAGES = ("vae", "unet", "clip")
@@ -92,7 +92,7 @@ def _run(out: Path, stages: list[str], settings: dict, threads: int) -> None:
     if "unet" in stages:
         vae = AutoencoderKL.from_pretrained(out / "vae").eval().requires_grad_(False)
         start = time.time()
-        unet, text_encoder, info = train_unet(data, vae, log=log, **settings["unet"])
+        unet, text_encoder, info = train_unet(data, vae, UNetTraining(**settings["unet"]), log=log)
         unet.save_pretrained(out / "unet")
         text_encoder.save_pretrained(out / "text_encoder")
         new_scheduler().save_pretrained(out / "scheduler")

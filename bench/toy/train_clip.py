@@ -15,7 +15,7 @@ from bench.metrics.toy_clip import new_clip
 from bench.toy.architecture import CLIP
 from bench.toy.clip import round_to_fp16
 from bench.toy.data import CAPTIONS, ToySet, to_unit_range
-from bench.toy.schedule import fit
+from bench.toy.schedule import FitSettings, fit
 
 
 def blur_half(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -54,9 +54,8 @@ def train_clip(
 
     params = list(model.parameters())
     warmup = min(100, steps // 10 + 1)
-    losses = fit(
-        "clip", params, loss_at, steps, lr, warmup, weight_decay=0.05, ema_decay=0.998, log=log, after_step=clamp_scale
-    )
+    settings = FitSettings(steps, lr, warmup, weight_decay=0.05, ema_decay=0.998)
+    losses = fit("clip", params, loss_at, settings, log=log, after_step=clamp_scale)
     model.eval().requires_grad_(False)
     round_to_fp16(model)
     return model, {"steps": steps, "batch_size": batch_size, "lr": lr, "final_loss": losses[-1]}

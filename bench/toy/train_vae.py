@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL
 
 from bench.toy.architecture import new_vae
 from bench.toy.data import ToySet, to_unit_range
-from bench.toy.schedule import fit
+from bench.toy.schedule import FitSettings, fit
 
 
 def train_vae(
@@ -34,7 +34,8 @@ def train_vae(
 
     params = list(vae.parameters())
     warmup = min(100, steps // 10 + 1)
-    losses = fit("vae", params, loss_at, steps, lr, warmup, weight_decay=0.0, ema_decay=0.995, log=log)
+    settings = FitSettings(steps, lr, warmup, weight_decay=0.0, ema_decay=0.995)
+    losses = fit("vae", params, loss_at, settings, log=log)
     vae.eval().requires_grad_(False)
     vae.register_to_config(scaling_factor=latent_scaling_factor(vae, data))
     return vae, {"steps": steps, "batch_size": batch_size, "lr": lr, "kl_weight": kl_weight, "final_loss": losses[-1]}

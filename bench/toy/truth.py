@@ -15,6 +15,7 @@ class OracleTruth:
     """Subject truth of a toy-world image: the pixels of the prompt's colour (exact, no model)."""
 
     name = "oracle"
+    threshold = None  # the mask is the colour region itself, not a thresholded probability
     provenance = (
         "oracle: toy world; pixels whose nearest subject colour is the prompt's, within "
         f"{MAX_DISTANCE:g} RGB units (bench/toy/oracle.py); probability = the mask"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +29,7 @@ class SubjectSegmenter(Protocol):
 
     name: str
     provenance: str
+    threshold: float | None  # the probability a mask pixel reaches; None when the mask is exact (the oracle)
 
     def __call__(self, image: np.ndarray, subject: str, prompt: str) -> SubjectTruth:
         """Truth for uint8 [H, W, 3] `image`, whose prompt is `prompt` and subject word `subject`."""
@@ -44,6 +46,18 @@ def latent_truth(mask: np.ndarray, height: int, width: int) -> np.ndarray:
         raise ValueError(f"a {big_h}x{big_w} mask does not tile a {height}x{width} latent grid.")
     cells = mask.reshape(height, big_h // height, width, big_w // width)
     return cells.mean(axis=(1, 3)).astype(np.float32)
+
+
+def cell_mask(mask: np.ndarray) -> np.ndarray:
+    """bool [h, w]: the latent cells of a [h, w] or [C, h, w] mask in [0, 1] whose (channel mean) value is >= 0.5."""
+    mask = np.asarray(mask, dtype=np.float32)
+    return (mask.mean(axis=0) if mask.ndim == 3 else mask) >= 0.5
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two bool masks; NaN when both are empty."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else math.nan
 
 
 def threshold_truth(

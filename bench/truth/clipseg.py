@@ -3,7 +3,7 @@
 `CLIPSegTruth` gives CLIPSeg's probability that each pixel shows the subject word (the text prompt is
 the subject word alone, e.g. "deer"), resized to the image, and the mask `probability >= threshold`.
 
-The loader follows the SD1.5 loader's rules (bench/sd/sd15.py): safetensors only (the pickled
+The loader shares the SD1.5 loader's folder locator (bench/sd/weights.py): safetensors only (the pickled
 `pytorch_model.bin` of the repository's main branch is never read), no remote code, and the weights
 located before anything is built, in this order:
     1. `truth.path`: a local folder with config.json and model.safetensors (e.g. one made with
@@ -20,29 +20,25 @@ Anything missing ends in one `AssetMissingError` naming the model and the ways t
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from huggingface_hub import HfApi, snapshot_download
-from huggingface_hub import constants as hf_constants
+from huggingface_hub import HfApi
 from safetensors import SafetensorError
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, ViTImageProcessor
 
 from bench.sd.backbone import resolve_device
 from bench.sd.errors import AssetMissingError, ConfigError
 from bench.sd.tokenizer import ClipBpeTokenizer
+from bench.sd.weights import HUB_PROBE_TIMEOUT_S, SafetensorsFolder, locate_folder
 from bench.truth.base import SubjectTruth, threshold_truth
 
-log = logging.getLogger(__name__)
-
 REQUIRED_FILES = ("config.json", "model.safetensors")
-ALLOW_PATTERNS = [*REQUIRED_FILES, "preprocessor_config.json"]  # never pytorch_model.bin
+OPTIONAL_FILES = ("preprocessor_config.json",)  # fetched beside the required ones; never pytorch_model.bin
 SAFETENSORS_PR_TITLE = "Adding `safetensors` variant of this model"
 SAFETENSORS_PR_AUTHOR = "SFconvertbot"
-HUB_PROBE_TIMEOUT_S = 10.0
 # The CIDAS processor: 352x352 bilinear, ImageNet mean/std (used when a folder has no preprocessor_config.json).
 DEFAULT_PREPROCESS = {
     "size": {"height": 352, "width": 352},
@@ -200,63 +196,26 @@ def how_to_provide(repo_id: str, revision: str | None) -> str:
     )
 
 
+def weights_folder(repo_id: str, revision: str | None, cache_dir: str | None) -> SafetensorsFolder:
+    """The CLIPSeg folder that the shared locator looks for (bench/sd/weights.py)."""
+    return SafetensorsFolder(
+        title="the subject-truth CLIPSeg weights",
+        repo_id=repo_id,
+        revision=revision,
+        required=REQUIRED_FILES,
+        how_to_provide=how_to_provide(repo_id, revision),
+        path_key="truth.path",
+        revision_key="truth.revision",
+        cache_dir=cache_dir,
+        also_fetch=OPTIONAL_FILES,
+        unpinned="its safetensors PR",
+    )
+
+
 def locate_clipseg(repo_id: str, revision: str | None, path: str | None, cache_dir: str | None) -> tuple[Path, str]:
     """(folder holding the weights, description for provenance); raises AssetMissingError naming the fixes."""
-    if path is not None:
-        folder = Path(path).expanduser()
-        check_folder(folder, repo_id, revision, what=f"truth.path={folder}")
-        return folder, str(folder)
-    cached = cached_snapshot(repo_id, revision, cache_dir)
-    if cached is not None:
-        return cached, f"{repo_id}@{cached.name}"
-    cache = cache_dir or hf_constants.HF_HUB_CACHE
-    if hf_constants.is_offline_mode():
-        raise AssetMissingError(
-            f"the CLIPSeg weights {repo_id}@{revision or 'its safetensors PR'} (subject truth) are not in the "
-            f"Hugging Face cache ({cache}) and HF_HUB_OFFLINE=1 forbids downloading them. "
-            + how_to_provide(repo_id, revision)
-        )
-    commit = resolve_revision(repo_id, revision, cache)
-    try:
-        folder = Path(snapshot_download(repo_id, revision=commit, cache_dir=cache_dir, allow_patterns=ALLOW_PATTERNS))
-    except (OSError, ValueError) as exc:
-        raise AssetMissingError(
-            f"downloading {repo_id}@{commit} into {cache} failed: {exc}. " + how_to_provide(repo_id, revision)
-        ) from exc
-    check_folder(folder, repo_id, revision, what=f"{repo_id}@{commit}")
-    if revision is None:
-        log.warning("CLIPSeg: using %s@%s; pin it with truth.revision=%s", repo_id, commit, commit)
-    return folder, f"{repo_id}@{commit}"
-
-
-def check_folder(folder: Path, repo_id: str, revision: str | None, what: str) -> None:
-    if not folder.is_dir():
-        raise AssetMissingError(f"{what} is not a folder. " + how_to_provide(repo_id, revision))
-    missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
-    if missing:
-        pickled = (folder / "pytorch_model.bin").exists()
-        pickle = " (it holds pytorch_model.bin, a pickle, which is never loaded)" if pickled else ""
-        raise AssetMissingError(
-            f"{what} lacks {missing}{pickle}. Only safetensors weights are loaded. " + how_to_provide(repo_id, revision)
-        )
-
-
-def cached_snapshot(repo_id: str, revision: str | None, cache_dir: str | None) -> Path | None:
-    """The cached snapshot with every required file (no network); revision None: the only such snapshot."""
-    if revision is not None:
-        try:
-            folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
-        except (OSError, ValueError):  # LocalEntryNotFoundError is both
-            return None
-        return folder if all((folder / f).is_file() for f in REQUIRED_FILES) else None
-    repo_dir = Path(cache_dir or hf_constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots"
-    found = sorted(d for d in repo_dir.glob("*") if all((d / f).is_file() for f in REQUIRED_FILES))
-    if len(found) > 1:
-        raise ConfigError(
-            f"the Hugging Face cache holds {len(found)} snapshots of {repo_id} with model.safetensors "
-            f"({[d.name for d in found]}); pin one with truth.revision=<commit>."
-        )
-    return found[0] if found else None
+    spec = weights_folder(repo_id, revision, cache_dir)
+    return locate_folder(spec, path, resolve=lambda: resolve_revision(repo_id, revision, spec.cache))
 
 
 def resolve_revision(repo_id: str, revision: str | None, cache: str) -> str:

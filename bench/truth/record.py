@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bench.records import atomic_write_bytes
-from bench.truth.base import SubjectSegmenter, SubjectTruth, latent_truth, threshold_truth
+from bench.truth.base import SubjectSegmenter, SubjectTruth, cell_mask, iou, latent_truth, threshold_truth
 
 TRUTH_FILE = "truth.npz"
 NAN = math.nan
@@ -32,20 +32,27 @@ MASK_KEY = "subject_mask"  # the method's mask that the mask columns score (as b
 RANDOM_DRAWS = 32
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two bool masks; NaN when both are empty."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else NAN
+@dataclass(frozen=True)
+class TruthSources:
+    """A run's segmenters, built before the backbone (missing weights stop the run there), and the second threshold."""
+
+    segmenter: SubjectSegmenter
+    alt_threshold: float | None = None  # a second threshold of the probability map (segmenters with a `threshold`)
+    compare: SubjectSegmenter | None = None  # a second source, scored against `segmenter` (IoU)
+
+    def recorder(self, latent_size: int) -> TruthRecorder:
+        """The recorder of these sources on the backbone's latent grid (h = w = `latent_size`)."""
+        return TruthRecorder(self.segmenter, latent_size, self.alt_threshold, self.compare)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TruthRecorder:
     """Segment a generated image, save the truth file, and return its row columns."""
 
     segmenter: SubjectSegmenter
-    alt_threshold: float | None = None  # a second threshold of the probability map (segmenters with `threshold`)
+    latent_size: int  # the backbone's latent grid (h = w)
+    alt_threshold: float | None = None  # a second threshold of the probability map (segmenters with a `threshold`)
     compare: SubjectSegmenter | None = None  # a second source, scored against `segmenter` (IoU)
-    latent_size: int | None = None  # the backbone's latent grid (h = w), known once the backbone is built
 
     def __call__(
         self,
@@ -62,8 +69,6 @@ class TruthRecorder:
         With the method's `masks` and the `reference`, also the mask columns (`mask_columns`); `identity`
         (the sample key) seeds their random baseline.
         """
-        if self.latent_size is None:
-            raise ValueError("TruthRecorder.latent_size is unset; set it to the backbone's latent_size.")
         truth = self.segmenter(image, subject, prompt)
         arrays = {
             "mask": truth.mask,
@@ -89,7 +94,7 @@ class TruthRecorder:
 
     def alt_columns(self, truth: SubjectTruth, subject: str, arrays: dict) -> dict:
         """The mask at `alt_threshold`: its area and its IoU with the mask at the segmenter's threshold."""
-        threshold = getattr(self.segmenter, "threshold", None)
+        threshold = self.segmenter.threshold
         if self.alt_threshold is None or threshold is None:
             return {}
         alt = threshold_truth(truth.probability, self.alt_threshold, subject, truth.source, truth.provenance)
@@ -148,12 +153,6 @@ def mask_columns(
     ]
     out["truth_mask_iou_random"] = float(np.mean(draws))
     return out
-
-
-def cell_mask(mask: np.ndarray) -> np.ndarray:
-    """bool [h, w]: latent cells of a [h, w] or [C, h, w] mask in [0, 1] whose (channel mean) value is >= 0.5."""
-    mask = np.asarray(mask, dtype=np.float32)
-    return (mask.mean(axis=0) if mask.ndim == 3 else mask) >= 0.5
 
 
 def upsample(cells: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

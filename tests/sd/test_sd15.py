@@ -186,6 +186,19 @@ def test_local_paths_that_cannot_work_are_named(tmp_path, tiny_folder):
         load_sd15(**sd15_config(path=str(partial)))
 
 
+def test_a_folder_with_pickled_weights_in_place_of_safetensors_names_them(tmp_path, tiny_folder):
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_folder, pickled)
+    weights = pickled / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))  # the layout of a pickled diffusers folder
+    expected = (
+        r"model.path=\S+ lacks \['unet/diffusion_pytorch_model.safetensors'\] \(it holds "
+        r"unet/diffusion_pytorch_model.bin, pickled weights, which are never loaded\) \(set model.variant=fp16"
+    )
+    with pytest.raises(AssetMissingError, match=expected):
+        load_sd15(**sd15_config(path=str(pickled)))
+
+
 def test_checkpoint_and_config_must_agree_on_training_keys_and_tokenizer(tmp_path):
     overrides = sd15_config()["scheduler"]
     with pytest.raises(ConfigError, match="prediction_type"):

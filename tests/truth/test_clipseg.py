@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from huggingface_hub import constants as hf_constants
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer, ViTImageProcessor
 
+import bench.sd.weights
 import bench.truth.clipseg as clipseg
 from bench.sd.errors import AssetMissingError, ConfigError
 from bench.truth import SubjectTruth
@@ -171,7 +172,7 @@ def test_online_the_safetensors_pr_is_found_and_only_safe_files_fetched(tmp_path
         fetched.update(revision=revision, allow_patterns=allow_patterns)
         return str(tiny_clipseg_folder)
 
-    monkeypatch.setattr(clipseg, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(bench.sd.weights, "snapshot_download", snapshot_download)
     truth = load_clipseg(**clipseg_kwargs(cache_dir=str(tmp_path / "empty")))
     assert fetched["revision"] == "c" * 40 and "pytorch_model.bin" not in fetched["allow_patterns"]
     assert f"{REPO_ID}@{'c' * 40}" in truth.provenance

@@ -93,7 +93,7 @@ def test_the_methods_mask_is_scored_against_the_truth_beside_chance(tmp_path):
 
 
 def test_an_empty_truth_gives_nan_with_the_reason_never_a_zero(tmp_path):
-    recorder = TruthRecorder(Fixed(np.full((8, 8), 0.1, np.float32)), 0.05, Fixed(np.ones((8, 8), np.float32)), 2)
+    recorder = TruthRecorder(Fixed(np.full((8, 8), 0.1, np.float32)), 2, 0.05, Fixed(np.ones((8, 8), np.float32)))
     image, masks = np.zeros((8, 8, 3), np.uint8), {"subject_mask": np.ones((2, 2), np.float32)}
     row = recorder(image, "ball", "a red ball", tmp_path / "truth.npz", masks, image + 1, "k")
     assert row["truth_area"] == 0.0 and row["truth_empty"] == 1.0 and row["truth_nan_reason"] == "nothing"
