@@ -98,11 +98,11 @@ def collapsed(summary: str, body: str) -> str:
     return f"<details><summary>{html.escape(summary)}</summary>{body}</details>"
 
 
-def section_html(folder: Path, section: Section) -> str:
-    """One section where its `place` puts it: headline (no heading), h3, h2 or collapsed."""
+def section_html(folder: Path, section: Section, headline: bool = False) -> str:
+    """One section where its `place` puts it: no heading, h3, h2 or collapsed. `headline`: its table is the
+    page's headline (id='headline', the paper's row marked)."""
     body = []
     if section.frame is not None:
-        headline = section.place == HEADLINE
         methods = section.frame.get("method", []) if headline else []
         paper_rows = {i for i, m in enumerate(methods) if str(m).endswith("(paper)")}
         body.append(frame_html(section.frame, paper_rows, table_id="headline" if headline else ""))
@@ -120,14 +120,16 @@ def section_html(folder: Path, section: Section) -> str:
 
 
 def render_html(folder: Path, report: Report) -> str:
-    """The page: the title, every section in order, then collapsed data files, provenance and configs."""
+    """The page: the title, every section in order (the first table is the headline), then collapsed data files,
+    provenance and configs."""
     parts = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>{html.escape(report.title)}</h1><p class='sub'>{html.escape(report.subtitle)}</p>",
     ]
-    parts += [section_html(folder, section) for section in report.sections]
+    first_table = next((i for i, section in enumerate(report.sections) if section.frame is not None), None)
+    parts += [section_html(folder, section, i == first_table) for i, section in enumerate(report.sections)]
     links = "".join(f"<li><a href='{html.escape(h)}'>{html.escape(n)}</a></li>" for n, h in report.csv_links.items())
     parts.append(collapsed("Data files", f"<ul>{links}</ul>"))
     if report.provenance:

@@ -4,12 +4,13 @@
 bench.reporting.html.render_html writes the page from the same list. Where a section sits on the page
 is its `place`:
 
-    HEADLINE   the first table, under the page title, with no heading of its own (id='headline')
-    SUMMARY    a table directly below it (h3)
+    HEADLINE   directly under the page title, with no heading of its own
+    SUMMARY    a table with a small heading (h3)
     PART       a part of the page (h2): figures, or a table with its notes and figures
     COLLAPSED  a table folded away where it stands (<details>)
 
-In Markdown every section with a table is a `## title` with its table and its notes as bullets.
+The page's first table is its headline (id='headline'). In Markdown every section with a table is a
+`## title` with its table and its notes as bullets.
 """
 
 from __future__ import annotations
