@@ -213,14 +213,20 @@ def test_report_order_and_the_attribution_section(tmp_path):
     folder = tmp_path / "results" / "table1"
     report = aggregate_task(tmp_path / "results", "table1", tmp_path, options=QUICK)["report"].read_text()
     assert "<h2>Attribution</h2>" not in report
-    pd.DataFrame({"score_kind": ["gradsam"], "auroc": [0.71]}).to_csv(folder / "attribution.csv", index=False)
+    study = {"kind": ["gradsam"], "N": [4], "failures": [0], "auroc_mean": [0.71], "auroc_mean_lo": [0.6]}
+    study |= {"auroc_mean_hi": [0.8], "auroc_n": [3]}  # the study's summary: the Table 1 scheme
+    pd.DataFrame(study).to_csv(folder / "attribution.csv", index=False)
     (folder / "figures").mkdir(exist_ok=True)
     Image.new("RGB", (8, 8)).save(folder / "figures" / "attribution_auroc_by_layer.png")
-    report = aggregate_task(tmp_path / "results", "table1", tmp_path, options=QUICK)["report"].read_text()
-    order = ["id='headline'", "<h2>Method comparison</h2>", "<h2>Attribution</h2>", "<h2>Samples</h2>"]
-    order += ["<summary>Full table", "<summary>Provenance"]
+    paths = aggregate_task(tmp_path / "results", "table1", tmp_path, options=QUICK)
+    report = paths["report"].read_text()
+    order = ["id='headline'", "<h2>Method comparison</h2>", "<summary>Paired change", "<h2>Attribution</h2>"]
+    order += ["<h2>Samples</h2>", "<summary>Full table", "<summary>Provenance"]
     assert [report.index(s) for s in order] == sorted(report.index(s) for s in order)
-    assert "figures/attribution_auroc_by_layer.png" in report and ">0.71<" in report
+    assert "figures/attribution_auroc_by_layer.png" in report and ">0.71 <span class='ci'>[0.6, 0.8]</span>" in report
+    md = paths["md"].read_text()  # the same section in the Markdown, between the deltas and the full table
+    assert md.index("## Paired change") < md.index("## Attribution") < md.index("## Full table")
+    assert "| gradsam | 4 | 0 | 0.71 [0.6, 0.8] (n=3) |" in md and "attribution_auroc_by_layer.png" not in md
     assert "http" not in report.replace("http-equiv", "")  # no CDN, no remote font: one static file
 
 
