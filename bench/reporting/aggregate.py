@@ -5,7 +5,9 @@ For each results/<task>/samples.csv it writes, beside it:
                                    n of non-missing values, mean and median with bootstrap 95% intervals, and
                                    the set-level metrics (the full wide table)
     <table>.md, <table>_headline.md  the paper-shaped headline table first, then the harness's compact table,
-                                   the set-level table, paired deltas and the full table; the headline alone
+                                   the set-level table, paired deltas, the attribution study's table (when its
+                                   attribution.csv is in the folder), the paper comparison and the full table;
+                                   the headline alone (report.html renders the same sections, with figures)
     <table>_by_category.csv        the same per category and subcategory
     <table>_by_prompt.csv          the same per prompt
     paper_comparison.csv           (Table 1, comparable profile only) our rows beside the paper's reported row
@@ -189,11 +191,8 @@ def write_tables(
     write_csv(summarize(samples, [*GROUP, "subcategory", "prompt"], False, name), folder / f"{name}_by_prompt.csv")
     comparison = pd.DataFrame()
     if name == "table1":
-        deltas, deltas_file, reference = (
-            deltas_against(samples, PAPER_METHOD),
-            "paired_deltas.csv",
-            "+".join(PAPER_METHOD),
-        )
+        deltas, deltas_file = deltas_against(samples, PAPER_METHOD), "paired_deltas.csv"
+        reference = "+".join(PAPER_METHOD)
         comparison = paper_comparison(table, samples)
         stale = folder / "paper_comparison.csv"
         if len(comparison):
