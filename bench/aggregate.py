@@ -7,11 +7,28 @@ headline table (the paper's Table 1 shape), the harness's compact table and the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from bench.config import REPO_ROOT
-from bench.reporting.aggregate import aggregate_task
+from bench.config import REPO_ROOT, env_path
+from bench.metrics.set_level import SetLevelAssets
+from bench.reporting.aggregate import AggregateOptions, aggregate_task
+
+
+def options_from_environment(
+    set_level: bool = True, overwrite_ref_stats: bool = False, wandb_dir: Path | None = None
+) -> AggregateOptions:
+    """AggregateOptions whose weights, caches and W&B project come from the environment, as a run's config reads
+    them: $BENCH_CACHE_DIR (else <root-dir>/.cache), $BENCH_INCEPTION_WEIGHTS, $BENCH_WEIGHTS_DIR, $WANDB_PROJECT."""
+    assets = SetLevelAssets(
+        cache_dir=env_path("BENCH_CACHE_DIR", None),
+        inception_weights=env_path("BENCH_INCEPTION_WEIGHTS", None),
+        weights_cache_dir=env_path("BENCH_WEIGHTS_DIR", None),
+        overwrite_ref_stats=overwrite_ref_stats,
+    )
+    project = os.environ.get("WANDB_PROJECT", "gradsam-bench")
+    return AggregateOptions(set_level, assets, wandb_dir=wandb_dir, wandb_project=project)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,16 +50,14 @@ def main(argv: list[str] | None = None) -> None:
     tasks = args.task or sorted(p.parent.name for p in args.results_dir.glob("*/samples.csv"))
     if not tasks:
         sys.exit(f"error: no results/<task>/samples.csv under {args.results_dir}: run `python -m bench.run` first.")
+    options = options_from_environment(
+        set_level=not args.no_set_level,
+        overwrite_ref_stats=args.overwrite_ref_stats,
+        wandb_dir=args.root_dir / "outputs" / "wandb" if args.wandb else None,
+    )
     for task in tasks:
         try:
-            paths = aggregate_task(
-                args.results_dir,
-                task,
-                args.root_dir,
-                overwrite_ref_stats=args.overwrite_ref_stats,
-                wandb_dir=args.root_dir / "outputs" / "wandb" if args.wandb else None,
-                set_level=not args.no_set_level,
-            )
+            paths = aggregate_task(args.results_dir, task, args.root_dir, options)
         except FileNotFoundError as exc:
             sys.exit(f"error: {exc}")
         print(f"== {task}")

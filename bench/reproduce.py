@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.aggregate import options_from_environment
 from bench.config import REPO_ROOT
 from bench.reporting.aggregate import aggregate_task
 
@@ -75,9 +76,9 @@ def reproduce(what: str, profile: str, extra: list[str], root_dir: Path, logger:
             "above; fix it and rerun the same command (finished samples are kept).",
             done.returncode,
         )
-    wandb_dir = root_dir / "outputs" / "wandb" if logger == "wandb" else None
+    options = options_from_environment(wandb_dir=root_dir / "outputs" / "wandb" if logger == "wandb" else None)
     try:
-        return aggregate_task(root_dir / "results", task, root_dir, wandb_dir=wandb_dir)
+        return aggregate_task(root_dir / "results", task, root_dir, options)
     except (FileNotFoundError, ValueError) as exc:
         raise ReproduceError(f"building the tables of task {task!r} failed: {exc}") from exc
 

@@ -11,10 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.attribution.study import KEYS, TruthCells, read_image, study_rows, summarize  # noqa: E402
+from bench.attribution.study import KEYS, TruthCells, read_image, study_rows  # noqa: E402
+from bench.metrics import MASK_IOU  # noqa: E402
 from bench.records import atomic_write_text, write_csv  # noqa: E402
 from bench.reporting.figures import PNG_METADATA  # noqa: E402
-from bench.reporting.html import Report, write_report  # noqa: E402
+from bench.reporting.html import write_report  # noqa: E402
+from bench.reporting.report import DETAILS, SUMMARY, Report, Section, render_markdown  # noqa: E402
+from bench.reporting.tables import summarize  # noqa: E402
+from bench.reporting.views import interval_cell, markdown_table  # noqa: E402
 from bench.truth.base import latent_truth  # noqa: E402
 from bench.truth.record import control_row, load_truth  # noqa: E402
 from bench.truth.scores import METRICS  # noqa: E402
@@ -32,6 +36,13 @@ PAIRS = (
 THRESHOLDS = ("main", "alt")  # the truth mask at the segmenter's threshold, and at truth_record.alt_threshold
 HEADLINE_SETS = ("own:last", "last", "all", "res16", "res8", "res4", "res64", "res32", "-")
 CONTROL_LABEL = "+no_manipulation"  # the figures and the per-layer table: the no_manipulation chain's maps
+MASK_METRICS = [MASK_IOU, "kept_fraction", "channel_corr", "channels_per_kept_cell"]  # columns of study.mask_rows
+NUMBER = ".3f"  # the study's cells: 'mean [lo, hi]' with three decimals
+TITLE = "Attribution study (attribution)"
+SUBTITLE = (
+    "Does the score find the subject? AUROC, AP, pointing game and IoU at the true area per score kind, layer set "
+    "and scoring step"
+)
 
 
 def text(value) -> str:
@@ -107,26 +118,17 @@ def write_study(folder: Path, root: Path) -> dict:
     write_csv(table, folder / "attribution.csv")
     mask_frame = pd.DataFrame(masks)
     mask_keys = ["truth", "kind", "layer_set", "rule", "index", "timestep"]
-    mask_metrics = ["mask_iou", "kept_fraction", "channel_corr", "channels_per_kept_cell"]
-    mask_table = by_threshold(mask_frame, mask_keys, mask_metrics, "mask_rules")
+    mask_table = by_threshold(mask_frame, mask_keys, MASK_METRICS, "mask_rules")
     mask_table = mask_table[mask_table["truth_threshold"] == "main"].reset_index(drop=True)
     write_csv(mask_table, folder / "mask_rules.csv")
     main = table[table["truth_threshold"] == "main"]
     figures = [auroc_by_layer(main, folder / "figures"), auroc_by_step(main, folder / "figures")]
-    notes = study_notes(per_sample)
-    md = markdown(table, mask_table, notes)
-    paths = {"csv": folder / "attribution.csv", "md": folder / "attribution.md", "masks": folder / "mask_rules.csv"}
-    atomic_write_text(paths["md"], md)
-    atomic_write_text(folder / "mask_rules.md", mask_markdown(mask_table) + "\n")
+    sections = study_sections(table, mask_table, study_notes(per_sample), figures)
     links = {p.name: p.name for p in sorted(folder.glob("*.csv"))} | {"attribution.md": "attribution.md"}
-    report = Report(
-        title="Attribution study: does the score find the subject?",
-        subtitle="AUROC, AP, pointing game and IoU at the true area per score kind, layer set and scoring step",
-        headline=view(headline(main)),
-        headline_notes=notes,
-        attribution=(mask_view(mask_table), figures, ["Mask rules: IoU of the thresholded mask with the truth."]),
-        csv_links=links,
-    )
+    report = Report(TITLE, SUBTITLE, tuple(sections), csv_links=links)
+    paths = {"csv": folder / "attribution.csv", "md": folder / "attribution.md", "masks": folder / "mask_rules.csv"}
+    atomic_write_text(paths["md"], render_markdown(report))
+    atomic_write_text(folder / "mask_rules.md", markdown_table(mask_view(mask_table)) + "\n")
     paths["report"] = write_report(folder, report)
     paths["figures"] = figures
     return paths
@@ -140,7 +142,7 @@ def by_threshold(frame: pd.DataFrame, keys: list[str], metrics, table: str) -> p
         part = frame[frame["truth_threshold"] == threshold]
         if part.empty:
             continue
-        out = summarize(part, keys, metrics, table)
+        out = summarize(part, keys, table=table, metrics=list(metrics), stats=("mean",), sort=False)
         by = [k for k in ("truth", "label") if k in keys]
         sources = {
             tuple(k): ";".join(sorted(set(g["truth_source"]))) for k, g in part.groupby(by + ["truth_threshold"])
@@ -207,10 +209,8 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def interval(row: pd.Series, metric: str) -> str:
-    mean, lo, hi = row[f"{metric}_mean"], row[f"{metric}_lo"], row[f"{metric}_hi"]
-    if pd.isna(mean):
-        return ""
-    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]" if not pd.isna(lo) else f"{mean:.3f}"
+    """A metric's mean in a summary row (bench.reporting.tables.summarize) as 'mean [lo, hi]'."""
+    return interval_cell(row[f"{metric}_mean"], row[f"{metric}_mean_lo"], row[f"{metric}_mean_hi"], spec=NUMBER)
 
 
 def view(table: pd.DataFrame) -> pd.DataFrame:
@@ -224,17 +224,10 @@ def view(table: pd.DataFrame) -> pd.DataFrame:
 
 def mask_view(table: pd.DataFrame) -> pd.DataFrame:
     out = table[["truth", "kind", "layer_set", "rule", "index", "timestep"]].copy()
-    out.insert(6, "N", table["mask_iou_n"])
-    for metric in ("mask_iou", "kept_fraction", "channel_corr", "channels_per_kept_cell"):
+    out.insert(6, "N", table[f"{MASK_IOU}_n"])
+    for metric in MASK_METRICS:
         out[metric] = [interval(r, metric) for _, r in table.iterrows()]
     return out
-
-
-def md_table(frame: pd.DataFrame) -> str:
-    head = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *body])
 
 
 def threshold_view(table: pd.DataFrame) -> pd.DataFrame:
@@ -252,25 +245,25 @@ def threshold_view(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def markdown(table: pd.DataFrame, mask_table: pd.DataFrame, notes: list[str]) -> str:
-    parts = ["# Attribution study (attribution)", ""]
+def study_sections(
+    table: pd.DataFrame, mask_table: pd.DataFrame, notes: list[str], figures: list[Path]
+) -> list[Section]:
+    """The study's report: per truth its headline table, AUROC under both truth thresholds, per layer, the mask
+    rules with the study's notes, then the figures (attribution.md and report.html render the same list)."""
+    sections = []
     main = table[table["truth_threshold"] == "main"]
     for truth in main["truth"].unique():
         part = headline(main[main["truth"] == truth])
         source = ", ".join(sorted(set(part["truth_source"])))
-        parts += [f"## truth = {truth} ({TRUTHS[truth]}; source: {source})", "", md_table(view(part)), ""]
-    parts += ["## AUROC under two truth thresholds (main vs alt)", "", md_table(threshold_view(table)), ""]
+        sections.append(Section(f"truth = {truth} ({TRUTHS[truth]}; source: {source})", view(part), place=SUMMARY))
+    sections.append(Section("AUROC under two truth thresholds (main vs alt)", threshold_view(table), place=SUMMARY))
     layers = main[main["layer_set"].str.startswith("layer:") & (main["truth"] == "no_manipulation")]
     layers = layers[layers["label"].str.endswith(CONTROL_LABEL)]
     if not layers.empty:
-        parts += ["## Per layer (truth = no_manipulation; execution order)", "", md_table(view(layers)), ""]
-    parts += ["## Mask rules", "", mask_markdown(mask_table), ""]
-    parts += [f"- {n}" for n in notes]
-    return "\n".join(parts) + "\n"
-
-
-def mask_markdown(mask_table: pd.DataFrame) -> str:
-    return md_table(mask_view(mask_table))
+        sections.append(Section("Per layer (truth = no_manipulation; execution order)", view(layers), place=SUMMARY))
+    mask_notes = ("Mask rules: IoU of the thresholded mask with the truth.", *notes)
+    sections.append(Section("Mask rules", mask_view(mask_table), mask_notes, place=SUMMARY))
+    return [*sections, Section("Figures", figures=tuple(figures)), DETAILS]
 
 
 def save(fig, path: Path) -> Path:
@@ -287,11 +280,6 @@ def chance_lines(ax, part: pd.DataFrame, index) -> None:
             ax.axhline(float(value.iloc[0]), color="grey", linestyle=style, label=kind)
 
 
-def short_name(layer_set: str) -> str:
-    """layer:up_blocks.2.attentions.1.transformer_blocks.0.attn2 -> up_blocks.2.a1"""
-    return layer_set.removeprefix("layer:").replace(".attentions.", ".a").split(".transformer")[0]
-
-
 def auroc_by_layer(table: pd.DataFrame, folder: Path) -> Path:
     """AUROC of each single layer (execution order), one line per score kind, one panel per scoring step."""
     part = table[(table["truth"] == "no_manipulation") & table["label"].str.endswith(CONTROL_LABEL)]
@@ -303,7 +291,7 @@ def auroc_by_layer(table: pd.DataFrame, folder: Path) -> Path:
             ax.errorbar(
                 range(len(rows)),
                 rows["auroc_mean"],
-                yerr=[rows["auroc_mean"] - rows["auroc_lo"], rows["auroc_hi"] - rows["auroc_mean"]],
+                yerr=[rows["auroc_mean"] - rows["auroc_mean_lo"], rows["auroc_mean_hi"] - rows["auroc_mean"]],
                 marker="o",
                 capsize=2,
                 label=kind,

@@ -11,7 +11,7 @@ A map [C, h, w] is summed over channels to one cell map [h, w]; layer sets are s
 maps (`last`, `all`, `res<k>`) or single layers (`layer:<name>`). Every sample gets the two chance
 maps (uniform random, centre prior) at the same cells. Per (truth, kind, layer set, scoring step):
 mean AUROC, AP, pointing game and IoU at the true area, N, and a bootstrap 95% interval resampling
-reference images (bench.reporting.tables.cluster_bootstrap).
+reference images (bench.reporting.tables.summarize, the Table 1 columns: <m>_mean, <m>_mean_lo, <m>_mean_hi, <m>_n).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from bench.records import MAPS_FILE, maps_from_npz
-from bench.reporting.tables import cell_rng, cluster_bootstrap
+from bench.reporting.tables import cell_rng
 from bench.sd.config import from_mapping
 from bench.toy.oracle import colour_region, prompt_subject
 from bench.truth.base import latent_truth
@@ -205,20 +205,4 @@ def study_rows(
     return rows, masks
 
 
-def summarize(frame: pd.DataFrame, keys: list[str], metrics: Iterable[str], table: str) -> pd.DataFrame:
-    """Mean, N and the clustered (reference image) bootstrap 95% interval of each metric per group."""
-    out = []
-    for values, group in frame.groupby(keys, sort=False, dropna=False):
-        entry = dict(zip(keys, values, strict=True))
-        for metric in metrics:
-            ok = group[metric].notna().to_numpy()
-            data, clusters = group[metric].to_numpy(dtype=float)[ok], group["image_id"].to_numpy()[ok]
-            entry[f"{metric}_n"] = int(ok.sum())
-            entry[f"{metric}_mean"] = float(data.mean()) if len(data) else np.nan
-            lo, hi = cluster_bootstrap(data, clusters, np.mean, cell_rng(table, *values, metric))
-            entry[f"{metric}_lo"], entry[f"{metric}_hi"] = lo, hi
-        out.append(entry)
-    return pd.DataFrame(out)
-
-
-__all__ = ["CHANCE", "KEYS", "METRICS", "TruthCells", "load_maps", "nan_reason", "study_rows", "summarize", "toy_truth"]
+__all__ = ["CHANCE", "KEYS", "METRICS", "TruthCells", "load_maps", "nan_reason", "study_rows", "toy_truth"]

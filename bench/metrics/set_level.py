@@ -65,6 +65,21 @@ class SetLevelOptions:
     chunk: int = 32  # images read per feature-extraction chunk (bounds memory)
 
 
+@dataclass(frozen=True)
+class SetLevelAssets:
+    """Where the set-level metrics find their weights and keep their caches (None: the default beside it).
+
+    The entry points fill it (bench.aggregate reads $BENCH_CACHE_DIR, $BENCH_INCEPTION_WEIGHTS, $BENCH_WEIGHTS_DIR);
+    nothing below them reads the environment.
+    """
+
+    cache_dir: str | Path | None = None  # features and reference statistics; None: <first root>/.cache
+    inception_weights: str | Path | None = None  # torch-fidelity state dict; None: bench.metrics.inception's search
+    weights_cache_dir: str | Path | None = None  # converted weights; None: bench.metrics.inception's default
+    overwrite_ref_stats: bool = False  # replace cached reference statistics whose images changed
+    device: str = "cpu"
+
+
 def statistics(features: np.ndarray) -> dict[str, np.ndarray]:
     """{'mu': [D], 'sigma': [D, D]} of features [N, D] (torch-fidelity, float64)."""
     from torch_fidelity.metric_fid import fid_features_to_statistics
@@ -259,31 +274,27 @@ def set_level_metrics(
     samples: pd.DataFrame,
     group_cols: list[str],
     root_dir: str | Path | list[str | Path],
-    cache_dir: str | Path | None = None,
-    inception_weights: str | None = None,
-    weights_cache_dir: str | Path | None = None,
+    assets: SetLevelAssets = SetLevelAssets(),
     options: SetLevelOptions = SetLevelOptions(),
-    overwrite_ref_stats: bool = False,
-    device: str = "cpu",
 ) -> tuple[pd.DataFrame, str]:
     """One row per (group, scope): FID-2048, KID and their N; and the provenance note for the table.
 
     Image paths in `samples` are relative to `root_dir` (or to the first of several roots that has them).
-    Features and reference statistics go to `cache_dir` (default: <root_dir>/.cache).
+    Features and reference statistics go to `assets.cache_dir` (default: <root_dir>/.cache).
     """
     ok = samples[samples["status"] == "ok"] if "status" in samples.columns else samples.iloc[0:0]
     if ok.empty or "reference_path" not in ok.columns:
         reason = "no successful samples" if ok.empty else "rows have no reference_path (made before it existed)"
         return _all_nan(samples, group_cols, reason), set_level_provenance(None, options)
     try:
-        net = load_inception(inception_weights, weights_cache_dir, device=device)
+        net = load_inception(assets.inception_weights, assets.weights_cache_dir, device=assets.device)
     except MissingWeightsError as exc:
         log.warning("set-level FID/KID skipped: %s", exc)
         return _all_nan(samples, group_cols, f"Inception weights missing: {exc}"), set_level_provenance(None, options)
     roots = [Path(r) for r in (root_dir if isinstance(root_dir, list | tuple) else [root_dir])]
-    cache_dir = Path(cache_dir) if cache_dir else roots[0] / ".cache"  # as paths.cache_dir: the run's own cache
+    cache_dir = Path(assets.cache_dir) if assets.cache_dir else roots[0] / ".cache"  # as a run's paths.cache_dir
     images = ImageSetFeatures(net, roots, cache_dir, options.resize, options.chunk)
-    ref_cache = RefStatsCache(cache_dir, overwrite_ref_stats)
+    ref_cache = RefStatsCache(cache_dir, assets.overwrite_ref_stats)
     out = []
     for keys, group in ok.groupby(group_cols, sort=True, dropna=False):
         base = dict(zip(group_cols, keys if isinstance(keys, tuple) else (keys,), strict=True))
@@ -335,7 +346,12 @@ def _all_nan(samples: pd.DataFrame, group_cols: list[str], reason: str) -> pd.Da
 
 
 def add_set_level(
-    table: pd.DataFrame, samples: pd.DataFrame, group_cols: list[str], enabled: bool = True, **kwargs
+    table: pd.DataFrame,
+    samples: pd.DataFrame,
+    group_cols: list[str],
+    root_dir: str | Path | list[str | Path],
+    assets: SetLevelAssets = SetLevelAssets(),
+    enabled: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """The table with the pooled (scope=all) set-level columns merged in; the long per-scope frame; provenance.
 
@@ -346,7 +362,7 @@ def add_set_level(
         reason = "skipped (bench.aggregate --no-set-level)"
         by_scope, provenance = _all_nan(samples, group_cols, reason), reason
     else:
-        by_scope, provenance = set_level_metrics(samples, group_cols, **kwargs)
+        by_scope, provenance = set_level_metrics(samples, group_cols, root_dir, assets)
     pooled = by_scope[by_scope["scope"] == ALL].drop(columns=["scope", "ref_stats_key"], errors="ignore")
     merged = table.merge(pooled, on=group_cols, how="left") if len(table) else table
     return merged, by_scope, provenance

@@ -174,8 +174,3 @@ def sample_grids(samples: pd.DataFrame, root: Path, out_dir: Path, n_samples: in
         for i, identity in enumerate(pick_samples(samples, n_samples))
     ]
     return [p for p in paths if p is not None]
-
-
-def make_figures(samples: pd.DataFrame, root: Path, out_dir: Path, n_samples: int = 3) -> list[Path]:
-    """Sample grids for a few fixed samples and box plots of every per-sample metric."""
-    return sample_grids(samples, root, out_dir, n_samples) + box_plots(samples, out_dir)

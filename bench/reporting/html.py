@@ -1,20 +1,19 @@
 """report.html: a researcher's page, one static file with relative links (no script, font or style from outside).
 
-Order: the headline table (the paper's Table 1 shape), the harness's compact table and set-level values;
-the method comparison figures (box plots, paired deltas against the paper's method); the attribution
-section (when the task has one); the sample grids; then, collapsed, the full wide table, every other
-table, the data files, provenance and the run configs. Wide tables scroll inside their own box, never
-the page. `referenced_files` lists every link so a test can check that each exists.
+`render_html` draws a bench.reporting.report.Report: its sections in order, each where its `place` puts it,
+then, collapsed, the data files, provenance and the run configs. Wide tables scroll inside their own box,
+never the page. `referenced_files` lists every link so a test can check that each exists.
 """
 
 from __future__ import annotations
 
 import html
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from bench.reporting.report import COLLAPSED, HEADLINE, PART, SUMMARY, Report, Section
 
 STYLE = """
 :root { --ink: #1d1d1f; --mute: #5f6368; --rule: #d0d4d9; --head: #f3f4f6; --bad: #b3261e; }
@@ -58,27 +57,6 @@ PRINT_SCRIPT = (
 FEW_TITLE = "the mean rests on n values, fewer than N: the others are missing (see the *_nan_reason columns)"
 
 
-@dataclass
-class Report:
-    """Everything report.html shows; figures and csv links lie inside the report's folder."""
-
-    title: str
-    subtitle: str
-    headline: pd.DataFrame
-    headline_notes: list[str]
-    compact: list[tuple[str, pd.DataFrame, list[str]]] = field(default_factory=list)  # (title, frame, notes)
-    comparison_figures: list[Path] = field(default_factory=list)  # the paired-delta figure
-    box_figures: list[Path] = field(default_factory=list)
-    comparison_tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
-    attribution: tuple[pd.DataFrame, list[Path], list[str]] | None = None  # (table, figures, notes)
-    grids: list[Path] = field(default_factory=list)
-    wide: pd.DataFrame | None = None
-    more_tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
-    csv_links: dict[str, str] = field(default_factory=dict)
-    provenance: list[str] = field(default_factory=list)
-    configs: dict[str, str] = field(default_factory=dict)  # name -> the resolved config.yaml text
-
-
 def cell_html(value: object) -> str:
     """Escape a view cell; its interval and its '(n=k)' marker get their own style."""
     if isinstance(value, float):
@@ -120,38 +98,43 @@ def collapsed(summary: str, body: str) -> str:
     return f"<details><summary>{html.escape(summary)}</summary>{body}</details>"
 
 
-def report_html(folder: Path, r: Report) -> str:
-    """The page, in the order of the module docstring."""
-    methods = r.headline.get("method", [])
-    paper_rows = {i for i, m in enumerate(methods) if str(m).endswith("(paper)")}
+def section_html(folder: Path, section: Section, headline: bool = False) -> str:
+    """One section where its `place` puts it: no heading, h3, h2 or collapsed. `headline`: its table is the
+    page's headline (id='headline', the paper's row marked)."""
+    body = []
+    if section.frame is not None:
+        methods = section.frame.get("method", []) if headline else []
+        paper_rows = {i for i, m in enumerate(methods) if str(m).endswith("(paper)")}
+        body.append(frame_html(section.frame, paper_rows, table_id="headline" if headline else ""))
+    if section.notes:
+        body.append(notes_html(list(section.notes)))
+    if section.figures:
+        body.append(figures_html(folder, list(section.figures)))
+    if section.figure_pairs:
+        body.append(figures_html(folder, list(section.figure_pairs), pairs=True))
+    title = html.escape(section.title)
+    if section.place == COLLAPSED:
+        return collapsed(section.title, "".join(body))
+    heading = {HEADLINE: "", SUMMARY: f"<h3>{title}</h3>", PART: f"<h2>{title}</h2>"}[section.place]
+    return "\n".join([heading, *body]) if heading else "\n".join(body)
+
+
+def render_html(folder: Path, report: Report) -> str:
+    """The page: the title, every section in order (the first table is the headline), then collapsed data files,
+    provenance and configs."""
     parts = [
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(r.title)}</title>",
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<style>{STYLE}</style></head><body>",
-        f"<h1>{html.escape(r.title)}</h1><p class='sub'>{html.escape(r.subtitle)}</p>",
-        frame_html(r.headline, paper_rows, table_id="headline"),
-        notes_html(r.headline_notes),
+        f"<h1>{html.escape(report.title)}</h1><p class='sub'>{html.escape(report.subtitle)}</p>",
     ]
-    for title, frame, notes in r.compact:
-        parts += [f"<h3>{html.escape(title)}</h3>", frame_html(frame), notes_html(notes)]
-    if r.comparison_figures or r.box_figures or r.comparison_tables:
-        parts.append("<h2>Method comparison</h2>")
-        parts.append(figures_html(folder, r.comparison_figures))
-        parts.append(figures_html(folder, r.box_figures, pairs=True))
-        parts += [collapsed(t, frame_html(f)) for t, f in r.comparison_tables]
-    if r.attribution is not None:
-        frame, figures, notes = r.attribution
-        parts += ["<h2>Attribution</h2>", frame_html(frame), notes_html(notes), figures_html(folder, figures)]
-    if r.grids:
-        parts += ["<h2>Samples</h2>", figures_html(folder, r.grids)]
-    parts.append("<h2>Details</h2>")
-    if r.wide is not None:
-        parts.append(collapsed("Full table (every metric, mean and median)", frame_html(r.wide)))
-    parts += [collapsed(t, frame_html(f)) for t, f in r.more_tables]
-    links = "".join(f"<li><a href='{html.escape(h)}'>{html.escape(n)}</a></li>" for n, h in r.csv_links.items())
+    first_table = next((i for i, section in enumerate(report.sections) if section.frame is not None), None)
+    parts += [section_html(folder, section, i == first_table) for i, section in enumerate(report.sections)]
+    links = "".join(f"<li><a href='{html.escape(h)}'>{html.escape(n)}</a></li>" for n, h in report.csv_links.items())
     parts.append(collapsed("Data files", f"<ul>{links}</ul>"))
-    parts.append(collapsed("Provenance", notes_html(r.provenance)))
-    for name, text in r.configs.items():
+    if report.provenance:
+        parts.append(collapsed("Provenance", notes_html(list(report.provenance))))
+    for name, text in report.configs.items():
         parts.append(collapsed(f"Config: {name}", f"<pre>{html.escape(text)}</pre>"))
     parts += [PRINT_SCRIPT, "</body></html>\n"]
     return "\n".join(parts)
@@ -162,7 +145,7 @@ def write_report(folder: Path, report: Report) -> Path:
     from bench.records import atomic_write_text
 
     path = folder / "report.html"
-    atomic_write_text(path, report_html(folder, report))
+    atomic_write_text(path, render_html(folder, report))
     return path
 
 

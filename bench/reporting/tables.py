@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.metrics import METRIC_CAPS, PER_SAMPLE_METRICS
+from bench.metrics import ATTR_AUROC, CLIP_SCORE, FID64_PAIR, MASK_IOU, METRIC_CAPS, PER_SAMPLE_METRICS
 
 GROUP = ["model", "dataset", "label", "ablation"]
 SAMPLE_ID = ["image_id", "prompt", "seed"]
@@ -25,8 +25,8 @@ ALPHA = 0.05
 # fid64_pair is the paper's per-pair 64-d "FID"; CLIP is assumed to be 100*max(cos, 0) with ViT-L/14.
 PAPER_TABLE1 = {
     "label": "Abs-Grad-SAM (paper)",
-    "fid64_pair": {"mean": 6.89, "median": 5.32},
-    "clip_score": {"mean": 27.98, "median": 28.24},
+    FID64_PAIR: {"mean": 6.89, "median": 5.32},
+    CLIP_SCORE: {"mean": 27.98, "median": 28.24},
 }
 # The only profile whose numbers the paper's row can stand beside: SD1.5, Places365, the openai ViT-L/14 CLIP.
 PAPER_PROFILE = {"model": "sd15", "dataset": "places365", "clip_model": "open_clip ViT-L-14/openai"}
@@ -60,7 +60,7 @@ def cluster_bootstrap(
 
 # Numeric per-sample columns that tables aggregate besides PER_SAMPLE_METRICS, when a run wrote them: further
 # mask IoU chance lines (mask_iou_<baseline>) and the attribution study's headline (attr_auroc); higher is better.
-EXTRA_METRIC_PREFIXES = ("mask_iou_", "attr_auroc")
+EXTRA_METRIC_PREFIXES = (f"{MASK_IOU}_", ATTR_AUROC)
 
 
 def metric_columns(samples: pd.DataFrame) -> list[str]:
@@ -100,28 +100,45 @@ def full_method_first(table: pd.DataFrame, by: Sequence[str] = GROUP) -> pd.Data
     return key.sort_values(order, kind="stable").drop(columns="_ablated").reset_index(drop=True)
 
 
+STATISTICS = {"mean": np.mean, "median": np.median}
+
+
 def summarize(
-    samples: pd.DataFrame, by: Sequence[str] = GROUP, intervals: bool = True, table: str = "table1"
+    samples: pd.DataFrame,
+    by: Sequence[str] = GROUP,
+    intervals: bool = True,
+    table: str = "table1",
+    metrics: Sequence[str] | None = None,
+    stats: Sequence[str] = ("mean", "median"),
+    sort: bool = True,
 ) -> pd.DataFrame:
-    """Per group: N (successful samples), failures, and per metric its count n of non-missing values and its
-    mean/median (with 95% intervals)."""
+    """The one summary of per-sample rows (Table 1, ablations, breakdowns, the attribution study).
+
+    Per group of `by` (sorted, or in order of appearance): N (successful samples: status "ok", every row where
+    there is no status column), failures, and per metric (default: `metric_columns`) `<m>_<stat>` for each of
+    `stats` with its 95% interval `<m>_<stat>_lo`, `<m>_<stat>_hi` (when `intervals`), then `<m>_n`, the count
+    of non-missing values behind it (< N when some are NaN). Each interval is seeded by its cell (`cell_rng`:
+    the table, the row so far, the metric and the statistic).
+    """
     out = []
-    for keys, group in samples.groupby(list(by), sort=True, dropna=False):
-        ok = group[group["status"] == "ok"]
+    for keys, group in samples.groupby(list(by), sort=sort, dropna=False):
+        ok = group[group["status"] == "ok"] if "status" in group else group
         row = dict(zip(by, keys if isinstance(keys, tuple) else (keys,), strict=True))
         row["N"] = len(ok)
-        row["failures"] = int((group["status"] != "ok").sum())
-        for m in metric_columns(samples):
+        row["failures"] = len(group) - len(ok)
+        for m in metric_columns(samples) if metrics is None else metrics:
             all_values = metric_values(ok, m)
             keep = all_values.notna().to_numpy()
             values = all_values.to_numpy()[keep]
             clusters = ok["image_id"].to_numpy()[keep]
-            for name, stat in (("mean", np.mean), ("median", np.median)):
-                row[f"{m}_{name}"] = float(stat(values)) if len(values) else np.nan
+            for name in stats:
+                row[f"{m}_{name}"] = float(STATISTICS[name](values)) if len(values) else np.nan
                 if intervals:
-                    lo, hi = cluster_bootstrap(values, clusters, stat, cell_rng(table, *row.values(), m, name))
-                    row[f"{m}_{name}_lo"], row[f"{m}_{name}_hi"] = lo, hi
-            row[f"{m}_n"] = int(len(values))  # non-missing values behind the mean; < N when some are NaN
+                    rng = cell_rng(table, *row.values(), m, name)
+                    row[f"{m}_{name}_lo"], row[f"{m}_{name}_hi"] = cluster_bootstrap(
+                        values, clusters, STATISTICS[name], rng
+                    )
+            row[f"{m}_n"] = int(len(values))
         out.append(row)
     return full_method_first(pd.DataFrame(out), by)
 
@@ -152,7 +169,7 @@ def paper_comparison(table: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame
         mine = samples[(samples[GROUP] == ours[GROUP]).all(axis=1)]
         if paper_incomparable(mine):
             continue
-        for metric in ("fid64_pair", "clip_score"):
+        for metric in (FID64_PAIR, CLIP_SCORE):
             for stat in ("mean", "median"):
                 value = ours.get(f"{metric}_{stat}", np.nan)
                 paper = PAPER_TABLE1[metric][stat]

@@ -11,25 +11,39 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bench.metrics import (
+    ATTR_AUROC,
+    BG_PSNR,
+    BG_SSIM,
+    CLIP_SCORE,
+    FID64_PAIR,
+    FID2048,
+    KID_MEAN,
+    MASK_IOU,
+    SUBJECT_OK,
+    SUBJECT_OK_ORACLE,
+    TRUE_BG_PSNR,
+)
 from bench.reporting.tables import GROUP, PAPER_TABLE1, paper_incomparable
 
 # (column, statistic, header) of the paper's Table 1 shape.
 HEADLINE = [
-    ("fid64_pair", "mean", "FID64 mean"),
-    ("fid64_pair", "median", "FID64 median"),
-    ("clip_score", "mean", "CLIP mean"),
-    ("clip_score", "median", "CLIP median"),
+    (FID64_PAIR, "mean", "FID64 mean"),
+    (FID64_PAIR, "median", "FID64 median"),
+    (CLIP_SCORE, "mean", "CLIP mean"),
+    (CLIP_SCORE, "median", "CLIP median"),
 ]
 # The harness's own columns (means), in order; chance lines are every other mask_iou_* column.
 HARNESS = {
-    "bg_psnr": "bg PSNR",
-    "bg_ssim": "bg SSIM",
-    "true_bg_psnr": "true bg PSNR",
-    "mask_iou": "mask IoU",
-    "subject_ok": "subject ok",
-    "subject_ok_oracle": "subject (oracle)",
-    "attr_auroc": "attr AUROC",
+    BG_PSNR: "bg PSNR",
+    BG_SSIM: "bg SSIM",
+    TRUE_BG_PSNR: "true bg PSNR",
+    MASK_IOU: "mask IoU",
+    SUBJECT_OK: "subject ok",
+    SUBJECT_OK_ORACLE: "subject (oracle)",
+    ATTR_AUROC: "attr AUROC",
 }
+CHANCE_PREFIX = f"{MASK_IOU}_"  # mask_iou_<baseline>: the chance lines beside mask IoU
 HEADLINE_DIGITS = 3  # significant digits in the headline and compact views (the paper's row: as reported)
 FID_SANITY_N = 2048  # below this many images per set FID-2048's covariances are rank-deficient
 FEW = "(n={})"
@@ -39,20 +53,34 @@ def fmt(value: float, digits: int = 4) -> str:
     return "" if pd.isna(value) else f"{value:.{digits}g}"
 
 
-def cell(row: pd.Series, metric: str, stat: str = "mean", interval: bool = True, digits: int = 4) -> str:
-    """'value [lo, hi]' plus '(n=k)' when k < N values were present; '' when the column is missing."""
-    col = f"{metric}_{stat}"
-    value = row.get(col, np.nan)
+def fmt_float(value: object) -> object:
+    """A float through `fmt`; anything else as it is."""
+    return fmt(value) if isinstance(value, float) else value
+
+
+def interval_cell(
+    value: float, lo: float = np.nan, hi: float = np.nan, n: float = np.nan, total: float = np.nan, spec: str = ".4g"
+) -> str:
+    """The one cell format of every table: 'value [lo, hi] (n=k)'. The interval where `lo` is known, '(n=k)'
+    where the value rests on n < total values; '' when the value is missing. `spec`: the number format."""
     if pd.isna(value):
         return ""
-    text = fmt(value, digits)
-    lo, hi = row.get(f"{col}_lo", np.nan), row.get(f"{col}_hi", np.nan)
-    if interval and not pd.isna(lo):
-        text += f" [{fmt(lo, digits)}, {fmt(hi, digits)}]"
-    n = row.get(f"{metric}_n", np.nan)
-    if not pd.isna(n) and int(n) < int(row["N"]):
+    number = lambda v: "" if pd.isna(v) else format(v, spec)  # noqa: E731
+    text = number(value)
+    if not pd.isna(lo):
+        text += f" [{number(lo)}, {number(hi)}]"
+    if not pd.isna(n) and not pd.isna(total) and int(n) < int(total):
         text += " " + FEW.format(int(n))
     return text
+
+
+def cell(row: pd.Series, metric: str, stat: str = "mean", interval: bool = True, digits: int = 4) -> str:
+    """A metric's `stat` in a summary row (bench.reporting.tables.summarize) as an `interval_cell`, its n
+    against the row's N; '' when the column is missing."""
+    col = f"{metric}_{stat}"
+    lo, hi = (row.get(f"{col}_lo", np.nan), row.get(f"{col}_hi", np.nan)) if interval else (np.nan, np.nan)
+    n, total = row.get(f"{metric}_n", np.nan), row.get("N", np.nan)
+    return interval_cell(row.get(col, np.nan), lo, hi, n, total, spec=f".{digits}g")
 
 
 def row_names(table: pd.DataFrame) -> list[str]:
@@ -93,13 +121,13 @@ def harness_view(table: pd.DataFrame) -> pd.DataFrame | None:
     correctness and the attribution headline; None when the table has none of them."""
     present = lambda m: f"{m}_mean" in table and table[f"{m}_mean"].notna().any()  # noqa: E731
     means = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
-    chance = sorted(m for m in means if m.startswith("mask_iou_"))
+    chance = sorted(m for m in means if m.startswith(CHANCE_PREFIX))
     columns = []
     for metric, header in HARNESS.items():
         if present(metric):
             columns.append((metric, header))
-        if metric == "mask_iou" and present(metric):
-            columns += [(c, f"IoU {c[len('mask_iou_') :]}") for c in chance if present(c)]
+        if metric == MASK_IOU and present(metric):
+            columns += [(c, f"IoU {c[len(CHANCE_PREFIX) :]}") for c in chance if present(c)]
     if not columns:
         return None
     view = pd.DataFrame({"method": row_names(table), "N": table["N"].astype(str)})
@@ -110,13 +138,13 @@ def harness_view(table: pd.DataFrame) -> pd.DataFrame | None:
 
 def set_level_view(table: pd.DataFrame) -> tuple[pd.DataFrame | None, list[str]]:
     """FID-2048 with N_gen and N_ref beside it, KID mean and std (n/a when every subset is the whole set)."""
-    if "fid2048" not in table or table["fid2048"].isna().all():
+    if FID2048 not in table or table[FID2048].isna().all():
         return None, []
     view = pd.DataFrame({"method": row_names(table)})
-    view["FID-2048"] = table["fid2048"].map(fmt)
+    view["FID-2048"] = table[FID2048].map(fmt)
     view["N_gen"] = table["fid2048_N_gen"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     view["N_ref"] = table["fid2048_N_ref"].map(lambda v: "" if pd.isna(v) else str(int(v)))
-    view["KID mean"] = table["kid_mean"].map(fmt)
+    view["KID mean"] = table[KID_MEAN].map(fmt)
     std_na = table["kid_std_reason"].notna() if "kid_std_reason" in table else pd.Series(False, index=table.index)
     view["KID std"] = [("n/a" if na else fmt(v)) for v, na in zip(table["kid_std"], std_na, strict=True)]
     view["KID subset"] = table["kid_subset_size"].map(lambda v: "" if pd.isna(v) else str(int(v)))
@@ -141,8 +169,43 @@ def wide_view(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
             if f"{metric}_{stat}" in table.columns:
                 view[f"{metric}_{stat}"] = [cell(row, metric, stat) for _, row in table.iterrows()]
     for col in table.columns:
-        if col.startswith(("fid2048", "kid")) and not col.endswith(("_reason", "_N")):
+        if col.startswith((FID2048, "kid")) and not col.endswith(("_reason", "_N")):
             view[col] = table[col].map(fmt)
+    return view
+
+
+def delta_view(deltas: pd.DataFrame) -> pd.DataFrame:
+    """Paired deltas (bench.reporting.tables.paired_row) as 'mean [lo, hi] (n=k)' per metric, k = pairs where
+    both values exist, against N_paired."""
+    view = deltas[[c for c in [*GROUP, "N_paired"] if c in deltas]].copy()
+    for col in deltas.columns:
+        if col.endswith("_delta"):
+            view[col] = [
+                interval_cell(r[col], r[f"{col}_lo"], r[f"{col}_hi"], r[f"{col}_n"], r["N_paired"])
+                for _, r in deltas.iterrows()
+            ]
+    return view
+
+
+def summary_view(table: pd.DataFrame, spec: str = ".4g") -> pd.DataFrame:
+    """Any table in summarize's scheme as text: every other column as it is (floats through `fmt`), then each
+    metric (a `<m>_mean` beside its `<m>_n`) as one `interval_cell` of its mean, n against N."""
+    metrics = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean") and f"{c[: -len('_mean')]}_n" in table]
+    suffixes = ("_mean", "_mean_lo", "_mean_hi", "_median", "_median_lo", "_median_hi", "_n")
+    statistics = {f"{m}{suffix}" for m in metrics for suffix in suffixes}
+    view = table[[c for c in table.columns if c not in statistics]].map(fmt_float)
+    for metric in metrics:
+        view[metric] = [
+            interval_cell(
+                r[f"{metric}_mean"],
+                r.get(f"{metric}_mean_lo", np.nan),
+                r.get(f"{metric}_mean_hi", np.nan),
+                r[f"{metric}_n"],
+                r.get("N", np.nan),
+                spec,
+            )
+            for _, r in table.iterrows()
+        ]
     return view
 
 

@@ -11,6 +11,14 @@ import hashlib
 
 import numpy as np
 
+from bench.metrics import (
+    MASK_IOU,
+    MASK_IOU_CENTRE,
+    MASK_IOU_RANDOM,
+    SUBJECT_OK,
+    SUBJECT_OK_ORACLE,
+    TRUE_BG_PSNR,
+)
 from bench.metrics.background import masked_psnr, subject_mask_to_image
 from bench.metrics.common import SampleContext
 from bench.metrics.toy_clip import load_toy_clip, toy_clip_folder
@@ -49,7 +57,7 @@ def sample_rng(sample: SampleContext, purpose: str) -> np.random.Generator:
 class ToyMaskIoU:
     """IoU of the method's subject mask with the subject's true region, beside a random mask of the same area."""
 
-    name = "mask_iou"
+    name = MASK_IOU
     provenance = (
         f"toy world; mask '{MASK_KEY}' >= 0.5 ([h, w] masks as given; gradsam passes the union over channels of "
         "its last mask, [C, h, w] masks: channel mean), nearest-upsampled to image size; "
@@ -63,7 +71,7 @@ class ToyMaskIoU:
         generated = sample.generated
         colour, _shape = prompt_subject(sample.prompt)
         truth = colour_region(generated, colour)
-        out = {"mask_iou": NAN, "mask_iou_random": NAN, "mask_iou_centre": NAN, "mask_area": NAN}
+        out = {MASK_IOU: NAN, MASK_IOU_RANDOM: NAN, MASK_IOU_CENTRE: NAN, "mask_area": NAN}
         out["true_area"] = float(truth.mean())
         mask = sample.masks.get(MASK_KEY)
         if mask is None:
@@ -71,9 +79,9 @@ class ToyMaskIoU:
         pred = upsample_mask(mask, generated.shape[0])
         out["mask_area"] = float(pred.mean())
         if truth.mean() >= MIN_AREA:
-            out["mask_iou"] = iou(pred, truth)
-            out["mask_iou_random"] = random_mask_iou(mask, truth, sample_rng(sample, "mask_iou_random"))
-            out["mask_iou_centre"] = iou(upsample_mask(centre_mask(mask), truth.shape[0]), truth)
+            out[MASK_IOU] = iou(pred, truth)
+            out[MASK_IOU_RANDOM] = random_mask_iou(mask, truth, sample_rng(sample, MASK_IOU_RANDOM))
+            out[MASK_IOU_CENTRE] = iou(upsample_mask(centre_mask(mask), truth.shape[0]), truth)
         return out
 
 
@@ -89,7 +97,7 @@ def centre_mask(mask: np.ndarray) -> np.ndarray:
 class ToySubject:
     """Is the prompted subject there? Toy CLIP zero-shot colour and shape, and the oracle segmenter's reading."""
 
-    name = "subject_ok"
+    name = SUBJECT_OK
     provenance = (
         "toy world; clip: toy open_clip (models/toy/clip) zero-shot over the world's 120 captions, colour and shape "
         f"of the best caption vs the prompt's; oracle: a region of the prompt's colour >= {MIN_AREA:.0%} of the image "
@@ -109,10 +117,10 @@ class ToySubject:
         found = region_shape(colour_region(generated, colour))
         clip_ok = pred["colour"] == colour and pred["shape"] == shape
         return {
-            "subject_ok": float(clip_ok),
+            SUBJECT_OK: float(clip_ok),
             "subject_colour_ok_clip": float(pred["colour"] == colour),
             "subject_shape_ok_clip": float(pred["shape"] == shape),
-            "subject_ok_oracle": float(found == shape),
+            SUBJECT_OK_ORACLE: float(found == shape),
             "subject_found_oracle": float(found is not None),
         }
 
@@ -120,7 +128,7 @@ class ToySubject:
 class ToyBackground:
     """Background preservation: PSNR to the reference outside the subject's true region in the generated image."""
 
-    name = "true_bg_psnr"
+    name = TRUE_BG_PSNR
     provenance = (
         "toy world; PSNR (peak 255, inf if identical) of generated vs reference RGB uint8 over pixels outside "
         "the oracle region of the prompt's colour in the generated image; true_bg_mae: mean |difference| there (0-255)"
@@ -131,10 +139,10 @@ class ToyBackground:
         colour, _shape = prompt_subject(sample.prompt)
         keep = ~colour_region(generated, colour)
         if not keep.any():
-            return {"true_bg_psnr": NAN, "true_bg_mae": NAN}
+            return {TRUE_BG_PSNR: NAN, "true_bg_mae": NAN}
         diff = generated.astype(np.float64)[keep] - reference.astype(np.float64)[keep]  # [n, 3]
         psnr = masked_psnr(generated, reference, keep)
-        return {"true_bg_psnr": psnr, "true_bg_mae": float(np.mean(np.abs(diff)))}
+        return {TRUE_BG_PSNR: psnr, "true_bg_mae": float(np.mean(np.abs(diff)))}
 
 
 __all__ = ["COLOURS", "SHAPES", "ToyBackground", "ToyMaskIoU", "ToySubject", "iou", "upsample_mask"]

@@ -113,6 +113,9 @@ def test_the_study_runs_end_to_end_on_the_smallest_profile(tmp_path: Path):
     assert {p.name for p in (folder / "figures").iterdir()} == {"auroc_by_layer.png", "auroc_by_step.png"}
     table = pd.read_csv(folder / "attribution.csv")
     assert set(table["truth"]) == {"no_manipulation", "method_output"}
+    # Table 1's summary scheme (bench.reporting.tables.summarize), one column set per metric
+    assert {"N", "auroc_mean", "auroc_mean_lo", "auroc_mean_hi", "auroc_n"} <= set(table.columns)
+    assert not {"auroc_lo", "auroc_hi"} & set(table.columns)
     kinds = set(table[table["truth"] == "no_manipulation"]["kind"])
     assert kinds == {"gradsam", "attention_only", "daam", "noise_diff", "chance:uniform", "chance:centre"}
     assert {"last", "all", "own:last"} <= set(table["layer_set"])

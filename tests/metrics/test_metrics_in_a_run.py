@@ -6,6 +6,7 @@ from importlib.metadata import version
 
 import pandas as pd
 
+from bench.aggregate import options_from_environment
 from bench.metrics import BG_PSNR, BG_SSIM, CLIP_SCORE, FID64_PAIR, PIXEL_MAD
 from bench.reporting.aggregate import aggregate_task
 from bench.task import run_benchmark
@@ -35,7 +36,8 @@ def test_default_metrics_in_rows_and_table(tmp_path, converted_weights, inceptio
     assert (samples["bg_mask_source"] == "none (whole image)").all()  # SDEdit has no subject mask
 
     extracted = inception.extracted
-    paths = aggregate_task(tmp_path / "results", cfg.task_name, root_dir=tmp_path)
+    # the entry point reads $BENCH_INCEPTION_WEIGHTS and $BENCH_CACHE_DIR, as `python -m bench.aggregate` does
+    paths = aggregate_task(tmp_path / "results", cfg.task_name, tmp_path, options_from_environment())
     table = pd.read_csv(paths["csv"])
     assert {"fid2048", "fid2048_N_gen", "fid2048_N_ref", "kid_mean", "kid_subset_size"} <= set(table.columns)
     assert table.loc[0, "fid2048_N_gen"] == 2 and table.loc[0, "fid2048_N_ref"] == 2

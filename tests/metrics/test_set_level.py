@@ -15,6 +15,7 @@ from bench.metrics.set_level import (
     FID_TORCH_FIDELITY,
     RefStatsCache,
     RefStatsConflict,
+    SetLevelAssets,
     SetLevelOptions,
     fid_and_kid,
     fid_from_statistics,
@@ -111,8 +112,8 @@ def test_set_level_end_to_end_against_numpy_and_cache(tmp_path, converted_weight
     specs = [("m", "natural", f"r{k}", gens[k], refs[f"r{k}"]) for k in range(2)]
     specs += [("self", "natural", f"r{k}", refs[f"r{k}"], refs[f"r{k}"]) for k in range(2)]  # generated == reference
     samples = write_samples(tmp_path, specs)
-    kwargs = dict(root_dir=tmp_path, cache_dir=tmp_path / "cache", inception_weights=str(converted_weights))
-    frame, provenance = set_level_metrics(samples, GROUP, **kwargs)
+    assets = SetLevelAssets(cache_dir=tmp_path / "cache", inception_weights=str(converted_weights))
+    frame, provenance = set_level_metrics(samples, GROUP, tmp_path, assets)
     pooled = frame[frame["scope"] == "all"].set_index("label")
     assert set(frame["scope"]) == {"all", "category=natural"}
     assert "torch-fidelity" in provenance and "NOT the paper's FID" in provenance
@@ -126,7 +127,7 @@ def test_set_level_end_to_end_against_numpy_and_cache(tmp_path, converted_weight
     assert pooled.loc["m", "kid_subset_size"] == 2 and np.isfinite(pooled.loc["m", "kid_mean"])
 
     extracted = inception.extracted
-    again, _ = set_level_metrics(samples, GROUP, **kwargs)  # a second metric pass on the same images
+    again, _ = set_level_metrics(samples, GROUP, tmp_path, assets)  # a second metric pass on the same images
     assert inception.extracted == extracted
     pd.testing.assert_frame_equal(again, frame)
 
@@ -137,7 +138,7 @@ def test_small_or_unreadable_sets_give_nan_with_reasons_and_extract_nothing(tmp_
     samples = write_samples(tmp_path, specs)
     samples.loc[1, "image_path"] = "outputs/t/missing.png"
     extracted = inception.extracted
-    frame, _ = set_level_metrics(samples, GROUP, root_dir=tmp_path, inception_weights=str(converted_weights))
+    frame, _ = set_level_metrics(samples, GROUP, tmp_path, SetLevelAssets(inception_weights=str(converted_weights)))
     pooled = frame[frame["scope"] == "all"].set_index("label")
     assert "cannot read" in pooled.loc["b", "fid2048_nan_reason"]
     assert "N >= 2" in pooled.loc["a", "fid2048_nan_reason"] and "< 2" in pooled.loc["a", "kid_nan_reason"]
@@ -160,13 +161,14 @@ def test_reference_statistics_are_never_silently_overwritten(tmp_path):
 def test_changed_references_under_the_same_key_are_refused_in_the_table(tmp_path, converted_weights):
     a, b, c = smooth_image(16, 1), smooth_image(16, 2), smooth_image(16, 3)
     first = write_samples(tmp_path, [("m", "natural", "r0", a, a), ("m", "natural", "r1", b, b)])
-    kwargs = dict(root_dir=tmp_path, inception_weights=str(converted_weights))
-    frame, _ = set_level_metrics(first, GROUP, **kwargs)
+    assets = SetLevelAssets(inception_weights=str(converted_weights))
+    frame, _ = set_level_metrics(first, GROUP, tmp_path, assets)
     assert np.isfinite(frame["fid2048"]).all()
     (tmp_path / "outputs").rename(tmp_path / "old")
     changed = write_samples(tmp_path, [("m", "natural", "r0", a, a), ("m", "natural", "r1", c, c)])  # r1 changed
-    frame, note = set_level_metrics(changed, GROUP, **kwargs)
+    frame, note = set_level_metrics(changed, GROUP, tmp_path, assets)
     assert frame["fid2048"].isna().all() and frame["fid2048_nan_reason"].str.contains("--overwrite-ref-stats").all()
     assert "WARNING" in note
-    frame, _ = set_level_metrics(changed, GROUP, overwrite_ref_stats=True, **kwargs)
+    overwrite = SetLevelAssets(inception_weights=str(converted_weights), overwrite_ref_stats=True)
+    frame, _ = set_level_metrics(changed, GROUP, tmp_path, overwrite)
     assert np.isfinite(frame["fid2048"]).all()

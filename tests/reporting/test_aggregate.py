@@ -11,10 +11,12 @@ from PIL import Image
 
 from bench.metrics import PIXEL_MAD, PSNR_CAP_DB
 from bench.records import write_csv
-from bench.reporting.aggregate import aggregate_task
+from bench.reporting.aggregate import AggregateOptions, aggregate_task
 from bench.reporting.figures import mask_order
 from bench.reporting.html import referenced_files
 from bench.reporting.tables import cluster_bootstrap, deltas_against, paired_deltas, summarize
+
+QUICK = AggregateOptions(set_level=False)  # no FID-2048/KID: the tables these tests read
 
 
 def hand_made(tmp_path, task="table1", ablations=("none",), values=None) -> pd.DataFrame:
@@ -143,7 +145,7 @@ def profiled(tmp_path, model="toy", dataset="toy_world", clip="toy (trained here
 
 def test_n_per_metric_marker_and_psnr_cap(tmp_path):
     samples = profiled(tmp_path)
-    paths = aggregate_task(tmp_path / "results", "table1", tmp_path, set_level=False)
+    paths = aggregate_task(tmp_path / "results", "table1", tmp_path, options=QUICK)
     table = pd.read_csv(paths["csv"]).set_index("label")
     ok = samples[(samples["label"] == "gradsam") & (samples["status"] == "ok")]
     expected = ok["bg_psnr"].replace(np.inf, PSNR_CAP_DB).dropna()
@@ -159,7 +161,7 @@ def test_n_per_metric_marker_and_psnr_cap(tmp_path):
 def test_headline_has_the_paper_row_only_where_comparable(tmp_path):
     toy = tmp_path / "toy"
     profiled(toy)
-    paths = aggregate_task(toy / "results", "table1", toy, set_level=False)
+    paths = aggregate_task(toy / "results", "table1", toy, options=QUICK)
     headline = paths["headline_md"].read_text()
     assert headline.splitlines()[0] == "| method | N | failures | FID64 mean | FID64 median | CLIP mean | CLIP median |"
     assert "(paper)" not in headline and "row is absent" in headline and "model=toy" in headline
@@ -167,7 +169,7 @@ def test_headline_has_the_paper_row_only_where_comparable(tmp_path):
 
     real = tmp_path / "real"
     profiled(real, model="sd15", dataset="places365", clip="open_clip ViT-L-14/openai")
-    paths = aggregate_task(real / "results", "table1", real, set_level=False)
+    paths = aggregate_task(real / "results", "table1", real, options=QUICK)
     rows = [r for r in paths["headline_md"].read_text().splitlines() if "(paper)" in r]
     assert rows == ["| Abs-Grad-SAM (paper) | ? | ? | 6.89 | 5.32 | 27.98 | 28.24 |"]
     assert len(pd.read_csv(paths["md"].parent / "paper_comparison.csv")) == 4 * 2  # 2 rows x 4 numbers
@@ -176,7 +178,7 @@ def test_headline_has_the_paper_row_only_where_comparable(tmp_path):
 
 def test_terminal_summary_fits_100_columns_and_names_the_files(tmp_path):
     profiled(tmp_path)
-    paths = aggregate_task(tmp_path / "results", "table1", tmp_path, set_level=False)
+    paths = aggregate_task(tmp_path / "results", "table1", tmp_path, options=QUICK)
     text = paths["terminal"]
     assert max(map(len, text.splitlines())) <= 100
     assert "FID64 mean" in text and "mask IoU" in text and "IoU random" in text
@@ -209,16 +211,22 @@ def test_masks_in_timestep_order():
 def test_report_order_and_the_attribution_section(tmp_path):
     profiled(tmp_path)
     folder = tmp_path / "results" / "table1"
-    report = aggregate_task(tmp_path / "results", "table1", tmp_path, set_level=False)["report"].read_text()
+    report = aggregate_task(tmp_path / "results", "table1", tmp_path, options=QUICK)["report"].read_text()
     assert "<h2>Attribution</h2>" not in report
-    pd.DataFrame({"score_kind": ["gradsam"], "auroc": [0.71]}).to_csv(folder / "attribution.csv", index=False)
+    study = {"kind": ["gradsam"], "N": [4], "failures": [0], "auroc_mean": [0.71], "auroc_mean_lo": [0.6]}
+    study |= {"auroc_mean_hi": [0.8], "auroc_n": [3]}  # the study's summary: the Table 1 scheme
+    pd.DataFrame(study).to_csv(folder / "attribution.csv", index=False)
     (folder / "figures").mkdir(exist_ok=True)
     Image.new("RGB", (8, 8)).save(folder / "figures" / "attribution_auroc_by_layer.png")
-    report = aggregate_task(tmp_path / "results", "table1", tmp_path, set_level=False)["report"].read_text()
-    order = ["id='headline'", "<h2>Method comparison</h2>", "<h2>Attribution</h2>", "<h2>Samples</h2>"]
-    order += ["<summary>Full table", "<summary>Provenance"]
+    paths = aggregate_task(tmp_path / "results", "table1", tmp_path, options=QUICK)
+    report = paths["report"].read_text()
+    order = ["id='headline'", "<h2>Method comparison</h2>", "<summary>Paired change", "<h2>Attribution</h2>"]
+    order += ["<h2>Samples</h2>", "<summary>Full table", "<summary>Provenance"]
     assert [report.index(s) for s in order] == sorted(report.index(s) for s in order)
-    assert "figures/attribution_auroc_by_layer.png" in report and ">0.71<" in report
+    assert "figures/attribution_auroc_by_layer.png" in report and ">0.71 <span class='ci'>[0.6, 0.8]</span>" in report
+    md = paths["md"].read_text()  # the same section in the Markdown, between the deltas and the full table
+    assert md.index("## Paired change") < md.index("## Attribution") < md.index("## Full table")
+    assert "| gradsam | 4 | 0 | 0.71 [0.6, 0.8] (n=3) |" in md and "attribution_auroc_by_layer.png" not in md
     assert "http" not in report.replace("http-equiv", "")  # no CDN, no remote font: one static file
 
 
@@ -241,7 +249,7 @@ def test_further_chance_lines_and_the_attribution_headline_join_the_compact_tabl
     samples["attr_auroc"] = np.where(gradsam, 0.8, np.nan)
     samples.loc[3, "attr_auroc"] = np.nan
     write_csv(samples, tmp_path / "results" / "table1" / "samples.csv")
-    paths = aggregate_task(tmp_path / "results", "table1", tmp_path, set_level=False)
+    paths = aggregate_task(tmp_path / "results", "table1", tmp_path, options=QUICK)
     table = pd.read_csv(paths["csv"]).set_index("label")
     assert table.loc["gradsam", "mask_iou_centre_mean"] == pytest.approx(0.3)
     assert table.loc["gradsam", "attr_auroc_n"] == table.loc["gradsam", "N"] - 1

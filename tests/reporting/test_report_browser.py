@@ -14,7 +14,7 @@ from PIL import Image
 
 from bench.reporting.aggregate import aggregate_task
 from bench.reporting.browser import BrowserMissing, check_page, find_chromium
-from tests.reporting.test_aggregate import profiled
+from tests.reporting.test_aggregate import QUICK, profiled
 
 
 def check(page, **kwargs):
@@ -29,7 +29,7 @@ def check(page, **kwargs):
 def test_report_reads_at_a_glance_in_chromium(tmp_path):
     profiled(tmp_path)
     folder = tmp_path / "results" / "table1"
-    paths = aggregate_task(tmp_path / "results", "table1", tmp_path, set_level=False)
+    paths = aggregate_task(tmp_path / "results", "table1", tmp_path, options=QUICK)
     result = check(paths["report"], screenshot=tmp_path / "shot.png")
     assert result.problems() == []
     assert result.images == len(list((folder / "figures").glob("*.png"))) > 0
@@ -59,7 +59,7 @@ def test_readme_block_and_screenshot_come_from_the_task(tmp_path):
     from bench import readme
 
     profiled(tmp_path, task="demo")
-    aggregate_task(tmp_path / "results", "demo", tmp_path, set_level=False)
+    aggregate_task(tmp_path / "results", "demo", tmp_path, options=QUICK)
     page = tmp_path / "README.md"
     page.write_text(f"# x\n\n{readme.BEGIN}\nold, typed by hand\n{readme.END}\n\nafter\n")
     shot = tmp_path / "shot.png"
