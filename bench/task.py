@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
-from bench.config import ConfigError, build, check_ablation, check_path_names, is_safe_name
+from bench.config import ConfigError, build, check_ablation, check_path_names, check_variant, is_safe_name
 from bench.datasets.base import DatasetError, ReferenceImage, WorkUnit, to_model_input
 from bench.metrics.common import SampleContext
 from bench.records import (
@@ -100,6 +100,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
     """
     # 1. Validate the whole config before anything is loaded or written.
     check_ablation(cfg)
+    check_variant(cfg)
     check_run_keys(cfg)
     check_path_names(cfg)
     sampling = from_mapping(SamplingConfig, cfg.sampling, "sampling")
