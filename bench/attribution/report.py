@@ -23,15 +23,16 @@ TRUTHS = {  # truth name -> what it is
     "no_manipulation": "subject cells of the final image of the no_manipulation chain (no mask shaped it)",
     "method_output": "subject cells of the method's own output (its masks shaped it)",
 }
-# (ablation of the maps' run, truth name, whose recorded truth): each pairing of maps with a truth
+CONTROL_LABEL = "no_manipulation"  # the control chain's row label (variant=no_manipulation): its maps
+METHOD_LABEL = "gradsam"  # the paper's row label (with ablation none): the method's maps
+# (label of the maps' rows, all with ablation none; truth name; whose recorded truth): each pairing of maps with a truth
 PAIRS = (
-    ("no_manipulation", "no_manipulation", "own"),
-    ("none", "method_output", "own"),
-    ("none", "no_manipulation", "control"),  # the method's maps vs the no_manipulation chain's truth
+    (CONTROL_LABEL, "no_manipulation", "own"),
+    (METHOD_LABEL, "method_output", "own"),
+    (METHOD_LABEL, "no_manipulation", "control"),  # the method's maps vs the control chain's truth
 )
 THRESHOLDS = ("main", "alt")  # the truth mask at the segmenter's threshold, and at truth_record.alt_threshold
 HEADLINE_SETS = ("own:last", "last", "all", "res16", "res8", "res4", "res64", "res32", "-")
-CONTROL_LABEL = "+no_manipulation"  # the figures and the per-layer table: the no_manipulation chain's maps
 
 
 def text(value) -> str:
@@ -93,8 +94,8 @@ def write_study(folder: Path, root: Path) -> dict:
     samples = pd.read_csv(folder / "samples.csv", keep_default_na=False, na_values=[""])
     rows, masks = [], []
     for threshold in THRESHOLDS:
-        for ablation, truth_name, whose in PAIRS:
-            part = samples[samples["ablation"] == ablation].assign(label=lambda f: f["label"] + "+" + f["ablation"])
+        for label, truth_name, whose in PAIRS:
+            part = samples[(samples["label"] == label) & (samples["ablation"] == "none")]
             r, m = study_rows(part, root, truth_function(samples, root, whose, threshold), truth_name)
             rows, masks = rows + r, masks + (m if whose == "own" else [])  # mask rules: each chain's own truths
     per_sample = pd.DataFrame(rows)
@@ -261,7 +262,7 @@ def markdown(table: pd.DataFrame, mask_table: pd.DataFrame, notes: list[str]) ->
         parts += [f"## truth = {truth} ({TRUTHS[truth]}; source: {source})", "", md_table(view(part)), ""]
     parts += ["## AUROC under two truth thresholds (main vs alt)", "", md_table(threshold_view(table)), ""]
     layers = main[main["layer_set"].str.startswith("layer:") & (main["truth"] == "no_manipulation")]
-    layers = layers[layers["label"].str.endswith(CONTROL_LABEL)]
+    layers = layers[layers["label"] == CONTROL_LABEL]
     if not layers.empty:
         parts += ["## Per layer (truth = no_manipulation; execution order)", "", md_table(view(layers)), ""]
     parts += ["## Mask rules", "", mask_markdown(mask_table), ""]
@@ -294,7 +295,7 @@ def short_name(layer_set: str) -> str:
 
 def auroc_by_layer(table: pd.DataFrame, folder: Path) -> Path:
     """AUROC of each single layer (execution order), one line per score kind, one panel per scoring step."""
-    part = table[(table["truth"] == "no_manipulation") & table["label"].str.endswith(CONTROL_LABEL)]
+    part = table[(table["truth"] == "no_manipulation") & (table["label"] == CONTROL_LABEL)]
     steps = sorted(part["index"].unique())
     fig, axes = plt.subplots(1, max(1, len(steps)), figsize=(5 * max(1, len(steps)), 4), squeeze=False)
     for ax, index in zip(axes[0], steps, strict=False):
@@ -323,7 +324,7 @@ def auroc_by_layer(table: pd.DataFrame, folder: Path) -> Path:
 
 def auroc_by_step(table: pd.DataFrame, folder: Path) -> Path:
     """AUROC against the scoring timestep: one line per (score kind, layer set), beside the chance lines."""
-    part = table[(table["truth"] == "no_manipulation") & table["label"].str.endswith(CONTROL_LABEL)]
+    part = table[(table["truth"] == "no_manipulation") & (table["label"] == CONTROL_LABEL)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (kind, layer_set), rows in part.groupby(["kind", "layer_set"], sort=True):
         if kind.startswith("chance") or layer_set not in ("last", "all", "res8", "-", "own:last"):
