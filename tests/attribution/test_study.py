@@ -114,6 +114,7 @@ def run_study(root: Path, *overrides: str) -> Path:
     return root / "results" / "attribution"
 
 
+@pytest.mark.slow  # two Hydra jobs and the report: 80-95 s here
 def test_the_study_runs_end_to_end_on_the_smallest_profile(tmp_path: Path):
     folder = run_study(tmp_path)
     for name in ("attribution.csv", "attribution.md", "mask_rules.csv", "samples_attribution.csv", "report.html"):
@@ -133,6 +134,7 @@ def test_the_study_runs_end_to_end_on_the_smallest_profile(tmp_path: Path):
     assert "the two coincide" in (folder / "attribution.md").read_text()
 
 
+@pytest.mark.slow  # two Hydra jobs and the report: 80-95 s here
 def test_the_study_takes_a_segmenters_truth_end_to_end(tmp_path: Path):
     """truth=clipseg_tiny: the real CLIPSeg code path records each image's truth and the study scores by it."""
     folder = run_study(tmp_path, "truth=clipseg_tiny")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 from hydra.utils import get_object
 
 from bench.config import CONF_DIR, REPO_ROOT
@@ -25,6 +26,7 @@ SMALL = [
 ]
 
 
+@pytest.mark.slow  # every row file through the real multirun: several minutes here
 def test_reproduce_table1_offline_writes_every_file(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "BENCH_CACHE_DIR": str(tmp_path / "cache")}
     cmd = [
