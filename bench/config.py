@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from bench.sd.errors import ConfigError
 
@@ -56,17 +56,17 @@ def build(node, **kwargs):
         raise
 
 
-def check_ablation(cfg) -> None:
+def check_ablation(cfg: DictConfig) -> None:
     """An ablation flips switches of one method (Hydra merged them into `cfg.method`); refuse any other method."""
     check_applies_to(cfg, "ablation", "flips")
 
 
-def check_variant(cfg) -> None:
+def check_variant(cfg: DictConfig) -> None:
     """A variant is a preset of one method (Hydra merged it into `cfg.method`); refuse any other method."""
     check_applies_to(cfg, "variant", "sets")
 
 
-def check_applies_to(cfg, group: str, verb: str) -> None:
+def check_applies_to(cfg: DictConfig, group: str, verb: str) -> None:
     """Refuse `group`'s option (a node {name, applies_to}) on a method other than the one it applies to."""
     node = cfg.get(group)
     applies_to = node.get("applies_to") if node else None
