@@ -43,6 +43,9 @@ readme: $(STAMP) ## after `make demo`: its headline table into README.md, its re
 test: $(STAMP) ## the test suite (CPU, offline)
 	$(PY) -m pytest -q
 
+test-fast: $(STAMP) ## the test suite without the tests marked slow (each over a minute here)
+	$(PY) -m pytest -q -m "not slow"
+
 lint: $(STAMP) ## ruff lint and format check, and the import layers (import-linter)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports
 

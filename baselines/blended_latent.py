@@ -24,6 +24,7 @@ from method.sampler import GradSAM
 class BlendedLatent(GradSAM):
     """BLD-style blending at every step with the Grad-SAM mask of the latest score index."""
 
+    makes_mask = True
     indices_key = "score_indices"
 
     def __init__(

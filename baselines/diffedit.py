@@ -179,6 +179,7 @@ class DiffEdit(Method):
     """DiffEdit with the protocol's prompt as the edit text and the scene as the description of the input."""
 
     uses_reference = True
+    makes_mask = True
 
     def __init__(
         self,

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from bench.sd.errors import ConfigError
 
@@ -16,7 +16,16 @@ CONF_DIR = REPO_ROOT / "conf"
 if not OmegaConf.has_resolver("repo_root"):
     OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
 
-__all__ = ["CONF_DIR", "REPO_ROOT", "ConfigError", "build", "check_ablation", "check_path_names", "env_path"]
+__all__ = [
+    "CONF_DIR",
+    "REPO_ROOT",
+    "ConfigError",
+    "build",
+    "check_ablation",
+    "check_path_names",
+    "check_variant",
+    "env_path",
+]
 # Paths (never switches) that an environment variable may give; conf/ reads the same variables with oc.env.
 PATH_VARIABLES = ("BENCH_DATA_DIR", "BENCH_CACHE_DIR", "BENCH_WEIGHTS_DIR", "BENCH_INCEPTION_WEIGHTS")
 
@@ -47,13 +56,24 @@ def build(node, **kwargs):
         raise
 
 
-def check_ablation(cfg) -> None:
+def check_ablation(cfg: DictConfig) -> None:
     """An ablation flips switches of one method (Hydra merged them into `cfg.method`); refuse any other method."""
-    applies_to = cfg.ablation.get("applies_to")
+    check_applies_to(cfg, "ablation", "flips")
+
+
+def check_variant(cfg: DictConfig) -> None:
+    """A variant is a preset of one method (Hydra merged it into `cfg.method`); refuse any other method."""
+    check_applies_to(cfg, "variant", "sets")
+
+
+def check_applies_to(cfg: DictConfig, group: str, verb: str) -> None:
+    """Refuse `group`'s option (a node {name, applies_to}) on a method other than the one it applies to."""
+    node = cfg.get(group)
+    applies_to = node.get("applies_to") if node else None
     if applies_to is not None and cfg.method.name != applies_to:
         raise ConfigError(
-            f"ablation={cfg.ablation.name} flips switches of method={applies_to}, but method={cfg.method.name}. "
-            f"Use method={applies_to} ablation={cfg.ablation.name}, or ablation=none."
+            f"{group}={node.name} {verb} switches of method={applies_to}, but method={cfg.method.name}. "
+            f"Use method={applies_to} {group}={node.name}, or {group}=none."
         )
 
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
-from bench.config import ConfigError, build, check_ablation, check_path_names, is_safe_name
+from bench.config import ConfigError, build, check_ablation, check_path_names, check_variant, is_safe_name
 from bench.datasets.base import Dataset, DatasetError, ReferenceImage, WorkUnit, to_model_input
 from bench.metrics.common import PerSampleMetric, SampleContext
 from bench.records import (
@@ -190,6 +190,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
 def validate_config(cfg: DictConfig) -> tuple[SamplingConfig, Method]:
     """Check the whole config before anything is loaded or written; the sampling config and the method."""
     check_ablation(cfg)
+    check_variant(cfg)
     check_run_keys(cfg)
     check_path_names(cfg)
     sampling = from_mapping(SamplingConfig, cfg.sampling, "sampling")

@@ -110,6 +110,7 @@ class GradSAM(Method):
     """Grad-SAM latent manipulation (the paper's method). Defaults: the `paper` preset (docs/method.md)."""
 
     uses_reference = True
+    makes_mask = True
     indices_key = "injection_indices"  # the config key of the score/injection indices (for messages)
 
     def __init__(

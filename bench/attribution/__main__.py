@@ -1,8 +1,10 @@
 """`python -m bench.attribution [--profile offline|gpu]`: the attribution study, then its tables and figures.
 
 1. Two Hydra jobs record their maps (method.attribution.record=true) into outputs/attribution/:
-   the no_manipulation chain with every score kind at every layer (its final image is the truth no
-   mask shaped), and the paper's gradsam row (its own map, the cheap kinds, and its output as a second truth).
+   the no_manipulation chain (`row=no_manipulation`, label no_manipulation) with every score kind at every
+   layer (its final image is the truth no mask shaped), and the paper's row (`row=gradsam_paper`, label
+   gradsam: its own map, the cheap kinds, and its output as a second truth). The report selects the maps by
+   these labels (bench/attribution/report.py PAIRS).
    Both record each image's subject truth (truth_record.enabled=true) from the `truth` source: the dataset's
    default (toy_world: oracle; places365: clipseg) or an override, e.g. `truth=clipseg_tiny` (offline stand-in).
 2. `--report-only` (or after the jobs): results/attribution/attribution.{csv,md}, samples_attribution.csv,

@@ -27,15 +27,16 @@ TRUTHS = {  # truth name -> what it is
     "no_manipulation": "subject cells of the final image of the no_manipulation chain (no mask shaped it)",
     "method_output": "subject cells of the method's own output (its masks shaped it)",
 }
-# (ablation of the maps' run, truth name, whose recorded truth): each pairing of maps with a truth
+CONTROL_LABEL = "no_manipulation"  # the control chain's row label (variant=no_manipulation): its maps
+METHOD_LABEL = "gradsam"  # the paper's row label (with ablation none): the method's maps
+# (label of the maps' rows, all with ablation none; truth name; whose recorded truth): each pairing of maps with a truth
 PAIRS = (
-    ("no_manipulation", "no_manipulation", "own"),
-    ("none", "method_output", "own"),
-    ("none", "no_manipulation", "control"),  # the method's maps vs the no_manipulation chain's truth
+    (CONTROL_LABEL, "no_manipulation", "own"),
+    (METHOD_LABEL, "method_output", "own"),
+    (METHOD_LABEL, "no_manipulation", "control"),  # the method's maps vs the control chain's truth
 )
 THRESHOLDS = ("main", "alt")  # the truth mask at the segmenter's threshold, and at truth_record.alt_threshold
 HEADLINE_SETS = ("own:last", "last", "all", "res16", "res8", "res4", "res64", "res32", "-")
-CONTROL_LABEL = "+no_manipulation"  # the figures and the per-layer table: the no_manipulation chain's maps
 MASK_METRICS = [MASK_IOU, "kept_fraction", "channel_corr", "channels_per_kept_cell"]  # columns of study.mask_rows
 NUMBER = ".3f"  # the study's cells: 'mean [lo, hi]' with three decimals
 TITLE = "Attribution study (attribution)"
@@ -104,8 +105,8 @@ def write_study(folder: Path, root: Path) -> dict:
     samples = pd.read_csv(folder / "samples.csv", keep_default_na=False, na_values=[""])
     rows, masks = [], []
     for threshold in THRESHOLDS:
-        for ablation, truth_name, whose in PAIRS:
-            part = samples[samples["ablation"] == ablation].assign(label=lambda f: f["label"] + "+" + f["ablation"])
+        for label, truth_name, whose in PAIRS:
+            part = samples[(samples["label"] == label) & (samples["ablation"] == "none")]
             r, m = study_rows(part, root, truth_function(samples, root, whose, threshold), truth_name)
             rows, masks = rows + r, masks + (m if whose == "own" else [])  # mask rules: each chain's own truths
     per_sample = pd.DataFrame(rows)
@@ -258,7 +259,7 @@ def study_sections(
         sections.append(Section(f"truth = {truth} ({TRUTHS[truth]}; source: {source})", view(part), place=SUMMARY))
     sections.append(Section("AUROC under two truth thresholds (main vs alt)", threshold_view(table), place=SUMMARY))
     layers = main[main["layer_set"].str.startswith("layer:") & (main["truth"] == "no_manipulation")]
-    layers = layers[layers["label"].str.endswith(CONTROL_LABEL)]
+    layers = layers[layers["label"] == CONTROL_LABEL]
     if not layers.empty:
         sections.append(Section("Per layer (truth = no_manipulation; execution order)", view(layers), place=SUMMARY))
     mask_notes = ("Mask rules: IoU of the thresholded mask with the truth.", *notes)
@@ -282,7 +283,7 @@ def chance_lines(ax, part: pd.DataFrame, index) -> None:
 
 def auroc_by_layer(table: pd.DataFrame, folder: Path) -> Path:
     """AUROC of each single layer (execution order), one line per score kind, one panel per scoring step."""
-    part = table[(table["truth"] == "no_manipulation") & table["label"].str.endswith(CONTROL_LABEL)]
+    part = table[(table["truth"] == "no_manipulation") & (table["label"] == CONTROL_LABEL)]
     steps = sorted(part["index"].unique())
     fig, axes = plt.subplots(1, max(1, len(steps)), figsize=(5 * max(1, len(steps)), 4), squeeze=False)
     for ax, index in zip(axes[0], steps, strict=False):
@@ -311,7 +312,7 @@ def auroc_by_layer(table: pd.DataFrame, folder: Path) -> Path:
 
 def auroc_by_step(table: pd.DataFrame, folder: Path) -> Path:
     """AUROC against the scoring timestep: one line per (score kind, layer set), beside the chance lines."""
-    part = table[(table["truth"] == "no_manipulation") & table["label"].str.endswith(CONTROL_LABEL)]
+    part = table[(table["truth"] == "no_manipulation") & (table["label"] == CONTROL_LABEL)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (kind, layer_set), rows in part.groupby(["kind", "layer_set"], sort=True):
         if kind.startswith("chance") or layer_set not in ("last", "all", "res8", "-", "own:last"):

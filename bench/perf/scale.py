@@ -2,10 +2,11 @@
 
 1. builds (once, cached in .cache/sd15-random/) a random-weight folder with SD1.5's exact architecture,
    configs and tokenizer files (bench/perf/sd15_folder.py);
-2. runs each method as `python -m bench.run model=sd15 model.path=<folder> method=...` at 512 px with a
-   short schedule, one forest reference and one prompt, metrics off, outputs under outputs/check-scale/;
-3. checks that each run completed its sample, that gradsam rows took the exact tail path (`score_path`),
-   and that every mask has the latent's shape (64x64 per channel);
+2. runs each method of conf/method/ as `python -m bench.run model=sd15 model.path=<folder> method=...` at 512
+   px with a short schedule, one forest reference and one prompt, metrics off, outputs under outputs/check-scale/;
+3. checks that each run completed its sample, that Grad-SAM samplers' rows took the exact tail path
+   (`score_path`), and that every mask of a method that makes one (`Method.makes_mask`) has the latent's
+   shape (64x64 per channel);
 4. writes wall time and peak RSS (of the run's process, from wait4) per method to `--out`.
 
 `--reduced` (CI, .ci/run; `make check-scale REDUCED=1`): gradsam and sdedit only, reported to
@@ -15,6 +16,7 @@ outputs/check-scale/scale-reduced.md unless `--out` says otherwise. Exits 1 when
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -26,22 +28,48 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from hydra.utils import get_object
+from omegaconf import OmegaConf
 from PIL import Image
 
-from bench.config import REPO_ROOT
+from bench.config import CONF_DIR, REPO_ROOT
 from bench.perf.sd15_folder import DEFAULT_DIR, ensure_folder
+from method.sampler import GradSAM
 
-# Method overrides fitting a 3-step schedule (strength 0.9 keeps 2 steps: one injection, at index 1).
-METHODS: dict[str, list[str]] = {
-    "gradsam": ["method=gradsam", "method.injection_indices=[1]"],
-    "sdedit_0.9": ["method=sdedit", "method.strength=0.9"],
-    "txt2img": ["method=txt2img"],
-    "blended_latent": ["method=blended_latent", "method.score_indices=[1]"],
-    "diffedit": ["method=diffedit", "method.mask_noise_draws=1"],
-}
-REDUCED = ("gradsam", "sdedit_0.9")
-TAIL_METHODS = ("gradsam", "blended_latent")  # rows with a Grad-SAM score path
-MASKED = (*TAIL_METHODS, "diffedit")
+# Optional extra overrides per conf/method option (a method not named here runs at its YAML defaults): SDEdit at
+# the proposed method's start time, and one noise draw for DiffEdit's mask (check-scale times it, never scores it).
+EXTRA: dict[str, tuple[str, ...]] = {"sdedit": ("method.strength=0.9",), "diffedit": ("method.mask_noise_draws=1",)}
+REDUCED = ("gradsam", "sdedit_0.9")  # CI's reduced form: run labels
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One method of check-scale, derived from its conf/method/<option>.yaml and its class."""
+
+    name: str  # the run's method.label; its run folder is <label>+none
+    overrides: tuple[str, ...]  # method=<option>, then what fits the short schedule, then EXTRA
+    tail: bool  # a Grad-SAM sampler (GradSAM or a subclass): its row must report score_path=tail
+    masked: bool  # Method.makes_mask: its masks must be latent x latent per channel
+
+
+def method_run(option: str) -> MethodRun:
+    """The check-scale run of conf/method/<option>.yaml: a Grad-SAM sampler scores at index 1 (strength 0.9 of
+    a 3-step schedule keeps 2 steps: one injection, at index 1); the label is the YAML's with the overrides."""
+    node = OmegaConf.load(CONF_DIR / "method" / f"{option}.yaml")
+    target = get_object(node._target_)
+    tail = isinstance(target, type) and issubclass(target, GradSAM)
+    fit = (f"method.{target.indices_key}=[1]",) if tail else ()
+    overrides = (*fit, *EXTRA.get(option, ()))
+    node.merge_with_dotlist([o.removeprefix("method.") for o in overrides])
+    masked = bool(getattr(target, "makes_mask", False))
+    return MethodRun(str(node.label), (f"method={option}", *overrides), tail, masked)
+
+
+@functools.cache
+def methods() -> dict[str, MethodRun]:
+    """Every conf/method option's run, by its label (a new method file adds one; nothing here to edit)."""
+    runs = [method_run(path.stem) for path in sorted((CONF_DIR / "method").glob("*.yaml"))]
+    return {run.name: run for run in runs}
 
 
 @dataclass
@@ -79,7 +107,7 @@ def run_method(name: str, folder: Path, work: Path, steps: int, timeout: int, im
         "dataset.prompts_per_subcategory=1",
         f"paths.output_dir={work / 'outputs'}",
         f"paths.results_dir={work / 'results'}",
-        *METHODS[name],
+        *methods()[name].overrides,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
     log = (work / f"{name}.log").open("w")
@@ -120,10 +148,11 @@ def check_outputs(outcome: Outcome, work: Path, latent: int) -> None:
     row = outcome.row = json.loads(rows[0].read_text())
     if row.get("status") != "ok":
         outcome.problems.append(f"row status {row.get('status')}: {row.get('failure')}")
-    if outcome.name in TAIL_METHODS and row.get("score_path") != "tail":
+    run = methods()[outcome.name]
+    if run.tail and row.get("score_path") != "tail":
         outcome.problems.append(f"score_path={row.get('score_path')!r}, expected 'tail'")
     masks = sorted((REPO_ROOT / row["masks_dir"]).glob("*.png")) if row.get("masks_dir") else []
-    if outcome.name in MASKED and not masks:
+    if run.masked and not masks:
         outcome.problems.append("no masks written")
     for path in masks:
         height, width = Image.open(path).size[::-1]  # channels lie side by side: [h, C*w]
@@ -132,7 +161,7 @@ def check_outputs(outcome: Outcome, work: Path, latent: int) -> None:
 
 
 def label_glob(name: str) -> str:
-    """The run folder's `<method.label>+<ablation>` (every label here equals its key)."""
+    """The run folder's `<method.label>+<ablation>` (every run here is keyed by its label, ablation none)."""
     return f"{name}+none"
 
 
@@ -156,9 +185,9 @@ def report(outcomes: list[Outcome], steps: int, size: tuple[int, int], folder_s:
         "|---|---|---:|---:|---|---|---|---|",
     ]
     for o in outcomes:
-        masks = f"{size[1]}x{size[1]} per channel" if o.name in MASKED and not o.problems else "-"
+        masks = f"{size[1]}x{size[1]} per channel" if methods()[o.name].masked and not o.problems else "-"
         result = "ok" if not o.problems else "FAILED: " + "; ".join(o.problems)
-        extra = " ".join(f"`{a}`" for a in METHODS[o.name][1:]) or "-"
+        extra = " ".join(f"`{a}`" for a in methods()[o.name].overrides[1:]) or "-"
         path = o.row.get("score_path", "-") or "-"
         load = f"{o.load[0]:.1f}/{o.load[1]:.1f}"
         cells = [o.name, extra, f"{o.seconds:.0f}", f"{o.peak_rss_gb:.2f}", load, path, masks, result]
@@ -168,7 +197,7 @@ def report(outcomes: list[Outcome], steps: int, size: tuple[int, int], folder_s:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {list(METHODS)}")
+    parser.add_argument("--methods", default=",".join(methods()), help=f"comma-separated, of {list(methods())}")
     parser.add_argument("--reduced", action="store_true", help=f"CI: {', '.join(REDUCED)} only")
     parser.add_argument("--steps", type=int, default=3, help="sampling.num_inference_steps (at least 3)")
     parser.add_argument("--image-size", type=int, default=512, help="model.image_size (pixels)")
@@ -180,9 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     names = list(REDUCED) if args.reduced else args.methods.split(",")
     if args.out is None:
         args.out = args.work / "scale-reduced.md" if args.reduced else REPO_ROOT / "results" / "perf" / "scale.md"
-    unknown = sorted(set(names) - set(METHODS))
+    unknown = sorted(set(names) - set(methods()))
     if unknown:
-        parser.error(f"unknown methods {unknown}; known: {list(METHODS)}")
+        parser.error(f"unknown methods {unknown}; known: {list(methods())}")
     start = time.perf_counter()
     folder = args.folder or ensure_folder(DEFAULT_DIR)
     folder_s = time.perf_counter() - start

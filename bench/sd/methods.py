@@ -50,6 +50,7 @@ class Method(ABC):
     name: str
     label: str
     uses_reference: bool = True
+    makes_mask: bool = False  # True: every generated sample has `masks["subject_mask"]` (the mask columns score it)
 
     def columns(self) -> dict:
         """The method's choices that affect the image, as row columns (prefix `method.`)."""

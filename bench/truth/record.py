@@ -27,7 +27,10 @@ TRUTH_FILE = "truth.npz"
 NAN = math.nan
 # A sample's identity across the runs of one task: the same reference image, prompt and seed.
 IDENTITY = ("model", "dataset", "image_id", "prompt", "seed")
-CONTROL_ABLATION = "no_manipulation"
+# The control chain of a sample: the paper's sampler run without background replacement (variant=no_manipulation),
+# known by what it is, whatever its label: a row of this method whose `method.manipulate` column is false.
+CONTROL_METHOD = "gradsam"
+MANIPULATE_COLUMN = "method.manipulate"
 MASK_KEY = "subject_mask"  # the method's mask that the mask columns score (as bg_psnr reads it)
 RANDOM_DRAWS = 32
 
@@ -175,26 +178,36 @@ def load_truth(path: str | Path) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def control_row(samples: pd.DataFrame, row: Mapping, ablation: str = CONTROL_ABLATION) -> pd.Series | None:
-    """The successful `ablation` row (the no_manipulation chain) of `row`'s identity (model, dataset, image,
-    prompt, seed) in a task's samples.csv, or None if that sample was not run (or failed)."""
-    missing = [k for k in (*IDENTITY, "ablation", "status") if k not in samples.columns]
+def control_row(samples: pd.DataFrame, row: Mapping) -> pd.Series | None:
+    """The successful control row of `row`'s identity (model, dataset, image, prompt, seed) in a task's
+    samples.csv: made by method gradsam with `method.manipulate` false (the no_manipulation chain, whatever
+    its label). None if that sample was not run, failed, or the table holds no gradsam row at all."""
+    missing = [k for k in (*IDENTITY, "method", "status") if k not in samples.columns]
     if missing:
         raise ValueError(f"samples.csv lacks the columns {missing}; it is not a samples table of this harness.")
+    if MANIPULATE_COLUMN not in samples.columns:
+        return None  # no gradsam row in the table, so no control
     same = np.ones(len(samples), dtype=bool)
     for key in IDENTITY:
         same &= (samples[key] == row[key]).to_numpy()
-    found = samples[same & (samples["ablation"] == ablation).to_numpy() & (samples["status"] == "ok").to_numpy()]
+    control = (samples["method"] == CONTROL_METHOD).to_numpy() & is_false(samples[MANIPULATE_COLUMN])
+    found = samples[same & control & (samples["status"] == "ok").to_numpy()]
     if len(found) > 1:
         raise ValueError(
-            f"{len(found)} {ablation} rows share the identity {[row[k] for k in IDENTITY]}; a samples table "
-            "holds one per sample (is it a concatenation of several tasks?)."
+            f"{len(found)} control rows ({CONTROL_METHOD}, {MANIPULATE_COLUMN}=false; labels "
+            f"{sorted(set(found.get('label', [])))}) share the identity {[row[k] for k in IDENTITY]}; a samples table "
+            "holds one per sample (is it a concatenation of several tasks, or two control rows in one task?)."
         )
     return found.iloc[0] if len(found) else None
 
 
+def is_false(column: pd.Series) -> np.ndarray:
+    """bool per row: the value is false (a bool from samples.csv or a row, or its text 'False'/'false')."""
+    return column.map(lambda value: str(value).strip().lower() == "false").to_numpy(dtype=bool)
+
+
 def control_truth(samples: pd.DataFrame, row: Mapping, root_dir: str | Path) -> dict[str, np.ndarray] | None:
-    """The truth arrays of `row`'s no_manipulation row (`control_row`), or None if it has none recorded.
+    """The truth arrays of `row`'s control row (`control_row`), or None if it has none recorded.
 
     `root_dir` is the runs' `paths.root_dir` (truth paths in samples.csv are relative to it).
     """

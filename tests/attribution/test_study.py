@@ -41,16 +41,24 @@ def test_truth_of_reads_the_recorded_truth_at_both_thresholds_and_of_the_control
     main[:4, :4] = True  # the top-left 2x2 cells of a 4x4 grid
     alt = main.copy()
     alt[4:6, :4] = True  # + two cells half covered at the alt threshold
-    base = {"model": "m", "dataset": "d", "image_id": "i", "prompt": "p", "seed": 0, "status": "ok"}
+    base = {"model": "m", "dataset": "d", "image_id": "i", "prompt": "p", "seed": 0, "status": "ok", "ablation": "none"}
+    base |= {"method": "gradsam"}  # the control is the gradsam row that does not manipulate, whatever its label
     samples = pd.DataFrame(
         [
             {
                 **base,
-                "ablation": "no_manipulation",
+                "label": "no_manipulation",
+                "method.manipulate": False,
                 "sample_key": "a",
                 "truth_path": write_truth(tmp_path, "a", main, alt),
             },
-            {**base, "ablation": "none", "sample_key": "b", "truth_path": write_truth(tmp_path, "b", ~main)},
+            {
+                **base,
+                "label": "gradsam",
+                "method.manipulate": True,
+                "sample_key": "b",
+                "truth_path": write_truth(tmp_path, "b", ~main),
+            },
         ]
     )
     samples["truth_source"], samples["truth_provenance"], samples["truth_nan_reason"] = "fixed", "fixed map", ""
@@ -106,6 +114,7 @@ def run_study(root: Path, *overrides: str) -> Path:
     return root / "results" / "attribution"
 
 
+@pytest.mark.slow  # two Hydra jobs and the report: 80-95 s here
 def test_the_study_runs_end_to_end_on_the_smallest_profile(tmp_path: Path):
     folder = run_study(tmp_path)
     for name in ("attribution.csv", "attribution.md", "mask_rules.csv", "samples_attribution.csv", "report.html"):
@@ -116,6 +125,9 @@ def test_the_study_runs_end_to_end_on_the_smallest_profile(tmp_path: Path):
     # Table 1's summary scheme (bench.reporting.tables.summarize), one column set per metric
     assert {"N", "auroc_mean", "auroc_mean_lo", "auroc_mean_hi", "auroc_n"} <= set(table.columns)
     assert not {"auroc_lo", "auroc_hi"} & set(table.columns)
+    # the control's maps are the no_manipulation row's, the method's the paper row's (label gradsam, ablation none)
+    assert set(table[table["truth"] == "method_output"]["label"]) == {"gradsam"}
+    assert set(table[table["truth"] == "no_manipulation"]["label"]) == {"no_manipulation", "gradsam"}
     kinds = set(table[table["truth"] == "no_manipulation"]["kind"])
     assert kinds == {"gradsam", "attention_only", "daam", "noise_diff", "chance:uniform", "chance:centre"}
     assert {"last", "all", "own:last"} <= set(table["layer_set"])
@@ -125,6 +137,7 @@ def test_the_study_runs_end_to_end_on_the_smallest_profile(tmp_path: Path):
     assert "the two coincide" in (folder / "attribution.md").read_text()
 
 
+@pytest.mark.slow  # two Hydra jobs and the report: 80-95 s here
 def test_the_study_takes_a_segmenters_truth_end_to_end(tmp_path: Path):
     """truth=clipseg_tiny: the real CLIPSeg code path records each image's truth and the study scores by it."""
     folder = run_study(tmp_path, "truth=clipseg_tiny")

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bench.config import CONF_DIR, build
 from bench.perf import scale, sd15_folder
+from method.sampler import GradSAM
+from tests.conftest import compose_cfg
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +47,16 @@ def test_a_wrong_mask_shape_fails_the_check(tmp_path):
     scale.check_outputs(outcome, tmp_path, latent=8)
     assert any("score_path='general'" in p for p in outcome.problems)
     assert any("subject_mask.png is 10x40" in p for p in outcome.problems)
+
+
+def test_the_methods_come_from_conf_method_and_the_classes():
+    runs = scale.methods()
+    options = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+    assert sorted(run.overrides[0] for run in runs.values()) == [f"method={o}" for o in options]
+    assert set(scale.REDUCED) <= set(runs)
+    for name, run in runs.items():
+        method = build(compose_cfg(list(run.overrides)).method)
+        assert method.label == name and scale.label_glob(name) == f"{name}+none"
+        assert run.masked == method.makes_mask and run.tail == isinstance(method, GradSAM)
+        if run.tail:  # one injection at index 1: strength 0.9 of a 3-step schedule keeps 2 steps
+            assert method.injection_indices == (1,)

@@ -5,12 +5,30 @@ from __future__ import annotations
 import pytest
 from hydra.utils import instantiate
 
-from bench.config import CONF_DIR, REPO_ROOT, ConfigError, build, check_ablation
+from bench.config import CONF_DIR, REPO_ROOT, ConfigError, build, check_ablation, check_variant
+from bench.datasets.base import DatasetError
+from bench.sd.errors import AssetMissingError
 from tests.conftest import compose_cfg
 
-# Options whose instantiation needs an asset these machines cannot have (weights, data): they
-# compose here; their clear "missing asset" errors are tested beside their loaders.
-NEEDS_ASSETS = {("model", "sd15"), ("dataset", "places365"), ("truth", "clipseg")}
+# Options whose instantiation needs an asset these machines cannot have (weights, data). Pointed at an empty
+# folder (paths.root_dir is the test's tmp folder; `{empty}` below), each must refuse with its clear
+# missing-asset error: (overrides, error type, words the message holds). Their loaders' tests hold the rest.
+NEEDS_ASSETS = {
+    ("model", "sd15"): (["model.cache_dir={empty}"], AssetMissingError, "Stable Diffusion v1-5 weights"),
+    ("dataset", "places365"): ([], DatasetError, "Places365 images not found under dataset.root="),
+    ("truth", "clipseg"): (["truth.cache_dir={empty}"], AssetMissingError, "the CLIPSeg weights"),
+}
+
+
+def missing_asset_is_explained(group: str, option: str, tmp_path, build_it) -> None:
+    """The asset of (group, option) is absent here: building it (`build_it(cfg)`) names what is missing."""
+    overrides, error, words = NEEDS_ASSETS[(group, option)]
+    empty = tmp_path / "empty"
+    overrides = [o.format(empty=empty) for o in overrides]
+    cfg = compose_cfg([f"{group}={option}", "device=cpu", *overrides], tmp_root=tmp_path)
+    with pytest.raises(error) as info:
+        build_it(cfg)
+    assert words in str(info.value) and "Provide" in str(info.value), str(info.value)
 
 
 def options(group: str) -> list[str]:
@@ -35,46 +53,56 @@ def test_method_options_instantiate(option):
 
 @pytest.mark.parametrize("option", options("dataset"))
 def test_dataset_options_instantiate(option, tmp_path):
-    cfg = compose_cfg([f"dataset={option}"], tmp_root=tmp_path)
     if ("dataset", option) in NEEDS_ASSETS:
-        return
-    refs = instantiate(cfg.dataset, _convert_="all").references()
-    assert refs and all(r.prompts for r in refs)
+        missing_asset_is_explained("dataset", option, tmp_path, lambda cfg: build(cfg.dataset).references())
+    else:
+        cfg = compose_cfg([f"dataset={option}"], tmp_root=tmp_path)
+        refs = instantiate(cfg.dataset, _convert_="all").references()
+        assert refs and all(r.prompts for r in refs)
 
 
 @pytest.mark.parametrize("option", options("model"))
-def test_model_options_compose(option):
+def test_model_options_instantiate(option, tmp_path):
     cfg = compose_cfg([f"model={option}", "device=cpu"])
     assert cfg.model.name == option
-    if ("model", option) not in NEEDS_ASSETS:
+    if ("model", option) in NEEDS_ASSETS:
+        missing_asset_is_explained("model", option, tmp_path, lambda cfg: build(cfg.model))
+    else:
         backbone = instantiate(cfg.model, _convert_="all")
         assert backbone.image_size == cfg.model.image_size
 
 
 @pytest.mark.parametrize("option", options("truth"))
-def test_truth_options_instantiate(option):
+def test_truth_options_instantiate(option, tmp_path):
     cfg = compose_cfg([f"truth={option}", "device=cpu"])
-    if ("truth", option) in NEEDS_ASSETS or not cfg.truth:
-        return
-    segmenter = instantiate(cfg.truth, _convert_="all")
-    assert segmenter.name and segmenter.provenance
+    if ("truth", option) in NEEDS_ASSETS:
+        missing_asset_is_explained("truth", option, tmp_path, lambda cfg: build(cfg.truth))
+    elif option == "none":
+        assert not cfg.truth and not compose_cfg([f"truth@truth_compare={option}"]).truth_compare  # no segmenter
+    else:
+        segmenter = instantiate(cfg.truth, _convert_="all")
+        assert segmenter.name and segmenter.provenance
 
 
-@pytest.mark.parametrize("option", options("ablation"))
-def test_ablation_options_apply_to_their_method(option):
-    cfg = compose_cfg([f"ablation={option}"])
-    target = cfg.ablation.applies_to or "sdedit"
-    cfg = compose_cfg([f"method={target}", f"ablation={option}"])
-    check_ablation(cfg)
+CHECKS = {"ablation": check_ablation, "variant": check_variant}
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in CHECKS for o in options(g)])
+def test_ablation_and_variant_options_apply_to_their_method(group, option):
+    cfg = compose_cfg([f"{group}={option}"])
+    target = cfg[group].applies_to or "sdedit"
+    cfg = compose_cfg([f"method={target}", f"{group}={option}"])
+    CHECKS[group](cfg)
     instantiate(cfg.method, _convert_="all")
 
 
-def test_ablation_on_the_wrong_method_is_an_error():
-    gradsam_ablations = [o for o in options("ablation") if compose_cfg([f"ablation={o}"]).ablation.applies_to]
-    if not gradsam_ablations:
-        pytest.skip("no method-specific ablation defined")
-    with pytest.raises(ConfigError, match="ablation=.*method=sdedit"):
-        check_ablation(compose_cfg(["method=sdedit", f"ablation={gradsam_ablations[0]}"]))
+@pytest.mark.parametrize("group", CHECKS)
+def test_ablation_or_variant_on_the_wrong_method_is_an_error(group):
+    specific = [o for o in options(group) if compose_cfg([f"{group}={o}"])[group].applies_to]
+    assert specific, f"conf/{group}/ holds no method-specific option"
+    for option in specific:
+        with pytest.raises(ConfigError, match=f"{group}={option} .* method=gradsam, but method=sdedit.*Use "):
+            CHECKS[group](compose_cfg(["method=sdedit", f"{group}={option}"]))
 
 
 @pytest.mark.parametrize("group", ["metrics", "logger", "row", "experiment"])

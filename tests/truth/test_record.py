@@ -106,12 +106,15 @@ def test_an_empty_truth_gives_nan_with_the_reason_never_a_zero(tmp_path):
 
 def samples_table() -> pd.DataFrame:
     base = {"model": "toy", "dataset": "toy_world", "image_id": "forest/0", "seed": 1, "status": "ok"}
+    base |= {"method": "gradsam", "ablation": "none", "label": "gradsam", "method.manipulate": True}
+    control = {"label": "no_manipulation", "method.manipulate": False}
     return pd.DataFrame(
         [
-            {**base, "prompt": "a red ball", "ablation": "none", "label": "gradsam"},
-            {**base, "prompt": "a red ball", "ablation": "no_manipulation", "label": "gradsam"},
-            {**base, "prompt": "a blue box", "ablation": "none", "label": "gradsam"},
-            {**base, "prompt": "a blue box", "ablation": "no_manipulation", "label": "gradsam", "status": "failed"},
+            {**base, "prompt": "a red ball"},
+            {**base, "prompt": "a red ball", **control},
+            {**base, "prompt": "a blue box"},
+            {**base, "prompt": "a blue box", **control, "status": "failed"},
+            {**base, "prompt": "a red ball", "method": "sdedit", "label": "sdedit_0.6", "method.manipulate": None},
         ]
     )
 
@@ -119,14 +122,21 @@ def samples_table() -> pd.DataFrame:
 def test_control_row_pairs_by_sample_identity(tmp_path):
     table = samples_table()
     found = control_row(table, table.iloc[0])
-    assert found is not None and found["ablation"] == "no_manipulation" and found["prompt"] == "a red ball"
+    assert found is not None and found["label"] == "no_manipulation" and found["prompt"] == "a red ball"
     assert control_row(table, table.iloc[2]) is None  # its control failed
+    # The control is known by what it is (gradsam, manipulate false), not by its label, also as read from a CSV.
+    renamed = table.assign(label="any_name")
+    renamed.to_csv(tmp_path / "samples.csv", index=False)
+    from_csv = pd.read_csv(tmp_path / "samples.csv", keep_default_na=False, na_values=[""])
+    from_file = control_row(from_csv, from_csv.iloc[0])
+    assert from_file is not None and from_file["prompt"] == "a red ball" and not from_file["method.manipulate"]
+    assert control_row(table.drop(columns="method.manipulate"), table.iloc[0]) is None  # no gradsam row at all
     assert control_truth(table, table.iloc[0], tmp_path) is None  # no truth recorded
     recorder = TruthRecorder(Fixed(np.eye(4, dtype=np.float32)), latent_size=2)
     recorder(np.zeros((4, 4, 3), np.uint8), "ball", "a red ball", tmp_path / "control" / "truth.npz")
-    table["truth_path"] = ["", "control/truth.npz", "", ""]
+    table["truth_path"] = ["", "control/truth.npz", "", "", ""]
     assert np.array_equal(control_truth(table, table.iloc[0], tmp_path)["mask"], np.eye(4, dtype=bool))
-    with pytest.raises(ValueError, match="2 no_manipulation rows share the identity"):
+    with pytest.raises(ValueError, match="2 control rows .*share the identity"):
         control_row(pd.concat([table, table]), table.iloc[0])
 
 
