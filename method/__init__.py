@@ -8,7 +8,7 @@ tail.py            the last layer's network tail as a function of A (fast exact 
 post_jacobian.py   closed-form Jacobian of the output head GroupNorm -> SiLU -> conv_out
 tokens.py          subject word -> CLIP columns
 masks.py           scores -> masks (blur, dilation, threshold, union) and the background swap
-sampler.py         the GradSAM method: guided DDPM with injections (PAPER_SPEC §2.2)
+sampler.py         the GradSAM method: guided DDPM with injections (docs/paper.md §2.2)
 config.py          GradSAMConfig: every switch, validated once from the method node
 """
 

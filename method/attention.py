@@ -1,4 +1,4 @@
-"""Cross-attention probabilities A = softmax(Q K^T / sqrt(d)) from chosen UNet layers (PAPER_SPEC §2.3, §9).
+"""Cross-attention probabilities A = softmax(Q K^T / sqrt(d)) from chosen UNet layers (docs/paper.md §2.3, §9).
 
 SDPA does not expose the probabilities, so the chosen layers get `ProbabilityProcessor`, which
 computes them explicitly (the stock `AttnProcessor` recipe) and records A and V per layer. Under

@@ -55,7 +55,7 @@ INDICES = Rule(
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """`method.score`: what is differentiated and how (PAPER_SPEC §2.3, B2, B3).
+    """`method.score`: what is differentiated and how (docs/paper.md §2.3, B2, B3).
 
     kind: gradsam (the paper), attention_only (the subject's cross-attention at this step), daam
     (Tang et al. 2022: the subject's cross-attention, bicubic-upsampled, summed over heads, layers and
@@ -129,7 +129,7 @@ class AttributionConfig:
 
 @dataclass(frozen=True)
 class MaskConfig:
-    """`method.mask`: the paper's intended post-processing by default (PAPER_SPEC §2.4)."""
+    """`method.mask`: the paper's intended post-processing by default (docs/paper.md §2.4)."""
 
     threshold_k: float = setting(0.5, real())
     threshold_scope: str = setting("per_channel", one_of(SCOPES))
@@ -146,13 +146,13 @@ class MaskConfig:
                 f"{prefix}.box_sum_once=true with {prefix}.blur.enabled={str(self.blur.enabled).lower()} and "
                 f"{prefix}.dilation.enabled={str(self.dilation.enabled).lower()}: box_sum_once is the reference "
                 f"code's whole filter (B5) and replaces both. Fix: set {prefix}.blur.enabled=false and "
-                f"{prefix}.dilation.enabled=false with it (ablation=reference_code does)."
+                f"{prefix}.dilation.enabled=false with it (variant=reference_code does)."
             )
 
 
 @dataclass(frozen=True)
 class GradSAMConfig:
-    """`method`: the sampler's switches (PAPER_SPEC §2.2, B1, B11) and its three sub-nodes."""
+    """`method`: the sampler's switches (docs/paper.md §2.2, B1, B11) and its three sub-nodes."""
 
     strength: float = setting(0.9, real(0.0, 1.0, low_open=True, hint="1.0 = from pure noise"))
     injection_indices: tuple[int, ...] = setting((5, 18, 28), INDICES)

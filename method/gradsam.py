@@ -1,4 +1,4 @@
-"""Grad-SAM importance scores on cross-attention (PAPER_SPEC §2.3): the public entry point.
+"""Grad-SAM importance scores on cross-attention (docs/paper.md §2.3): the public entry point.
 
 For every latent element m (C x h x w) and subject token s:
 
@@ -227,7 +227,7 @@ def batched_vjp(y: torch.Tensor, inputs: list[torch.Tensor], rows: torch.Tensor)
 
 
 def attention_scores(inputs: ScoreInputs, layers: str | tuple[str, ...] = "last") -> torch.Tensor:
-    """The subject's cross-attention map alone, no gradient (the authors' earlier variant, PAPER_SPEC §6 (a)).
+    """The subject's cross-attention map alone, no gradient (the authors' earlier variant, docs/paper.md §6 (a)).
 
     S_s[c, i, j] = sum_layers sum_h A[h, q(i, j), s], nearest-upsampled to the latent grid and the
     same for every channel c. Returns [T, C, h, w].
@@ -284,7 +284,7 @@ def grid_of(queries: int, height: int, width: int) -> tuple[int, int]:
 def target_factor(
     target: str, timestep: torch.Tensor | int, guidance_scale: float, scheduler: DDPMScheduler | None
 ) -> float:
-    """d target / d eps_cond as one scalar (exact for a fixed z_t and step noise; PAPER_SPEC §2.3).
+    """d target / d eps_cond as one scalar (exact for a fixed z_t and step noise; docs/paper.md §2.3).
 
     `target` is one of method.config.TARGETS (validated by ScoreConfig, not here).
     """

@@ -1,7 +1,7 @@
 """Score kinds (`method.score.kind`): the ways to map a sample's subject at a scoring step.
 
     gradsam         the paper: sum_{h,q} A * T(d target / d A)                     (method.gradsam)
-    attention_only  the subject's cross-attention alone, nearest-upsampled          (PAPER_SPEC §6 (a))
+    attention_only  the subject's cross-attention alone, nearest-upsampled          (docs/paper.md §6 (a))
     daam            DAAM-style: bicubic-upsampled attention summed over the steps so far
     noise_diff      DiffEdit's |eps(z_t, prompt) - eps(z_t, scene)|                 (no layers)
 

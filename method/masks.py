@@ -1,4 +1,4 @@
-"""Score maps -> binary (or soft) subject masks on the latent grid (PAPER_SPEC §2.4, B5, B6).
+"""Score maps -> binary (or soft) subject masks on the latent grid (docs/paper.md §2.4, B5, B6).
 
 Per subject: optional Gaussian blur and max-filter dilation on the SCORE, then the threshold
 tau = mean + k * std (unbiased, as torch.std) per channel (or over the whole map), M = 1[S > tau],

@@ -1,4 +1,4 @@
-"""The Grad-SAM sampler (PAPER_SPEC §2.2): guided DDPM with subject-preserving background injections.
+"""The Grad-SAM sampler (docs/paper.md §2.2): guided DDPM with subject-preserving background injections.
 
     z0_ref = VAE(reference); eps_ref ~ N(0, I)                      (one draw, or one per injection)
     z      = noise at t_0 (reference code, default) or the reference noised to t_0

@@ -1,4 +1,4 @@
-"""Exact Grad-SAM scores of the LAST cross-attention layer through the network tail (PAPER_SPEC §9, B12).
+"""Exact Grad-SAM scores of the LAST cross-attention layer through the network tail (docs/paper.md §9, B12).
 
 After the last cross-attention layer of an SD1 UNet, eps depends on its probabilities A only through
 

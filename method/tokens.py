@@ -1,4 +1,4 @@
-"""The subject word of a prompt -> its columns in the 77-token CLIP attention map (PAPER_SPEC §3, B4).
+"""The subject word of a prompt -> its columns in the 77-token CLIP attention map (docs/paper.md §3, B4).
 
 `clip_aligned` (default): every BPE piece of the word, offset by <start> at column 0; the scores of
 the pieces are summed. "Streetlights illuminating" -> street (1), lights (2).

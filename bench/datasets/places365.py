@@ -1,4 +1,4 @@
-"""Places365 scenes for the protocol (PAPER_SPEC §4.1): N images per subcategory, chosen by seed, with a manifest.
+"""Places365 scenes for the protocol (docs/paper.md §4.1): N images per subcategory, chosen by seed, with a manifest.
 
 `root` holds the images in one of two layouts:
     torchvision: categories_places365.txt, places365_<split>.txt and val_256/ (data_256_standard/ for

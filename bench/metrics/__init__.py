@@ -4,7 +4,7 @@ Metric names are constants; the tables know each metric's direction from here.
 """
 
 PIXEL_MAD = "pixel_mad"
-FID64_PAIR = "fid64_pair"  # the paper's per-pair "FID" (PAPER_SPEC §4.3)
+FID64_PAIR = "fid64_pair"  # the paper's per-pair "FID" (docs/paper.md §4.3)
 CLIP_SCORE = "clip_score"  # 100 * max(cos, 0), open_clip
 BG_PSNR = "bg_psnr"  # background preservation outside the subject mask (PIE-Bench style)
 BG_SSIM = "bg_ssim"

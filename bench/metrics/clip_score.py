@@ -1,6 +1,6 @@
 """CLIP score through open_clip: 100 * max(cos(image, text), 0) (the torchmetrics CLIPScore convention).
 
-PAPER_SPEC §4.4: the paper's CLIP code is not public; its values (~28) fit torchmetrics' CLIPScore
+docs/paper.md §4.4: the paper's CLIP code is not public; its values (~28) fit torchmetrics' CLIPScore
 (default openai ViT-L/14, 100 * max(cos, 0)), which is the default here. The text is the exact prompt,
 tokenised with the CLIP BPE (77 tokens: longer prompts are truncated and flagged). The image is, by
 default, the generated image after the code's save (256x256 JPEG q75), as the paper scored it.

@@ -1,4 +1,4 @@
-"""The paper's "FID" (PAPER_SPEC §4.3, B7-B9): a per-pair squared distance of 64-d Inception features.
+"""The paper's "FID" (docs/paper.md §4.3, B7-B9): a per-pair squared distance of 64-d Inception features.
 
 The reference code ran torchmetrics' FrechetInceptionDistance(feature=64) on one reference and one
 generated image, each duplicated x2. Both covariances are then 0 and the FID reduces to

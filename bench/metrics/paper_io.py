@@ -1,4 +1,4 @@
-"""What the paper's evaluation did to images before scoring them (PAPER_SPEC §2.1 output, B8, B9).
+"""What the paper's evaluation did to images before scoring them (docs/paper.md §2.1 output, B8, B9).
 
 The reference code saved each generated 512x512 image resized to 256x256 (PIL bicubic) as a JPEG
 (PIL default quality 75), then read images back with cv2.imread, i.e. in BGR channel order.

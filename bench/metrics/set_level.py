@@ -9,7 +9,7 @@ PIL-bicubic resize), with features cached per image content (bench.metrics.featu
 * fid2048 = ||mu_g - mu_r||^2 + Tr(S_g + S_r - 2 (S_g S_r)^(1/2)) in float64 (S unbiased, as np.cov):
   torch-fidelity's fid_statistics_to_metric when N_gen + N_ref >= 2048; below that, the same formula
   evaluated exactly in the span of the centred features (`set_fid_method` says which). Below N = 2048
-  the covariances are rank-deficient and the estimate is biased upwards (PAPER_SPEC §4, ANCHORS §3.4):
+  the covariances are rank-deficient and the estimate is biased upwards (docs/paper.md §4, ANCHORS §3.4):
   compare values at equal N only. NaN when a set has N < 2.
 * kid = torch-fidelity's kid_features_to_metric: unbiased MMD^2 with the cubic polynomial kernel
   k(x, y) = (x.y / d + 1)^3, mean and std over `kid_subsets` random subsets of size

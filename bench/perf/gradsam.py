@@ -1,4 +1,4 @@
-"""`python -m bench.perf.gradsam`: what the exact fast Jacobian buys (PAPER_SPEC B12), on the tiny offline model.
+"""`python -m bench.perf.gradsam`: what the exact fast Jacobian buys (docs/paper.md B12), on the tiny offline model.
 
 `--scale sd15` measures instead at SD1.5's real size (bench/perf/gradsam_sd15.py: the scoring call in
 UNet forwards with each part's share, fast vs naive per row, exactness on sampled rows, gradsam / sdedit

@@ -21,7 +21,7 @@ SAMPLE_ID = ["image_id", "prompt", "seed"]
 N_BOOT = 1000
 ALPHA = 0.05
 
-# The proposed method's row of the paper's Table 1 (PAPER_SPEC §5; the baseline rows were not recoverable).
+# The proposed method's row of the paper's Table 1 (docs/paper.md §5; the baseline rows were not recoverable).
 # fid64_pair is the paper's per-pair 64-d "FID"; CLIP is assumed to be 100*max(cos, 0) with ViT-L/14.
 PAPER_TABLE1 = {
     "label": "Abs-Grad-SAM (paper)",

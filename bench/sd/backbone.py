@@ -81,7 +81,7 @@ class Backbone:
 
 
 def make_scheduler(scheduler: Mapping) -> DDPMScheduler:
-    """DDPM with SD1.5's scaled-linear betas and steps_offset 0 (PAPER_SPEC B13): 980, 960, ..., 0."""
+    """DDPM with SD1.5's scaled-linear betas and steps_offset 0 (docs/paper.md B13): 980, 960, ..., 0."""
     return DDPMScheduler(**dict(scheduler))
 
 

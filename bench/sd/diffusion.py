@@ -24,7 +24,7 @@ StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.T
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """The denoising protocol shared by all methods (PAPER_SPEC §2.1); every field is checked on construction."""
+    """The denoising protocol shared by all methods (docs/paper.md §2.1); every field is checked on construction."""
 
     num_inference_steps: int = setting(50, integer(1))
     guidance_scale: float = setting(8.0, real(0.0, hint="1.0 = no guidance, 0.0 = unconditional"))

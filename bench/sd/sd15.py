@@ -3,7 +3,7 @@
 The components are loaded one by one (UNet, VAE, CLIP text encoder, scheduler config), never the
 safety checker, never remote code, and only safetensors weights (a `.ckpt` goes through diffusers'
 `torch.load(weights_only=True)`, which refuses pickled code). The scheduler is DDPM with
-`steps_offset=0` (PAPER_SPEC B13) whatever the checkpoint's own scheduler says.
+`steps_offset=0` (docs/paper.md B13) whatever the checkpoint's own scheduler says.
 
 Where the weights come from, checked in this order before anything heavy is built:
     1. `model.path`: a diffusers folder (model_index.json, unet/, vae/, text_encoder/, scheduler/)
@@ -271,7 +271,7 @@ def sd15_scheduler(repo_config: Mapping, overrides: Mapping) -> DDPMScheduler:
     """DDPM from the config's keys; the checkpoint's training keys must agree with them.
 
     SD1.5 ships a PNDM config with steps_offset=1 (timesteps 981, ..., 1); the paper's sampler is DDPM
-    with steps_offset=0 (980, ..., 0), which the config sets (PAPER_SPEC B13).
+    with steps_offset=0 (980, ..., 0), which the config sets (docs/paper.md B13).
     """
     for key in TRAINING_SCHEDULER_KEYS:
         if key in repo_config and key in overrides and repo_config[key] != overrides[key]:

@@ -1,4 +1,4 @@
-"""Masks from hand-made score maps, against numpy/scipy (PAPER_SPEC §2.4, B5, B6)."""
+"""Masks from hand-made score maps, against numpy/scipy (docs/paper.md §2.4, B5, B6)."""
 
 from __future__ import annotations
 

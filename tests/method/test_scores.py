@@ -1,4 +1,4 @@
-"""Grad-SAM scores against a brute-force per-element autograd loop through the whole UNet (PAPER_SPEC §2.3).
+"""Grad-SAM scores against a brute-force per-element autograd loop through the whole UNet (docs/paper.md §2.3).
 
 The brute force is the reference code's computation without its shortcuts: the UNet on [cond; uncond],
 one torch.autograd.grad per latent element of the target, w.r.t. the recorded probabilities.

@@ -1,4 +1,4 @@
-"""Subject word -> CLIP columns, on all 34 protocol prompts (PAPER_SPEC §3, B4)."""
+"""Subject word -> CLIP columns, on all 34 protocol prompts (docs/paper.md §3, B4)."""
 
 from __future__ import annotations
 
