@@ -27,7 +27,7 @@ from filelock import FileLock
 from PIL import Image
 
 from bench.config import REPO_ROOT
-from bench.sd.maps import MapRecord
+from bench.sd.maps import LatentRecord, MapRecord
 
 # Leading columns of samples.csv, in this order; every other column follows sorted by name.
 KEY_COLUMNS = ["model", "dataset", "label", "ablation", "image_id", "prompt", "seed"]
@@ -119,12 +119,13 @@ def relative_to_root(path: str | Path, root: str | Path) -> str:
 MAPS_FILE = "maps.npz"  # a sample's recorded subject maps, beside its masks
 
 
-def maps_to_npz(records: list[MapRecord]) -> bytes:
-    """Recorded maps -> compressed .npz bytes that load with allow_pickle=False (`maps_from_npz` reads them).
+def maps_to_npz(records: list[MapRecord], latents: list[LatentRecord] = ()) -> bytes:
+    """Recorded maps (and the chain's latents) -> compressed .npz bytes that load with allow_pickle=False
+    (`maps_from_npz` and `latents_from_npz` read them).
 
     Each map is stored as float16 of map / scale with scale = its largest |value| (so tiny scores do not
     underflow); `scale` [N] float32 gives map = maps[n] * scale[n]. `layer` and `layer_set` are
-    fixed-width unicode arrays in which "" stands for None.
+    fixed-width unicode arrays in which "" stands for None. Latents are kept exactly (float32).
     """
     arrays = np.stack([np.asarray(r.values, dtype=np.float32) for r in records])  # [N, C, h, w]
     scale = np.abs(arrays).reshape(len(records), -1).max(axis=1)
@@ -140,8 +141,29 @@ def maps_to_npz(records: list[MapRecord]) -> bytes:
         index=np.array([r.index for r in records], dtype=np.int64),
         timestep=np.array([r.timestep for r in records], dtype=np.int64),
         side=np.array([r.side for r in records], dtype=np.int64),
+        **latent_arrays(latents),
     )
     return buffer.getvalue()
+
+
+def latent_arrays(latents: list[LatentRecord]) -> dict[str, np.ndarray]:
+    """The npz arrays of the chain's latents (none when nothing was recorded)."""
+    if not latents:
+        return {}
+    return {
+        "latents": np.stack([np.asarray(r.values, dtype=np.float32) for r in latents]),  # [L, C, h, w]
+        "latent_index": np.array([r.index for r in latents], dtype=np.int64),
+        "latent_timestep": np.array([r.timestep for r in latents], dtype=np.int64),
+    }
+
+
+def latents_from_npz(path: str | Path) -> list[LatentRecord]:
+    """The chain's latents of a maps.npz, in step order ([] when the run did not keep them)."""
+    with np.load(path, allow_pickle=False) as data:
+        if "latents" not in data.files:
+            return []
+        fields = zip(data["latent_index"], data["latent_timestep"], data["latents"], strict=True)
+        return [LatentRecord(int(i), int(t), np.array(values)) for i, t, values in fields]
 
 
 def maps_from_npz(path: str | Path) -> list[MapRecord]:

@@ -474,7 +474,7 @@ def save_sample_files(paths: RunPaths, unit: WorkUnit, sample: Sample, result: G
     for name, mask in result.masks.items():
         save_png(masks_dir / f"{name}.png", mask_to_png(mask))
     if result.maps:  # method.attribution.record: the continuous maps beside the masks
-        atomic_write_bytes(masks_dir / MAPS_FILE, maps_to_npz(result.maps))
+        atomic_write_bytes(masks_dir / MAPS_FILE, maps_to_npz(result.maps, result.latents))
     # The reference after conversion and resize, shared by every method of the task.
     reference_path = paths.reference_png(sample.reference.shape[0], unit.image.image_id)
     if not reference_path.exists():

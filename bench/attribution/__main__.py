@@ -53,8 +53,11 @@ CHEAP_KINDS = "method.attribution.kinds=[attention_only,daam,noise_diff]"
 # Both jobs record their images' subject truth (masks/<sample>/truth.npz, `truth_path`): the `truth` segmenter
 # is the dataset's default (toy_world: oracle; places365: clipseg) or the user's override (truth=clipseg_tiny).
 RECORD_TRUTH = ["truth_record.enabled=true"]
+# The control chain also keeps its latents (every map can be recomputed at the same inputs: the sanity stage)
+# and DAAM over both windows (the steps so far at each scoring step; the whole chain, as castorini/daam).
+CONTROL_EXTRAS = ["method.attribution.latents=true", "method.attribution.daam.window=both"]
 JOBS = {  # row -> what it records beside its own map
-    "no_manipulation": [ALL_KINDS],
+    "no_manipulation": [ALL_KINDS, *CONTROL_EXTRAS],
     "gradsam_paper": [CHEAP_KINDS],
 }
 

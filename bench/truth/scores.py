@@ -24,6 +24,9 @@ import torch
 from scipy.stats import rankdata
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
+from bench.sd.maps import centre_prior  # the one definition (the score kind centre_prior uses it too)
+
+__all__ = ["METRICS", "attribution_metrics", "centre_prior", "ranks", "uniform_map"]
 METRICS = ("auroc", "ap", "pointing", "iou_at_area")
 NAN = float("nan")
 
@@ -59,13 +62,6 @@ def ranks(scores: np.ndarray) -> np.ndarray:
     """Dense ranks of `scores` scaled into (0, 1] (float64): the same order and the same ties, any scale or shift."""
     dense = rankdata(scores, method="dense")  # 1 .. number of distinct values
     return dense / dense.max()
-
-
-def centre_prior(height: int, width: int) -> np.ndarray:
-    """Minus the distance of each cell centre to the grid centre [h, w] (higher = more central)."""
-    rows = (np.arange(height) + 0.5) / height - 0.5
-    cols = (np.arange(width) + 0.5) / width - 0.5
-    return -np.sqrt(rows[:, None] ** 2 + cols[None, :] ** 2)
 
 
 def uniform_map(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
