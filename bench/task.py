@@ -111,13 +111,17 @@ def load_references(
             ) from exc
         if paths is not None:
             copy = paths.reference_png(size, image.image_id)
-            check_reference_unchanged(image, out[image.image_id][0], copy, (recorded or {}).get(image.image_id))
+            check_reference_unchanged(image, out[image.image_id], copy, (recorded or {}).get(image.image_id))
     return out
 
 
-def check_reference_unchanged(image: ReferenceImage, pixels: np.ndarray, copy: Path, recorded: str | None) -> None:
-    """Refuse a reference whose pixels (uint8 [S, S, 3], as the model sees them) differ from those the task's
-    samples were made from: its whole copy under references/, else the digest its rows recorded (`recorded`)."""
+def check_reference_unchanged(
+    image: ReferenceImage, converted: tuple[np.ndarray, str], copy: Path, recorded: str | None
+) -> None:
+    """Refuse a reference whose pixels (uint8 [S, S, 3], as the model sees them, with their conversion note)
+    differ from those the task's samples were made from: its whole copy under references/, else the digest its
+    rows recorded (`recorded`)."""
+    pixels, conversion = converted
     digest = reference_digest(pixels)
     stored, where = recorded, "recorded in this run's rows"
     if copy.is_file() and not png_problem(copy):
@@ -126,10 +130,11 @@ def check_reference_unchanged(image: ReferenceImage, pixels: np.ndarray, copy: P
     if stored and stored != digest:
         raise DatasetError(
             f"reference image {image.image_id} ({image.source}) changed since this task's samples were made from "
-            f"it: its pixels now have sha256 {digest[:12]}, those samples used {stored[:12]} ({where}); a resume "
-            "would mix two images under one id. Fix: restore the original file (if only the copy was changed, "
-            "delete the copy: it is rewritten), or run under a new task_name=..., or delete the task's outputs/ "
-            "and results/ folders to redo every sample from the new file. Nothing was generated."
+            f"it: its pixels now have sha256 {digest[:12]} (conversion: {conversion}), those samples used "
+            f"{stored[:12]} ({where}); a resume would mix two images under one id. Fix: restore the original file "
+            "(if only the copy was changed, delete the copy: it is rewritten), or run under a new task_name=..., "
+            "or delete the task's outputs/ and results/ folders to redo every sample from the new file. Nothing "
+            "was generated."
         )
 
 

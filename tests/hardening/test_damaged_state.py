@@ -14,9 +14,12 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from bench.metrics.features import FeatureCache
+from bench.metrics.set_level import RefStatsCache
 from bench.records import StorageError, maps_from_npz, merge_samples, png_problem, read_npz
 from bench.reporting.aggregate import AggregateOptions, aggregate_task
 from bench.task import run_benchmark
@@ -223,3 +226,30 @@ def test_dry_run_lists_the_damaged_sample_it_would_redo(root, capsys):
     summary = run_benchmark(compose_cfg([*RUN, "dry_run=true"], root))
     assert summary["damaged"] == 1
     assert f"would redo {KEY} (" in capsys.readouterr().out
+
+
+def test_a_truncated_feature_cache_file_is_recomputed_not_read(tmp_path, caplog):
+    calls = []
+
+    def extractor(images, layer):
+        calls.append(len(images))
+        return images.reshape(len(images), -1)[:, :4].astype(np.float32)
+
+    image = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
+    first = FeatureCache(extractor, "fake", tmp_path).get([image], "64")
+    (stored,) = list(tmp_path.rglob("*.npy"))
+    truncate(stored)
+    again = FeatureCache(extractor, "fake", tmp_path).get([image], "64")  # a new process: nothing in memory
+    assert calls == [1, 1] and np.array_equal(first, again)
+    assert f"feature cache file {stored} is damaged" in caplog.text
+    assert np.array_equal(np.load(stored), first[0])  # rewritten whole
+
+
+def test_truncated_reference_statistics_are_recomputed_not_read(tmp_path, caplog):
+    features = np.random.default_rng(0).normal(size=(5, 3))
+    cache = RefStatsCache(tmp_path)
+    cache.get("key", "fp", features, {})
+    truncate(cache.path("key"))
+    stats = cache.get("key", "fp", features, {})
+    assert np.allclose(stats["mu"], features.mean(0)) and "are damaged; recomputing them" in caplog.text
+    assert read_npz(cache.path("key"))["fingerprint"] == "fp"
