@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import numbers
 import re
+from collections import Counter
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -48,7 +49,8 @@ def read_samples(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `python -m bench.run task_name={path.parent.name}` first.")
-    rebuild = f"Fix: rebuild it from the rows with `python -m bench.merge --task {path.parent.name}`"
+    merge = f"rebuild it from the rows with `python -m bench.merge --task {path.parent.name}`"
+    rebuild = f"Fix: {merge}"
     if path.stat().st_size == 0:
         raise ResultsError(f"{path} is empty (0 bytes): it was cut short or never written. {rebuild}.")
     header = read_header(path, rebuild)
@@ -70,7 +72,7 @@ def read_samples(path: str | Path) -> pd.DataFrame:
     for check in (check_types, check_metrics, check_paths, check_duplicates):
         problem = check(samples, lines)
         if problem:
-            raise ResultsError(f"{path}: {problem}. Fix that line (or {rebuild[5:]}).")
+            raise ResultsError(f"{path}: {problem}. Fix that line (or {merge}).")
     return samples
 
 
@@ -81,7 +83,7 @@ def read_header(path: Path, rebuild: str) -> list[str]:
             header = next(csv.reader(handle), [])
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ResultsError(f"{path} is not a UTF-8 CSV file ({exc}). {rebuild}.") from None
-    repeated = sorted({c for c in header if header.count(c) > 1})
+    repeated = sorted(c for c, n in Counter(header).items() if n > 1)
     if repeated:
         raise ResultsError(f"{path} line 1 repeats the columns {repeated}: a table has each column once. {rebuild}.")
     return header
