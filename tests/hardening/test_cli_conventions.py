@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.cli_checks import check_overrides
 from bench.config import ConfigError
 from bench.task import check_run_keys
 from tests.conftest import compose_cfg, minimal_run, run_cli
@@ -40,17 +41,25 @@ def one_line_refusal(proc, *words: str) -> None:
 # --- the issue's examples --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flag", ["--config-dir {}", "--config-dir={}", "-cd {}"])
-def test_config_dir_passes_the_precheck_and_runs_the_outside_experiment(tmp_path, outside, flag):
-    args = [*flag.format(outside).split(), "experiment=mine", *RUN, "dry_run=true", f"paths.root_dir={tmp_path}"]
-    proc = run_cli(args, cwd=tmp_path)
-    assert "task_name: mine" in proc.stdout and '"planned": 2' in proc.stdout  # one scene and prompt, seeds 7 and 8
+FLAG_FORMS = ["--config-dir {}", "--config-dir={}", "-cd {}"]
+NAME_FORMS = ["", "--config-name primary", "-cn primary", "--config-name=primary"]
 
 
-@pytest.mark.parametrize("flag", ["--config-name primary", "-cn primary", "--config-name=primary"])
-def test_config_name_picks_a_primary_config_from_the_config_dir(tmp_path, outside, flag):
-    args = ["-cd", str(outside), *flag.split(), *RUN, "dry_run=true", f"paths.root_dir={tmp_path}"]
-    assert "task_name: from_primary" in run_cli(args, cwd=tmp_path).stdout
+@pytest.mark.parametrize("name", NAME_FORMS)
+@pytest.mark.parametrize("flag", FLAG_FORMS)
+def test_hydras_config_flags_pass_the_precheck_in_every_form(tmp_path, outside, flag, name):
+    """The pre-check reads argv as Hydra does (in-process: it returns, or exits 2 with the message)."""
+    flags = [*flag.format(outside).split(), *name.split()]
+    check_overrides([*flags, "experiment=mine", *RUN, f"paths.root_dir={tmp_path}"])
+
+
+def test_config_dir_and_config_name_run_the_outside_configs_end_to_end(tmp_path, outside):
+    run = [*RUN, "dry_run=true", f"paths.root_dir={tmp_path}"]
+    proc = run_cli(["-cd", str(outside), "-cn", "primary", "experiment=mine", *run], cwd=tmp_path)
+    # the outside primary config (its _self_ last: its task_name) with the outside experiment (seeds 7 and 8)
+    assert "task_name: from_primary" in proc.stdout and "would generate forest/00000/deer_roaming/s8" in proc.stdout
+    proc = run_cli(["--config-dir", str(outside), "experiment=mine", *run], cwd=tmp_path)
+    assert "task_name: mine" in proc.stdout and '"planned": 2' in proc.stdout  # one scene and prompt, two seeds
 
 
 def test_a_typo_beside_an_outside_config_is_caught_before_hydra_writes(tmp_path, outside):
@@ -79,11 +88,10 @@ def test_three_thousand_seeds_are_checked_and_a_repeat_is_named():
         check_run_keys(cfg)
 
 
-@pytest.mark.parametrize("task", ["../escape", "a/b", ".hidden", ""])
-def test_aggregate_refuses_a_task_name_that_would_write_outside_the_results_folder(tmp_path, task):
+def test_aggregate_refuses_a_task_name_that_would_write_outside_the_results_folder(tmp_path):
     (tmp_path / "results").mkdir()
-    proc = run_module(tmp_path, "bench.aggregate", "--results-dir", str(tmp_path / "results"), "--task", task)
-    one_line_refusal(proc, f"--task {task!r} is not a task name", "outside the results folder")
+    proc = run_module(tmp_path, "bench.aggregate", "--results-dir", str(tmp_path / "results"), "--task", "../escape")
+    one_line_refusal(proc, "--task '../escape' is not a task name", "outside the results folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"] and not any((tmp_path / "results").iterdir())
 
 
@@ -118,6 +126,15 @@ def test_merge_refuses_a_task_that_would_write_outside_and_folders_that_are_not(
     assert "is not a folder" in entry_point(main, ["--output-dir", str(tmp_path / "none")], capsys)
     assert "no rows for task(s) ['t']" in entry_point(main, [*base, "--task", "t"], capsys)
     assert not (tmp_path / "results").exists() and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("task", ["a/b", ".hidden", "", "..", "x" * 101])
+def test_aggregate_refuses_every_unsafe_task_name(tmp_path, capsys, task):
+    from bench.aggregate import main
+
+    (tmp_path / "results").mkdir()
+    err = entry_point(main, ["--results-dir", str(tmp_path / "results"), "--task", task], capsys)
+    assert f"--task {task!r} is not a task name" in err and not any((tmp_path / "results").iterdir())
 
 
 def test_aggregate_refuses_folders_that_are_not(tmp_path, capsys):
