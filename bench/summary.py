@@ -1,15 +1,16 @@
 """The closing summary of `python -m bench.run`: one per job, and one per `-m` sweep (a Hydra callback).
 
-A job's summary, at most 8 lines within 100 columns (a path or a command is never cut):
+A job's summary, at most 8 lines within 100 columns (a path or a command is never cut; the failure, random
+weights and mixed table lines only when they apply):
 
     gradsam+no_blur on toy/toy_world: 10 made, 0 skipped (already done), 0 failed
-      first failure:  <sample key>: <reason>                     (only when one failed)
+      first failure:  gradsam+no_blur <sample key>: <reason, cut to the width>
       run folder:     outputs/runs-toy-toy_world/toy/toy_world/gradsam+no_blur
       task's rows:    results/runs-toy-toy_world/samples.csv (10 samples)
       table, report:  python -m bench.aggregate --task runs-toy-toy_world
-      time:           1 min 52 s wall; 9.6 s per sample (10 in 1 min 36 s; loading, checks 16 s)
-      random weights: model=tiny, metrics.clip=tiny_random: these images and numbers mean nothing
-      mixed table:    its samples.csv holds toy/toy_world (10), tiny/synthetic_places (2)
+      time:           1 min 44 s wall; 7.4 s per sample (10 in 1 min 14 s; loading, checks 30 s)
+      random weights: model=tiny, metrics.clip=tiny_random: images and numbers mean nothing
+      mixed table:    its samples.csv now holds tiny/synthetic_places (2), toy/toy_world (10)
 
 A sweep's summary has the same lines over all its jobs. The jobs hand their summaries to the sweep's
 launching process through files in `outputs/.sweeps/<sweep>/` (the folder's path travels in the environment
@@ -276,6 +277,9 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.folder is None:
+            return
+        if config.get("dry_run") is True:  # the jobs printed their plans and made nothing
+            self.remove_folder()
             return
         jobs = [JobSummary(**json.loads(p.read_text())) for p in sorted(self.folder.glob("job-*.json"))]
         profiles = {table: profiles_in(table) for table in sorted({j.samples_csv for j in jobs})}

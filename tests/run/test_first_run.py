@@ -281,3 +281,10 @@ def test_a_sweep_prints_each_jobs_summary_and_one_for_the_whole_sweep(tmp_path):
     assert "task's rows:    results/demo/samples.csv" in text
     assert "random weights: model=tiny" in text and "(4 in " in text
     assert not (tmp_path / "outputs/.sweeps").exists()  # the jobs' summaries are gone with the sweep
+
+
+def test_a_dry_run_sweep_prints_plans_and_no_summary(tmp_path):
+    proc = run_cli(["-m", "method=sdedit,txt2img", "dry_run=true", *FAST, f"paths.root_dir={tmp_path}"], cwd=tmp_path)
+    assert proc.stdout.count("would generate forest/00000/") == 2
+    assert "sweep of" not in proc.stdout and "no job summary" not in proc.stdout and " made, " not in proc.stdout
+    assert not (tmp_path / "outputs/.sweeps").exists() and not (tmp_path / "results").exists()
