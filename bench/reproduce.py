@@ -2,7 +2,8 @@
 
 Profiles choose the assets; the rows, the data protocol and the seeds are the same:
     gpu:     model=sd15 dataset=places365 (a user's GPU machine)
-    offline: model=toy dataset=toy_world metrics=toy (trained tiny models; these machines, CI)
+    offline: model=toy dataset=toy_world metrics=toy (trained tiny models; these machines, CI), at 2 scenes x
+             every prompt per subcategory (the toy world's own default is a first run's 1 x 1)
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from bench.reporting.aggregate import aggregate_task
 
 PROFILES = {
     "gpu": ["model=sd15", "dataset=places365"],
-    "offline": ["model=toy", "dataset=toy_world", "metrics=toy"],
+    "offline": [
+        "model=toy",
+        "dataset=toy_world",
+        "metrics=toy",
+        "dataset.images_per_subcategory=2",
+        "dataset.prompts_per_subcategory=null",
+    ],
 }
 TARGETS = ("demo", "table1", "ablations")
 

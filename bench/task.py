@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -398,10 +399,13 @@ def generate_and_record(context: RunContext, pending: list[WorkUnit], summary: d
     """Generate, score and record, one batch at a time; each sample is saved as it completes.
 
     Then rebuild the task's samples table from every row on disk (all methods, all shards); returns
-    `summary` with its path.
+    `summary` with its path, the samples made and failed (the first failure's key and reason) and the
+    seconds spent generating and recording them.
     """
     context.tracker.start(context.config, name=context.run_name)
     exit_code = 1
+    summary.update(made=0, failed=0, first_failure=None)
+    started = time.perf_counter()
     try:
         with tqdm(total=len(pending), desc=context.method.label, unit="sample") as bar:
             for batch in batches(pending, context.batch_size):
@@ -409,8 +413,9 @@ def generate_and_record(context: RunContext, pending: list[WorkUnit], summary: d
                 results = context.method.generate(context.backbone, samples, context.sampling)
                 for unit, sample, result in zip(batch, samples, results, strict=True):
                     with writing(context.paths.run_dir):
-                        record_sample(context, unit, sample, result)
+                        count_sample(summary, record_sample(context, unit, sample, result))
                     bar.update(1)
+        summary["generation_s"] = time.perf_counter() - started
         samples_csv = context.paths.samples_csv
         with writing(samples_csv):
             frame = merge_samples(context.paths.task_dir, samples_csv)
@@ -420,6 +425,15 @@ def generate_and_record(context: RunContext, pending: list[WorkUnit], summary: d
     finally:
         context.tracker.finish(exit_code)
     return summary
+
+
+def count_sample(summary: dict, row: dict) -> None:
+    """Count a recorded row in `summary` as made or failed; keep the first failure as '<key>: <reason>'."""
+    if row["status"] == "failed":
+        summary["failed"] += 1
+        summary["first_failure"] = summary["first_failure"] or f"{row['sample_key']}: {row['failure']}"
+    else:
+        summary["made"] += 1
 
 
 def check_run_keys(cfg: DictConfig) -> None:
@@ -552,20 +566,23 @@ def truth_sources(cfg: DictConfig, dataset: Dataset) -> TruthSources | None:
     return TruthSources(build(cfg.truth), node.get("alt_threshold"), compare)
 
 
-def record_sample(context: RunContext, unit: WorkUnit, sample: Sample, result: Generated) -> None:
-    """Save the image and masks (and the truth), score the sample, then write its row (the row marks it done)."""
+def record_sample(context: RunContext, unit: WorkUnit, sample: Sample, result: Generated) -> dict:
+    """Save the image and masks (and the truth), score the sample, then write its row (the row marks it done).
+
+    Returns the row."""
     pixels, conversion = context.references[unit.image.image_id]
     row = {**context.row_base, **identity_columns(unit, conversion, reference_digest(pixels)), **result.info}
     if result.failure is not None or result.image is None:
         row.update(status="failed", failure=result.failure or "no image", image_path="")
         write_row(context.paths.run_dir, unit.key, row)
         log.warning("sample %s failed: %s", unit.key, row["failure"])
-        return
+        return row
     row.update(save_sample_files(context.paths, unit, sample, result))
     if context.truth is not None:
         row.update(truth_columns(context, unit, sample, result))
     row.update(metric_columns(context.metrics, unit, sample, result))
     write_row(context.paths.run_dir, unit.key, row)
+    return row
 
 
 def identity_columns(unit: WorkUnit, conversion: str, digest: str) -> dict:

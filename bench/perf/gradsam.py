@@ -153,7 +153,10 @@ def write_sd15(args: argparse.Namespace) -> None:
 def tiny_backbone(image_size: int):
     """The offline tiny backbone at `image_size` and one synthetic forest reference."""
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("bench", overrides=["device=cpu", f"model.image_size={image_size}"])
+        cfg = compose(
+            "bench",
+            overrides=["model=tiny", "dataset=synthetic_places", "device=cpu", f"model.image_size={image_size}"],
+        )
     backbone = instantiate(cfg.model, _convert_="all")
     dataset = instantiate(cfg.dataset, _convert_="all", images_per_subcategory=1, subcategories=["forest"])
     return backbone, dataset.references()[0]

@@ -98,6 +98,7 @@ def run_method(name: str, folder: Path, work: Path, steps: int, timeout: int, im
         "bench.run",
         "model=sd15",
         f"model.path={folder}",
+        "dataset=synthetic_places",
         f"model.image_size={image_size}",
         "device=cpu",
         "task_name=check_scale",
