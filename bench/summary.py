@@ -238,11 +238,11 @@ def python_command() -> str:
 
 def profiles_in(samples_csv: str | Path) -> dict[str, int]:
     """Rows of a samples.csv per '<model>/<dataset>' ({} when it does not exist)."""
-    import pandas as pd
+    from bench.records import read_csv
 
     if not Path(samples_csv).is_file():
         return {}
-    frame = pd.read_csv(samples_csv, usecols=["model", "dataset"], dtype=str)
+    frame = read_csv(samples_csv, usecols=["model", "dataset"], dtype=str)
     return {f"{m}/{d}": int(n) for (m, d), n in frame.value_counts(["model", "dataset"], sort=False).items()}
 
 
