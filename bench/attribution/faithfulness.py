@@ -9,9 +9,9 @@ noised latent. Sweeping k over a grid from 0 to 1 links a map to the image witho
     0 < k < 1   the map decides which cells keep the chain's own content
 
 Jobs (`run_jobs`): `python -m bench.run -m` multiruns (real subprocesses, sharded, resumable) into
-task_name=attribution_faithfulness: one per map (score kind, layer set) over the grid's interior, each k under its
-own label (`faith_<kind>_<layers>_k<k>`), and one for the two ends, run once (kind uniform) and shared by every map
-(`faith_shared_k0.0`, `faith_shared_k1.0`).
+task_name=attribution_faithfulness: one for the two ends, run once (kind uniform) and shared by every map
+(`faith_shared_k0.0`, `faith_shared_k1.0`), and one per layer set over its kinds and the grid's interior, each
+(kind, layer set, k) under its own label (`faith_<kind>_<layers>_k<k>`, `faith_<kind>_k<k>` for a layer-free kind).
 
 Per sample and k: subject present (toy world: the oracle's `subject_ok_oracle`; elsewhere 1 - `truth_empty` of the
 recorded truth) and true-background PSNR (`true_bg_psnr`; elsewhere `truth_bg_psnr`), capped at 100 dB.
@@ -229,7 +229,7 @@ def plan_of(args: argparse.Namespace) -> Plan:
 
 
 def job_commands(plan: Plan, root: Path, extra: list[str], shards: int) -> list[tuple[str, list[str]]]:
-    """(what, command) of each multirun: the shared ends first, then one per map over the grid's interior."""
+    """(what, command) of each multirun: the shared ends first, then one per layer set over the grid's interior."""
     base = [sys.executable, "-m", "bench.run", "-m", f"task_name={TASK}", f"paths.root_dir={root}", *TOP_FRACTION]
     base += [*plan.overrides, *(["cpu_threads=1"] if shards > 1 else [])]
     interior = [k for k in plan.grid if k not in ENDS]
