@@ -9,6 +9,10 @@
    default (toy_world: oracle; places365: clipseg) or an override, e.g. `truth=clipseg_tiny` (offline stand-in).
 2. `--report-only` (or after the jobs): results/attribution/attribution.{csv,md}, samples_attribution.csv,
    mask_rules.{csv,md}, figures/*.png and report.html (bench/attribution/report.py).
+
+`--stage maps|faithfulness|all` (default all): `maps` is the above; `faithfulness` runs the faithfulness curves
+alone (bench/attribution/faithfulness.py: the paper's operator keeping the top k of a map's cells, task
+attribution_faithfulness) and writes its tables; `all` runs both, and the study's page gains its sections.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.attribution import faithfulness
 from bench.attribution.report import write_study
 from bench.cli_checks import exit_with
 from bench.config import REPO_ROOT
@@ -88,13 +93,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root-dir", type=Path, default=REPO_ROOT, help="outputs/ and results/ go under it")
     parser.add_argument("--shards", type=int, default=2, help="processes per job (default 2: one per core here)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from recorded maps")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both jobs")
+    parser.add_argument("--stage", default="all", choices=("maps", "faithfulness", "all"), help="what to run")
+    faithfulness.add_arguments(parser)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     args = parser.parse_intermixed_args(argv)
     check_arguments(args)
     root = args.root_dir.resolve()
+    if args.stage == "faithfulness":
+        faithfulness.run_stage(args, root)
+        return
     start = time.monotonic()
     if not args.report_only:
         run_jobs(args.profile, args.overrides, root, args.shards)
+    if args.stage == "all":
+        faithfulness.run_stage(args, root)
     jobs_s = time.monotonic() - start
     try:
         paths = write_study(root / "results" / TASK, root)

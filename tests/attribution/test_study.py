@@ -107,7 +107,7 @@ def test_an_empty_truth_gives_nan_metrics_with_its_reason():
 
 def run_study(root: Path, *overrides: str) -> Path:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = [sys.executable, "-m", "bench.attribution", "--profile", "smoke", "--shards", "1"]
+    cmd = [sys.executable, "-m", "bench.attribution", "--stage", "maps", "--profile", "smoke", "--shards", "1"]
     cmd += ["--root-dir", str(root), *overrides]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
