@@ -131,7 +131,9 @@ def test_the_study_runs_end_to_end_on_the_smallest_profile(tmp_path: Path):
     kinds = set(table[table["truth"] == "no_manipulation"]["kind"])
     assert kinds == {"gradsam", "attention_only", "daam", "noise_diff", "chance:uniform", "chance:centre"}
     assert {"last", "all", "own:last"} <= set(table["layer_set"])
-    assert set(table["index"]) == {2, 4, 6}
+    assert set(table["index"]) == {2, 4, 6, 9}  # the scoring steps, and the full-window DAAM at the chain's end (L)
+    full = table[table["index"] == 9]
+    assert set(full["kind"]) - {"chance:uniform", "chance:centre"} == {"daam"}  # only DAAM has a whole-chain map
     assert "Attribution study" in (folder / "report.html").read_text()
     assert set(table["truth_source"]) == {"oracle"} and set(table["truth_threshold"]) == {"main", "alt"}
     assert "the two coincide" in (folder / "attribution.md").read_text()
