@@ -41,8 +41,8 @@ import pandas as pd  # noqa: E402
 
 from bench.config import REPO_ROOT  # noqa: E402
 from bench.metrics import METRIC_CAPS, SUBJECT_OK_ORACLE, TRUE_BG_PSNR  # noqa: E402
-from bench.records import atomic_write_text, write_csv  # noqa: E402
-from bench.reporting.figures import PNG_METADATA  # noqa: E402
+from bench.records import atomic_write_text, read_csv, write_csv  # noqa: E402
+from bench.reporting.figures import save_figure  # noqa: E402
 from bench.reporting.report import COLLAPSED, SUMMARY, Report, Section, render_markdown  # noqa: E402
 from bench.reporting.tables import cell_rng, cluster_bootstrap, metric_values, summarize  # noqa: E402
 from bench.reporting.views import interval_cell  # noqa: E402
@@ -643,13 +643,6 @@ def reading_notes(auc: pd.DataFrame, points: pd.DataFrame) -> list[str]:
     return notes
 
 
-def save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, metadata=PNG_METADATA)
-    plt.close(fig)
-    return path
-
-
 def line_style(kind: str) -> dict:
     """Chance maps in grey (centre prior dashed, uniform dotted); every other map in its own colour."""
     return {CENTRE: {"color": "grey", "linestyle": "--"}, UNIFORM: {"color": "grey", "linestyle": ":"}}.get(kind, {})
@@ -666,7 +659,7 @@ def curve_figure(table: pd.DataFrame, metric: str, ylabel: str, path: Path) -> P
     ax.set(xlabel="kept fraction k of latent cells (the map's top cells)", ylabel=ylabel, xlim=(-0.02, 1.02))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return save(fig, path)
+    return save_figure(fig, path, dpi=100)
 
 
 def tradeoff_figure(table: pd.DataFrame, path: Path) -> Path:
@@ -679,7 +672,7 @@ def tradeoff_figure(table: pd.DataFrame, path: Path) -> Path:
     ax.set_title("trade-off over the kept fraction (k = 0 top left, k = 1 bottom right)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return save(fig, path)
+    return save_figure(fig, path, dpi=100)
 
 
 AUC_TITLE = "Faithfulness: does a better map make a better image? (areas under the curves over the kept fraction)"
@@ -691,9 +684,9 @@ def faithfulness_sections(folder: Path, study: pd.DataFrame | None = None) -> li
     verdict, the figures, the points. `study`: the study's attribution table (else folder/attribution.csv if any)."""
     if not (folder / FILES["auc"]).exists() or not (folder / FILES["points"]).exists():
         return []
-    auc, points = pd.read_csv(folder / FILES["auc"]), pd.read_csv(folder / FILES["points"])
+    auc, points = read_csv(folder / FILES["auc"]), read_csv(folder / FILES["points"])
     if study is None and (folder / "attribution.csv").exists():
-        study = pd.read_csv(folder / "attribution.csv")
+        study = read_csv(folder / "attribution.csv")
     figures = tuple(p for p in (folder / "figures" / name for name in FIGURES) if p.exists())
     notes = (*verdict_notes(auc, points, study), *reading_notes(auc, points))
     point_notes = ("k = 0 and k = 1 (shared = yes) are the same images for every map.",)
@@ -706,7 +699,7 @@ def faithfulness_sections(folder: Path, study: pd.DataFrame | None = None) -> li
 
 def write_faithfulness(folder: Path, samples_csv: Path) -> dict[str, Path]:
     """The stage's tables, figures and faithfulness.md under `folder` (results/attribution) from its samples."""
-    samples = pd.read_csv(samples_csv, keep_default_na=False, na_values=[""])
+    samples = read_csv(samples_csv)
     points = faithfulness_points(samples)
     curves = sample_curves(points)
     point_table, auc = faithfulness_tables(points, curves)
