@@ -9,6 +9,8 @@ PROFILE ?= gpu
 LOGGER ?= none
 # extra Hydra overrides for the table targets, e.g. ARGS='dataset.images_per_subcategory=2 seeds=[0,1]'
 ARGS ?=
+# pytest-xdist workers for `make test` (2 = this project's CI; one per core, each test on one torch thread)
+TEST_WORKERS ?= 2
 # Offline by default on these machines; a user with the internet can run `make ... OFFLINE=0`.
 OFFLINE ?= 1
 export HF_HUB_OFFLINE := $(OFFLINE)
@@ -40,11 +42,11 @@ demo: $(STAMP) ## offline end-to-end Table 1 on the toy profile (every row, 10 s
 readme: $(STAMP) ## after `make demo`: its headline table into README.md, its report checked in Chromium and screenshot
 	$(PY) -m bench.readme
 
-test: $(STAMP) ## the test suite (CPU, offline)
-	$(PY) -m pytest -q
+test: $(STAMP) ## the test suite (CPU, offline; TEST_WORKERS processes, one per core)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP) ## the test suite without the tests marked slow (each over a minute here)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 lint: $(STAMP) ## ruff lint and format check, and the import layers (import-linter)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports
