@@ -71,21 +71,29 @@ def overview_grid(control: pd.DataFrame, rows: list[tuple[str, str]], steps: lis
     return grid, centre
 
 
-def auroc_overview(control: pd.DataFrame, folder: Path) -> Path:
+def weak_cells(grid: np.ndarray, centre: np.ndarray, rows: list[tuple[str, str]]) -> np.ndarray:
+    """bool [rows, steps]: cells at or below the centre prior's mean at their step (never the prior's own row, a
+    missing value or a step without a prior)."""
+    with np.errstate(invalid="ignore"):
+        weak = grid <= centre[None, :]
+    return weak & np.array([kind != CENTRE for kind, _ in rows])[:, None]
+
+
+def overview_figure(control: pd.DataFrame) -> plt.Figure:
     """Heatmap of AUROC over map (kind x layer set, rows) and scoring step (columns): each cell's mean written in it,
-    cells at or below the centre prior's mean at that step hatched, missing cells grey, the paper's row named."""
+    `weak_cells` hatched, missing cells grey, the paper's row named, a rule between kinds."""
     steps, rows = steps_of(control), overview_rows(control)
     grid, centre = overview_grid(control, rows, steps)
+    weak = weak_cells(grid, centre, rows)
     fig, ax = plt.subplots(figsize=(1.7 + 1.05 * max(1, len(steps)), 1.2 + 0.28 * max(1, len(rows))))
     ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0.3, vmax=1.0, aspect="auto")
     ax.set_facecolor("#dddddd")
     for (r, c), value in np.ndenumerate(grid):
-        weak = not np.isnan(value) and value <= centre[c] and rows[r][0] != CENTRE  # NaN centre: never hatched
-        if weak:
+        if weak[r, c]:
             ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="///", edgecolor=(1, 1, 1, 0.55), lw=0))
         text = "n/a" if np.isnan(value) else f"{value:.2f}"
-        box = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85} if weak else None
-        colour = "#555555" if np.isnan(value) else "black" if weak or value > 0.75 else "white"
+        box = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85} if weak[r, c] else None
+        colour = "#555555" if np.isnan(value) else "black" if weak[r, c] or value > 0.75 else "white"
         ax.text(c, r, text, ha="center", va="center", fontsize=7, color=colour, weight="bold", bbox=box)
     for r in range(1, len(rows)):  # a rule between kinds
         if rows[r][0] != rows[r - 1][0]:
@@ -96,7 +104,12 @@ def auroc_overview(control: pd.DataFrame, folder: Path) -> Path:
     hatched = Patch(facecolor="#777777", hatch="///", edgecolor="white", label="at or below the centre prior")
     ax.legend(handles=[hatched], loc="upper center", bbox_to_anchor=(0.5, -0.6 / max(1, len(rows)) - 0.02), fontsize=7)
     fig.tight_layout()
-    return save_figure(fig, folder / OVERVIEW, dpi=100)
+    return fig
+
+
+def auroc_overview(control: pd.DataFrame, folder: Path) -> Path:
+    """figures/auroc_overview.png: `overview_figure` of the no_manipulation chain's main-threshold rows."""
+    return save_figure(overview_figure(control), folder / OVERVIEW, dpi=100)
 
 
 def row_name(kind: str, layer_set: str) -> str:

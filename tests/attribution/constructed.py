@@ -116,14 +116,15 @@ def mask_table(rules: dict | None = None, half: float = 0.03) -> pd.DataFrame:
                     "kind": "gradsam",
                 }
                 keys |= {"layer_set": layer_set, "rule": rule, "index": index, "timestep": t, "N": 40, "failures": 0}
-                for metric, value in (("mask_iou", iou_here), ("kept_fraction", kept_here), ("channel_corr", 0.5)):
+                values = (("mask_iou", iou_here), ("kept_fraction", kept_here), ("channel_corr", 0.5))
+                for metric, value in (*values, ("channels_per_kept_cell", 2.7)):
                     keys |= {
                         f"{metric}_mean": value,
                         f"{metric}_mean_lo": value - half,
                         f"{metric}_mean_hi": value + half,
                     }
                     keys |= {f"{metric}_n": 40}
-                rows.append(keys | {"channels_per_kept_cell_mean": 2.7, "channels_per_kept_cell_n": 40})
+                rows.append(keys)
     return pd.DataFrame(rows)
 
 
