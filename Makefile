@@ -37,10 +37,10 @@ install: $(STAMP) ## create .venv (Python 3.11) and install the project with pin
 demo: $(STAMP) ## offline end-to-end Table 1 on the toy profile (every row, 10 samples each); prints it
 	$(PY) -m bench.reproduce demo --profile offline --logger $(LOGGER) $(ARGS)
 
-readme: $(STAMP) ## after `make demo`: its headline table into README.md, its report checked in Chromium and screenshot (and the study's page, if made)
+readme: $(STAMP) ## after `make demo`: its headline table into README.md, its report checked in Chromium and screenshot (and the study's, if run)
 	$(PY) -m bench.readme
 
-readme-attribution: $(STAMP) ## after `make attribution`: the study's page checked in Chromium, its first screen -> results/attribution_report.png
+readme-attribution: $(STAMP) ## after `make attribution`: its verdict into README.md, its page checked in Chromium and screenshot
 	$(PY) -m bench.readme --only study
 
 test: $(STAMP) ## the test suite (CPU, offline)

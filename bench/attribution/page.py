@@ -100,7 +100,7 @@ def overview_figure(control: pd.DataFrame) -> plt.Figure:
             ax.axhline(r - 0.5, color="white", lw=2)
     ax.set_xticks(range(len(steps)), [s.header for s in steps], fontsize=8)
     ax.set_yticks(range(len(rows)), [row_name(k, s) for k, s in rows], fontsize=8)
-    ax.set_title("AUROC, truth = no_manipulation (scoring steps left to right)", fontsize=9)
+    ax.set_title("AUROC (truth = no_manipulation)", fontsize=9)
     hatched = Patch(facecolor="#777777", hatch="///", edgecolor="white", label="at or below the centre prior")
     ax.legend(handles=[hatched], loc="upper center", bbox_to_anchor=(0.5, -0.6 / max(1, len(rows)) - 0.02), fontsize=7)
     fig.tight_layout()

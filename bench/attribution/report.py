@@ -24,7 +24,7 @@ from bench.metrics import MASK_IOU  # noqa: E402
 from bench.records import atomic_write_text, write_csv  # noqa: E402
 from bench.reporting.figures import save_figure  # noqa: E402
 from bench.reporting.html import write_report  # noqa: E402
-from bench.reporting.report import COLLAPSED, Report, Section, render_markdown  # noqa: E402
+from bench.reporting.report import COLLAPSED, Report, Section, markdown_body, render_markdown  # noqa: E402
 from bench.reporting.samples_table import read_samples  # noqa: E402
 from bench.reporting.tables import summarize  # noqa: E402
 from bench.reporting.views import interval_cell, markdown_table  # noqa: E402
@@ -49,6 +49,7 @@ HEADLINE_SETS = ("own:last", "last", "all", "res16", "res8", "res4", "res64", "r
 MASK_METRICS = [MASK_IOU, "kept_fraction", "channel_corr", "channels_per_kept_cell"]  # columns of study.mask_rows
 NUMBER = ".3f"  # the study's cells: 'mean [lo, hi]' with three decimals
 TITLE = "Attribution study (attribution)"
+VERDICT_MD = "verdict.md"  # the verdict's table and sentences alone (bench.readme copies them into the README)
 SUBTITLE = (
     "Does the score find the subject? AUROC, AP, pointing game and IoU at the true area per score kind, layer set "
     "and scoring step"
@@ -141,6 +142,8 @@ def write_page(folder: Path, table: pd.DataFrame, mask_table: pd.DataFrame, note
     paths |= {"masks": folder / "mask_rules.csv"}
     paths |= {name.split(".")[0]: folder / name for name in later_tables() if (folder / name).is_file()}
     atomic_write_text(paths["md"], render_markdown(report))
+    paths["verdict"] = folder / VERDICT_MD
+    atomic_write_text(paths["verdict"], "\n".join(markdown_body(verdict)) + "\n")  # the README's block (make readme)
     write_report(folder, report)
     paths["terminal"] = terminal_summary(verdict, {**paths, "figures": folder / "figures"})
     paths["figures"] = figures

@@ -50,16 +50,24 @@ def test_the_check_catches_a_table_before_the_figure_and_a_verdict_below_the_fir
     assert page_problems(nothing) == ["the page has no figure"]
 
 
-def test_the_readme_screenshot_of_the_studys_page(study_folder: Path, tmp_path: Path, capsys):  # noqa: F811
+def test_the_readme_block_and_screenshot_of_the_studys_page(study_folder: Path, tmp_path: Path, capsys):  # noqa: F811
     from bench import readme
 
     if find_chromium() is None and os.environ.get("CI") != "true":
         pytest.skip("no chromium on PATH (CI installs it)")
-    shot = tmp_path / "study.png"
-    args = ["--only", "study", "--results-dir", str(study_folder.parent), "--study-screenshot", str(shot)]
-    with pytest.raises(SystemExit, match="report.html does not exist: run `make attribution PROFILE=offline`"):
+    shot, page = tmp_path / "study.png", tmp_path / "README.md"
+    page.write_text(f"# x\n\n{readme.STUDY_BEGIN}\nold numbers, typed by hand\n{readme.STUDY_END}\n\nafter\n")
+    args = ["--only", "study", "--results-dir", str(study_folder.parent), "--readme", str(page)]
+    args += ["--study-screenshot", str(shot)]
+    with pytest.raises(SystemExit, match="verdict.md does not exist: run `make attribution PROFILE=offline`"):
         readme.main(args)
-    write_page(study_folder, study_table(), mask_table(), [])
+    paths = write_page(study_folder, study_table(), mask_table(), [])
     readme.main(args)
+    block = paths["verdict"].read_text().strip()
+    assert block.startswith("| map | N | t = 800 |") and "- Which layers find the subject? gradsam res8" in block
+    assert page.read_text() == f"# x\n\n{readme.STUDY_BEGIN}\n{block}\n{readme.STUDY_END}\n\nafter\n"
     assert Image.open(shot).size == (1366, 900) and shot.stat().st_size < 200_000
     assert f"{shot}: {study_folder / 'report.html'} at 1366x900, 6 images" in capsys.readouterr().out
+    page.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no block <!-- attribution:begin"):
+        readme.main(args)
