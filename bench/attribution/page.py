@@ -140,7 +140,9 @@ def terminal_summary(verdict: Section, paths: dict[str, Path], width: int = TERM
     lines = [verdict.title, "", text_table(verdict.frame, width), ""]
     lines += [textwrap.fill(note, width, initial_indent="- ", subsequent_indent="  ") for note in verdict.notes]
     lines.append("")
-    lines += [f"{key:>9}: {shown_path(path)}" for key, path in paths.items() if isinstance(path, Path)]
+    files = {key: path for key, path in paths.items() if isinstance(path, Path)}
+    width_of_keys = max(map(len, files), default=0)
+    lines += [f"{key:>{width_of_keys}}: {shown_path(path)}" for key, path in files.items()]
     return "\n".join(lines)
 
 

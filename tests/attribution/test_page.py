@@ -104,7 +104,7 @@ def test_the_printout_is_the_verdict_within_100_columns():
     assert lines[0] == section.title and "gradsam res8 (best)" in text and "[0.959, 0.999]" in text
     unwrapped = " ".join(line.strip() for line in lines)
     assert all(note in unwrapped for note in section.notes)
-    assert "   report: results/attribution/report.html" in lines
+    assert "report: results/attribution/report.html" in lines and "    md: results/attribution/attribution.md" in lines
 
 
 def test_a_printed_command_fits_100_columns_and_is_the_same_command_to_a_shell():
