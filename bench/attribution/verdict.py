@@ -344,9 +344,14 @@ def mask_rule_sentence(masks: pd.DataFrame | None, control: pd.DataFrame, steps:
 
 
 def sanity_map(sanity: pd.DataFrame, control: pd.DataFrame, steps: list[Step]) -> tuple[str, str] | None:
-    """The map the sanity sentences judge: of the maps the sanity stage recomputed, the study's best by AUROC."""
-    cascade = sanity[sanity["check"] == "cascade"]
-    pairs = sorted(set(zip(cascade["kind"], cascade["layer_set"], strict=True)), key=kind_order)
+    """The map the sanity sentences judge: of the layer sets the sanity stage recomputed on the most samples (it
+    may run the costly per-layer Grad-SAM on a few only), the study's best by AUROC."""
+    unrandomised = sanity[(sanity["check"] == "cascade") & (sanity["stage"] == NONE)]
+    counts = unrandomised.groupby(["kind", "layer_set"])["N"].max()
+    sets = (
+        counts[[is_layer_set(s) for _, s in counts.index]] if any(is_layer_set(s) for _, s in counts.index) else counts
+    )
+    pairs = sorted(sets[sets == sets.max()].index, key=kind_order) if len(sets) else []
     if not pairs:
         return None
     scores = np.array([mean_auroc(control, k, s, steps) for k, s in pairs], dtype=float)

@@ -216,3 +216,13 @@ def test_daams_whole_chain_is_a_column_of_its_own_only_when_recorded(whole_chain
     steps = v.steps_of(control)
     assert [(s.index, s.timestep) for s in v.scoring(steps)] == list(STEPS)
     assert [s.index for s in steps if s.whole_chain] == ([WHOLE_CHAIN[0]] if whole_chain else [])
+
+
+def test_the_sanity_sentences_judge_the_best_map_recomputed_on_the_most_samples():
+    every = v.verdict_sentences(v.StudyTables(study_table(), None, sanity_table()))
+    assert "(gradsam res8, t = 540, N = 20)" in sentence(every, "Does the map depend on the model?")
+    few = sanity_table()
+    few.loc[few["kind"] == "gradsam", "N"] = 2  # per-layer Grad-SAM recomputed on two samples only (the offline plan)
+    sentences = v.verdict_sentences(v.StudyTables(study_table(), None, few))
+    assert "(attention_only res8, t = 540, N = 20)" in sentence(sentences, "Does the map depend on the model?")
+    assert "(attention_only res8, t = 540)" in sentence(sentences, "Does the map depend on the text?")
