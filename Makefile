@@ -20,7 +20,7 @@ export PYTHONHASHSEED := 0
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo readme test test-fast lint format reproduce-table1 ablations attribution aggregate perf check-scale clean toy-models toy-eval
+.PHONY: help install demo readme readme-attribution test test-fast lint format reproduce-table1 ablations attribution aggregate perf check-scale clean toy-models toy-eval
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -39,8 +39,11 @@ install: $(STAMP) ## create .venv (Python 3.11) and install the project with pin
 demo: $(STAMP) ## offline end-to-end Table 1 on the toy profile (every row, 10 samples each); prints it
 	$(PY) -m bench.reproduce demo --profile offline --logger $(LOGGER) $(ARGS)
 
-readme: $(STAMP) ## after `make demo`: its headline table into README.md, its report checked in Chromium and screenshot
+readme: $(STAMP) ## after `make demo`: its headline table into README.md, its report checked in Chromium and screenshot (and the study's, if run)
 	$(PY) -m bench.readme
+
+readme-attribution: $(STAMP) ## after `make attribution`: its verdict into README.md, its page checked in Chromium and screenshot
+	$(PY) -m bench.readme --only study
 
 test: $(STAMP) ## the test suite (CPU, offline; TEST_WORKERS processes, one per core)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile

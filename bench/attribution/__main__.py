@@ -8,7 +8,8 @@
    Both record each image's subject truth (truth_record.enabled=true) from the `truth` source: the dataset's
    default (toy_world: oracle; places365: clipseg) or an override, e.g. `truth=clipseg_tiny` (offline stand-in).
 2. `--report-only` (or after the jobs): results/attribution/attribution.{csv,md}, samples_attribution.csv,
-   mask_rules.{csv,md}, figures/*.png and report.html (bench/attribution/report.py).
+   mask_rules.{csv,md}, figures/*.png and report.html (bench/attribution/report.py), then it prints the verdict
+   (its table and one sentence per question, bench/attribution/verdict.py) and the paths, within 100 columns.
 
 `--stage maps|faithfulness|all` (default all): `maps` is the above; `faithfulness` runs the faithfulness curves
 alone (bench/attribution/faithfulness.py: the paper's operator keeping the top k of a map's cells, task
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -80,11 +82,22 @@ def run_jobs(profile: str, extra: list[str], root_dir: Path, shards: int) -> Non
         procs = []
         for index in range(shards):
             cmd = [*base, f"shard.index={index}", f"shard.count={shards}"]
-            print("+", " ".join(cmd), flush=True)
+            print(command_text(cmd), flush=True)
             procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=os.environ.copy()))
         codes = [p.wait() for p in procs]
         if any(codes):
             exit_with(f"the {row} job failed (exit codes {codes}); see its message above.", max(max(codes), 1))
+
+
+def command_text(cmd: list[str], width: int = 100) -> str:
+    """'+ cmd' as a shell would take it, continued over lines of at most `width` columns (a longer word stays whole)."""
+    lines, line = [], "+"
+    for word in map(shlex.quote, cmd):
+        if len(line) + 1 + len(word) > width - 2 and line.strip("+ "):
+            lines.append(line + " \\")
+            line = "   "
+        line += " " + word
+    return "\n".join([*lines, line])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,11 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         exit_with(str(exc))
     except StorageError as exc:  # a damaged maps.npz or truth.npz, named: the jobs' rerun redoes that sample
         exit_with(f"{exc} (the study: `python -m bench.attribution` without --report-only reruns its jobs)", 1)
-    print(paths["md"].read_text())
-    print(f"jobs: {jobs_s:.0f} s; report: {time.monotonic() - start - jobs_s:.0f} s")
-    for key, path in paths.items():
-        if key != "figures":
-            print(f"{key:>10}: {path}")
+    print(f"\njobs: {jobs_s:.0f} s; report: {time.monotonic() - start - jobs_s:.0f} s\n")
+    print(paths["terminal"])
 
 
 # Overrides the study sets itself: where its rows and tables go (task_name=attribution under --root-dir).

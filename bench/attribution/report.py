@@ -1,7 +1,12 @@
-"""The attribution study's outputs: tables (CSV, Markdown), figures and report.html from recorded maps."""
+"""The attribution study's outputs: tables (CSV, Markdown), figures and report.html from recorded maps.
+
+The page (bench/attribution/page.py) opens with the verdict (bench/attribution/verdict.py), then the figures, then
+every table folded away; each later stage (faithfulness; sanity once merged) adds its sections through
+`later_stages`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -12,12 +17,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.attribution.faithfulness import faithfulness_sections  # noqa: E402
+from bench.attribution.page import arrange, auroc_overview, terminal_summary  # noqa: E402
 from bench.attribution.study import KEYS, TruthCells, read_image, study_rows  # noqa: E402
+from bench.attribution.verdict import StudyTables, later_tables, verdict_section  # noqa: E402
 from bench.metrics import MASK_IOU  # noqa: E402
 from bench.records import atomic_write_text, write_csv  # noqa: E402
 from bench.reporting.figures import save_figure  # noqa: E402
 from bench.reporting.html import write_report  # noqa: E402
-from bench.reporting.report import DETAILS, SUMMARY, Report, Section, render_markdown  # noqa: E402
+from bench.reporting.report import COLLAPSED, Report, Section, markdown_body, render_markdown  # noqa: E402
 from bench.reporting.samples_table import read_samples  # noqa: E402
 from bench.reporting.tables import summarize  # noqa: E402
 from bench.reporting.views import interval_cell, markdown_table  # noqa: E402
@@ -42,6 +49,7 @@ HEADLINE_SETS = ("own:last", "last", "all", "res16", "res8", "res4", "res64", "r
 MASK_METRICS = [MASK_IOU, "kept_fraction", "channel_corr", "channels_per_kept_cell"]  # columns of study.mask_rows
 NUMBER = ".3f"  # the study's cells: 'mean [lo, hi]' with three decimals
 TITLE = "Attribution study (attribution)"
+VERDICT_MD = "verdict.md"  # the verdict's table and sentences alone (bench.readme copies them into the README)
 SUBTITLE = (
     "Does the score find the subject? AUROC, AP, pointing game and IoU at the true area per score kind, layer set "
     "and scoring step"
@@ -103,15 +111,9 @@ def fallback_truth(row: pd.Series, root: Path, height: int, width: int, columns:
 
 
 def write_study(folder: Path, root: Path) -> dict:
-    """Everything the study writes under `folder` (results/attribution), from the samples and their maps."""
-    samples = read_samples(folder / "samples.csv")  # validated whole: ResultsError names the line
-    rows, masks = [], []
-    for threshold in THRESHOLDS:
-        for label, truth_name, whose in PAIRS:
-            part = samples[(samples["label"] == label) & (samples["ablation"] == "none")]
-            r, m = study_rows(part, root, truth_function(samples, root, whose, threshold), truth_name)
-            rows, masks = rows + r, masks + (m if whose == "own" else [])  # mask rules: each chain's own truths
-    per_sample = pd.DataFrame(rows)
+    """Everything the study writes under `folder` (results/attribution), from the samples and their maps; under
+    "terminal" the verdict as `python -m bench.attribution` prints it."""
+    per_sample, masks = study_frames(read_samples(folder / "samples.csv"), root)  # validated whole first
     if per_sample.empty:
         raise SystemExit(f"no sample in {folder / 'samples.csv'} has recorded maps and a truth to score them by.")
     write_csv(per_sample, folder / "samples_attribution.csv")
@@ -119,23 +121,70 @@ def write_study(folder: Path, root: Path) -> dict:
     table = table.sort_values(["truth_threshold", "truth", "label", "index", "kind", "layer_set"], kind="stable")
     table = table.reset_index(drop=True)
     write_csv(table, folder / "attribution.csv")
-    mask_frame = pd.DataFrame(masks)
-    mask_keys = ["truth", "kind", "layer_set", "rule", "index", "timestep"]
-    mask_table = by_threshold(mask_frame, mask_keys, MASK_METRICS, "mask_rules")
+    mask_table = by_threshold(pd.DataFrame(masks), MASK_KEYS, MASK_METRICS, "mask_rules")
     mask_table = mask_table[mask_table["truth_threshold"] == "main"].reset_index(drop=True)
     write_csv(mask_table, folder / "mask_rules.csv")
-    main = table[table["truth_threshold"] == "main"]
-    figures = [auroc_by_layer(main, folder / "figures"), auroc_by_step(main, folder / "figures")]
-    sections = study_sections(table, mask_table, study_notes(per_sample), figures)
-    sections[-1:-1] = faithfulness_sections(folder, table)  # before Details, when the faithfulness stage has run
-    links = {p.name: p.name for p in sorted(folder.glob("*.csv"))} | {"attribution.md": "attribution.md"}
-    report = Report(TITLE, SUBTITLE, tuple(sections), csv_links=links)
-    paths = {"csv": folder / "attribution.csv", "md": folder / "attribution.md", "masks": folder / "mask_rules.csv"}
-    atomic_write_text(paths["md"], render_markdown(report))
     atomic_write_text(folder / "mask_rules.md", markdown_table(mask_view(mask_table)) + "\n")
-    paths["report"] = write_report(folder, report)
+    return write_page(folder, table, mask_table, study_notes(per_sample))
+
+
+def write_page(folder: Path, table: pd.DataFrame, mask_table: pd.DataFrame, notes: list[str]) -> dict:
+    """attribution.md, report.html and the figures from the study's tables (attribution.csv, mask_rules.csv, as
+    written), each later stage's tables in `folder` and the study's notes; the paths, and under "terminal" the
+    verdict as the command prints it."""
+    tables = study_sections(table, mask_table, notes)
+    later = stage_sections(folder, table)  # first: a stage may write the table the verdict reads (sanity.csv)
+    verdict = verdict_section(StudyTables.read(folder, table, mask_table))
+    figures = study_figures(table, folder / "figures")
+    sections = arrange(verdict, Section("Figures", figures=tuple(figures)), tables, later)
+    report = Report(TITLE, SUBTITLE, tuple(sections), csv_links=page_links(folder))
+    paths = {"report": folder / "report.html", "md": folder / "attribution.md", "csv": folder / "attribution.csv"}
+    paths |= {"masks": folder / "mask_rules.csv"}
+    paths |= {name.split(".")[0]: folder / name for name in later_tables() if (folder / name).is_file()}
+    atomic_write_text(paths["md"], render_markdown(report))
+    paths["verdict"] = folder / VERDICT_MD
+    atomic_write_text(paths["verdict"], "\n".join(markdown_body(verdict)) + "\n")  # the README's block (make readme)
+    write_report(folder, report)
+    paths["terminal"] = terminal_summary(verdict, {**paths, "figures": folder / "figures"})
     paths["figures"] = figures
     return paths
+
+
+MASK_KEYS = ["truth", "kind", "layer_set", "rule", "index", "timestep"]
+
+
+def study_frames(samples: pd.DataFrame, root: Path) -> tuple[pd.DataFrame, list[dict]]:
+    """Per-sample metric rows of every pairing (PAIRS) at both truth thresholds, and the mask-rule rows of each
+    chain's maps against its own truth."""
+    rows, masks = [], []
+    for threshold in THRESHOLDS:
+        for label, truth_name, whose in PAIRS:
+            part = samples[(samples["label"] == label) & (samples["ablation"] == "none")]
+            r, m = study_rows(part, root, truth_function(samples, root, whose, threshold), truth_name)
+            rows, masks = rows + r, masks + (m if whose == "own" else [])  # mask rules: each chain's own truths
+    return pd.DataFrame(rows), masks
+
+
+StageSections = Callable[[Path, pd.DataFrame], list[Section]]
+
+
+def later_stages() -> tuple[StageSections, ...]:
+    """Each later stage's report sections, in page order: f(folder, the study's table) -> its sections ([] until
+    the stage has written its tables). A stage joins the page by one entry here; the sanity stage's, once merged:
+    `lambda folder, _table: sanity_sections(folder)` (imported here: sanity_report imports this module)."""
+    return (faithfulness_sections,)
+
+
+def stage_sections(folder: Path, table: pd.DataFrame) -> list[Section]:
+    """Every later stage's sections, in page order (arrange() puts its figures before the tables, its tables folded)."""
+    return [section for stage in later_stages() for section in stage(folder, table)]
+
+
+def page_links(folder: Path) -> dict[str, str]:
+    """The page's data files: every CSV, attribution.md, and the task's Table 1 page when bench.aggregate wrote one."""
+    links = {p.name: p.name for p in sorted(folder.glob("*.csv"))} | {"attribution.md": "attribution.md"}
+    extra = sorted(p.name for p in folder.glob("*.html") if p.name != "report.html")
+    return links | {f"{name} (bench.aggregate's page of these rows)": name for name in extra}
 
 
 def by_threshold(frame: pd.DataFrame, keys: list[str], metrics, table: str) -> pd.DataFrame:
@@ -249,25 +298,30 @@ def threshold_view(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def study_sections(
-    table: pd.DataFrame, mask_table: pd.DataFrame, notes: list[str], figures: list[Path]
-) -> list[Section]:
-    """The study's report: per truth its headline table, AUROC under both truth thresholds, per layer, the mask
-    rules with the study's notes, then the figures (attribution.md and report.html render the same list)."""
+def study_sections(table: pd.DataFrame, mask_table: pd.DataFrame, notes: list[str]) -> list[Section]:
+    """The study's tables, folded away on the page (attribution.md renders them in the same order): per truth its
+    headline table, the truth without mask bias (no_manipulation) first; AUROC under both truth thresholds; per
+    layer; the mask rules with the study's notes."""
     sections = []
     main = table[table["truth_threshold"] == "main"]
-    for truth in main["truth"].unique():
+    for truth in [t for t in TRUTHS if t in set(main["truth"])]:
         part = headline(main[main["truth"] == truth])
         source = ", ".join(sorted(set(part["truth_source"])))
-        sections.append(Section(f"truth = {truth} ({TRUTHS[truth]}; source: {source})", view(part), place=SUMMARY))
-    sections.append(Section("AUROC under two truth thresholds (main vs alt)", threshold_view(table), place=SUMMARY))
+        sections.append(Section(f"truth = {truth} ({TRUTHS[truth]}; source: {source})", view(part), place=COLLAPSED))
+    sections.append(Section("AUROC under two truth thresholds (main vs alt)", threshold_view(table), place=COLLAPSED))
     layers = main[main["layer_set"].str.startswith("layer:") & (main["truth"] == "no_manipulation")]
     layers = layers[layers["label"] == CONTROL_LABEL]
     if not layers.empty:
-        sections.append(Section("Per layer (truth = no_manipulation; execution order)", view(layers), place=SUMMARY))
+        sections.append(Section("Per layer (truth = no_manipulation; execution order)", view(layers), place=COLLAPSED))
     mask_notes = ("Mask rules: IoU of the thresholded mask with the truth.", *notes)
-    sections.append(Section("Mask rules", mask_view(mask_table), mask_notes, place=SUMMARY))
-    return [*sections, Section("Figures", figures=tuple(figures)), DETAILS]
+    return [*sections, Section("Mask rules", mask_view(mask_table), mask_notes, place=COLLAPSED)]
+
+
+def study_figures(table: pd.DataFrame, folder: Path) -> list[Path]:
+    """The overview heatmap, AUROC per scoring step and per single layer (truth = no_manipulation, main threshold)."""
+    main = table[table["truth_threshold"] == "main"]
+    control = main[(main["truth"] == "no_manipulation") & (main["label"] == CONTROL_LABEL)]
+    return [auroc_overview(control, folder), auroc_by_step(main, folder), auroc_by_layer(main, folder)]
 
 
 def save(fig, path: Path) -> Path:

@@ -14,6 +14,7 @@ For each results/<task>/samples.csv it writes, beside it:
     paired_deltas.csv              (Table 1) each row's paired change against the paper's method (gradsam, none)
     ablation_deltas.csv            (ablations) each metric's paired change against ablation=none
     figures/*.png, report.html     box plots, paired deltas, sample grids, and the page that shows it all
+                                   (<table>.html in the attribution study's folder, linking the study's report.html)
 <table> is `ablations` for tasks named ablations*, else `table1`. Unchanged rows give identical bytes.
 """
 
@@ -67,6 +68,9 @@ TERMINAL_WIDTH = 100
 # The metrics of the paired-delta figure: the paper's two, then background, mask and subject where present.
 DELTA_METRICS = [FID64_PAIR, CLIP_SCORE, BG_PSNR, TRUE_BG_PSNR, MASK_IOU, SUBJECT_OK]
 ATTRIBUTION_CSV = "attribution.csv"  # written into the task folder by the attribution study, when run
+# The attribution study's page and Markdown (python -m bench.attribution, in results/attribution): in a folder that
+# holds them, the task's page is <table>.html, so that aggregating the study's rows never overwrites the study's page.
+STUDY_PAGE, STUDY_MD = "report.html", "attribution.md"
 HARNESS_TITLE = "Harness metrics (means)"
 __all__ = ["AggregateOptions", "aggregate_task", "markdown_table"]  # markdown_table: bench.perf.throughput
 
@@ -116,11 +120,12 @@ def subtitle(task: str, samples: pd.DataFrame) -> str:
     return f"task {task}: {profile}; {len(samples)} sample rows ({ok} ok) from samples.csv"
 
 
-def attribution_section(folder: Path) -> Section | None:
-    """The attribution study's table and figures when it wrote them into this task folder, else None."""
+def attribution_sections(folder: Path) -> list[Section]:
+    """The attribution study's table and figures when it wrote them into this task folder, else none. Beside the
+    study's own page: a link to it, and its table folded away."""
     csv = folder / ATTRIBUTION_CSV
     if not csv.is_file():
-        return None
+        return []
     try:
         frame = summary_view(read_csv(csv))
     except (ValueError, UnicodeDecodeError, KeyError) as exc:
@@ -130,7 +135,23 @@ def attribution_section(folder: Path) -> Section | None:
         ) from None
     figures = tuple(sorted((folder / "figures").glob("attribution_*.png")))
     notes = (f"From {csv.name}" + (" and attribution.md." if (folder / "attribution.md").is_file() else "."),)
-    return Section("Attribution", frame, notes, figures)
+    if not holds_study_page(folder):
+        return [Section("Attribution", frame, notes, figures)]
+    link = ("The attribution study's page: its verdict, figures and every table (report.html)", STUDY_PAGE)
+    return [
+        Section("Attribution", notes=notes, figures=figures, links=(link,)),
+        Section(f"Attribution: the study's table ({csv.name})", frame, place=COLLAPSED),
+    ]
+
+
+def holds_study_page(folder: Path) -> bool:
+    """Whether `folder` holds the attribution study's page (its report.html, beside its attribution.md)."""
+    return (folder / STUDY_MD).is_file() and (folder / STUDY_PAGE).is_file()
+
+
+def page_name(folder: Path, table_name: str) -> str:
+    """report.html, or <table>.html in the attribution study's folder (whose report.html is the study's page)."""
+    return f"{table_name}.html" if holds_study_page(folder) else "report.html"
 
 
 def run_configs(samples: pd.DataFrame, roots: list[Path]) -> dict[str, str]:
@@ -170,7 +191,7 @@ def aggregate_task(
     atomic_write_text(paths["md"], render_markdown(report))
     paths["headline_md"] = folder / f"{name}_headline.md"
     atomic_write_text(paths["headline_md"], "\n".join(markdown_body(report.sections[0])) + "\n")
-    paths["report"] = write_report(folder, report)
+    paths["report"] = write_report(folder, report, page_name(folder, name))
     paths["figures"] = [*figures.grids, *figures.boxes, *figures.deltas]
     paths["terminal"] = terminal_summary(report, paths)
     # 4. W&B: the samples and every table and figure in one run of the task's group.
@@ -265,8 +286,7 @@ def report_sections(tables: TaskTables, folder: Path, figures: TaskFigures) -> l
     if len(tables.deltas):
         title = f"Paired change against {tables.reference} (95% interval)"
         sections.append(Section(title, delta_view(tables.deltas), place=COLLAPSED))
-    attribution = attribution_section(folder)
-    sections += [attribution] if attribution is not None else []
+    sections += attribution_sections(folder)
     sections += [Section("Samples", figures=figures.grids)] if figures.grids else []
     sections.append(DETAILS)
     if len(tables.comparison):

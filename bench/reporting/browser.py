@@ -29,6 +29,10 @@ MEASURE = """() => {
     broken_images: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src),
     scrolling_boxes: boxes.filter(b => b.scrollWidth > b.clientWidth).length,
     sections: [...document.querySelectorAll('h2')].map(h => h.textContent),
+    viewport_height: window.innerHeight, headline_bottom: rect ? rect.bottom : null,
+    first_image_top: document.images.length ? document.images[0].getBoundingClientRect().top : null,
+    tables_above_first_image: document.images.length ? [...document.querySelectorAll('table')].filter(t => t !== head
+      && t.getBoundingClientRect().top < document.images[0].getBoundingClientRect().top).length : 0,
   };
 }"""
 
@@ -50,6 +54,10 @@ class PageCheck:
     scrolling_boxes: int
     sections: list[str]
     console_errors: list[str] = field(default_factory=list)
+    viewport_height: int = 0
+    headline_bottom: float | None = None  # px from the top of the page (every <details> opened)
+    first_image_top: float | None = None
+    tables_above_first_image: int = 0  # tables other than the headline that start above the first image
 
     def problems(self) -> list[str]:
         """Every rule the page breaks, one line each; [] when it reads well at this width."""

@@ -108,6 +108,8 @@ def section_html(folder: Path, section: Section, headline: bool = False) -> str:
         body.append(frame_html(section.frame, paper_rows, table_id="headline" if headline else ""))
     if section.notes:
         body.append(notes_html(list(section.notes)))
+    for text, href in section.links:
+        body.append(f"<p class='note'><a href='{html.escape(href)}'>{html.escape(text)}</a></p>")
     if section.figures:
         body.append(figures_html(folder, list(section.figures)))
     if section.figure_pairs:
@@ -140,11 +142,11 @@ def render_html(folder: Path, report: Report) -> str:
     return "\n".join(parts)
 
 
-def write_report(folder: Path, report: Report) -> Path:
-    """Write folder/report.html."""
+def write_report(folder: Path, report: Report, name: str = "report.html") -> Path:
+    """Write folder/<name> (report.html)."""
     from bench.records import atomic_write_text
 
-    path = folder / "report.html"
+    path = folder / name
     atomic_write_text(path, render_html(folder, report))
     return path
 

@@ -36,6 +36,7 @@ class Section:
     figures: tuple[Path, ...] = ()  # side by side, wrapping
     figure_pairs: tuple[Path, ...] = ()  # at most two a line (box plots)
     place: str = PART
+    links: tuple[tuple[str, str], ...] = ()  # (text, relative href) under the notes: another page, a file
 
     def __post_init__(self) -> None:
         if self.place not in PLACES:
@@ -64,7 +65,7 @@ class Report:
 def markdown_body(section: Section) -> list[str]:
     """A section's table and its notes as bullets (no heading), as lines."""
     lines = [markdown_table(section.frame), ""]
-    return lines + [f"- {note}" for note in section.notes]
+    return lines + [f"- {note}" for note in section.notes] + [f"- [{text}]({href})" for text, href in section.links]
 
 
 def render_markdown(report: Report) -> str:

@@ -105,21 +105,27 @@ def test_an_empty_truth_gives_nan_metrics_with_its_reason():
     assert all(r["truth_nan_reason"] == "" and not np.isnan(r["auroc"]) for r in ok)
 
 
-def run_study(root: Path, *overrides: str) -> Path:
+def run_study(root: Path, *overrides: str) -> tuple[Path, str]:
+    """The study's folder, and what the command printed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
     cmd = [sys.executable, "-m", "bench.attribution", "--stage", "maps", "--profile", "smoke", "--shards", "1"]
     cmd += ["--root-dir", str(root), *overrides]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return root / "results" / "attribution"
+    return root / "results" / "attribution", proc.stdout
 
 
 @pytest.mark.slow  # two Hydra jobs and the report: 80-95 s here
 def test_the_study_runs_end_to_end_on_the_smallest_profile(tmp_path: Path):
-    folder = run_study(tmp_path)
+    folder, printed = run_study(tmp_path)
     for name in ("attribution.csv", "attribution.md", "mask_rules.csv", "samples_attribution.csv", "report.html"):
         assert (folder / name).is_file(), name
-    assert {p.name for p in (folder / "figures").iterdir()} == {"auroc_by_layer.png", "auroc_by_step.png"}
+    figures = {"auroc_overview.png", "auroc_by_layer.png", "auroc_by_step.png"}
+    assert {p.name for p in (folder / "figures").iterdir()} == figures
+    # the printout ends with the verdict (its table, the answers, the files) within 100 columns, not the Markdown
+    verdict = printed[printed.index("Verdict: does the score find the subject?") :]
+    assert max(map(len, verdict.splitlines())) <= 100 and "report: results/attribution/report.html" in verdict
+    assert "Which layers find the subject?" in verdict and "## " not in printed
     table = pd.read_csv(folder / "attribution.csv")
     assert set(table["truth"]) == {"no_manipulation", "method_output"}
     # Table 1's summary scheme (bench.reporting.tables.summarize), one column set per metric
@@ -136,13 +142,15 @@ def test_the_study_runs_end_to_end_on_the_smallest_profile(tmp_path: Path):
     assert set(full["kind"]) - {"chance:uniform", "chance:centre"} == {"daam"}  # only DAAM has a whole-chain map
     assert "Attribution study" in (folder / "report.html").read_text()
     assert set(table["truth_source"]) == {"oracle"} and set(table["truth_threshold"]) == {"main", "alt"}
-    assert "the two coincide" in (folder / "attribution.md").read_text()
+    md = (folder / "attribution.md").read_text()
+    assert "the two coincide" in md
+    assert md.index("## Verdict") < md.index("## truth = no_manipulation") < md.index("## truth = method_output")
 
 
 @pytest.mark.slow  # two Hydra jobs and the report: 80-95 s here
 def test_the_study_takes_a_segmenters_truth_end_to_end(tmp_path: Path):
     """truth=clipseg_tiny: the real CLIPSeg code path records each image's truth and the study scores by it."""
-    folder = run_study(tmp_path, "truth=clipseg_tiny")
+    folder, _ = run_study(tmp_path, "truth=clipseg_tiny")
     samples = pd.read_csv(folder / "samples.csv")
     assert set(samples["truth_source"]) == {"clipseg_tiny"} and samples["truth_path"].notna().all()
     table = pd.read_csv(folder / "attribution.csv")
