@@ -42,6 +42,8 @@ from bench.sd.methods import Generated, Method, Sample
 from bench.tracking import NullTracker
 from bench.truth.record import TRUTH_FILE, TruthRecorder, TruthSources
 from method.attention import describe_layers
+from method.plans import describe_general_plans
+from method.tokens import subject_tokens
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +226,10 @@ def print_dry_run(cfg: DictConfig, plan: RunPlan, summary: dict) -> dict:
     print(OmegaConf.to_yaml(cfg, resolve=True))
     print(json.dumps(summary, indent=2))
     if "score" in cfg.method:  # a method with a layer choice: the model's cross-attention layers
-        print_layers(build(cfg.model))
+        backbone = build(cfg.model)
+        print_layers(backbone)
+        if cfg.method.score.get("kind", "gradsam") == "gradsam":
+            print_general_plans(backbone, cfg.method, plan.pending or plan.units)
     for unit in plan.pending[:10]:
         print(f"  would generate {unit.key}")
     return summary
@@ -353,6 +358,23 @@ def print_layers(backbone) -> None:
     """The backbone's cross-attention layers in execution order, with their map sizes (for method.score.layers)."""
     print("cross-attention layers (execution order; method.score.layers: last, all, res<k> or names):")
     print(describe_layers(backbone.unet, backbone.latent_size))
+
+
+def print_general_plans(backbone: Backbone, method: DictConfig, units: list[WorkUnit]) -> None:
+    """Per layer set: the general path's rows and columns, their passes and estimated forwards (method.plans)."""
+    score, index_mode = method.score, OmegaConf.select(method, "subject.index_mode", default="clip_aligned")
+    tokens = set()
+    for unit in units:
+        try:
+            tokens.add(
+                len(subject_tokens(backbone.tokenizer, unit.prompt.text, unit.prompt.subject, index_mode).positions)
+            )
+        except ValueError:  # a subject outside the prompt or window: preflight names it when the run starts
+            continue
+    layers = score.layers if isinstance(score.layers, str) else list(score.layers)
+    grid = (backbone.latent_channels, backbone.latent_size, backbone.latent_size)
+    mode, chunk = score.get("general_mode", "auto"), score.general_chunk_size
+    print(describe_general_plans(backbone.unet, grid, sorted(tokens) or [1], chunk, mode, layers, score.path))
 
 
 SETTINGS_FILE = "image_settings.json"

@@ -1,7 +1,7 @@
 """The Grad-SAM method's settings: one validated config tree per method node (conf/method/gradsam.yaml).
 
     GradSAMConfig    method.*          strength, injection_indices, init_latent, ref_noise, manipulate
-      ScoreConfig    method.score.*    kind, layers, transform, target, vjp_basis, path, chunk sizes
+      ScoreConfig    method.score.*    kind, layers, transform, target, vjp_basis, path, chunk sizes, general_mode
       SubjectConfig  method.subject.*  index_mode
       MaskConfig     method.mask.*     threshold_k, threshold_scope, channel_rule, box_sum_once
         BlurConfig     method.mask.blur.*
@@ -30,6 +30,7 @@ TRANSFORM_NAMES = ("abs", "relu")  # method.gradsam.TRANSFORMS maps them to thei
 TARGETS = ("eps_cond", "eps_cfg", "x0_pred", "x_prev")
 BASES = ("identity", "random_block8")
 PATHS = ("auto", "tail", "general")
+GENERAL_MODES = ("auto", "rows", "columns")  # the general path's side of the Jacobian (method.gradsam.plan_general)
 INDEX_MODES = ("clip_aligned", "word_index_raw")
 INIT_LATENTS = ("noise", "noised_ref")
 REF_NOISES = ("shared", "fresh")
@@ -70,6 +71,7 @@ class ScoreConfig:
     path: str = setting("auto", one_of(PATHS))
     chunk_size: int = setting(512, integer(1))
     general_chunk_size: int = setting(8, integer(1))
+    general_mode: str = setting("auto", one_of(GENERAL_MODES))
 
 
 @dataclass(frozen=True)

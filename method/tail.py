@@ -39,6 +39,9 @@ from torch import nn
 
 from method.post_jacobian import HeadProducts, UnsupportedHead, check_head, linearize_head
 
+# Output rows built and reduced at once by HeadProducts.contract: at SD1.5's size (N*X = 32768 entries a row)
+# 256 rows took half the time of 64 on the CPU (bench.perf gradsam --scale sd15); a 32 MB buffer there.
+PRODUCT_TILE = 256
 LAST_LAYER = re.compile(r"up_blocks\.(\d+)\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.attn2")
 
 
@@ -278,7 +281,7 @@ def tail_scores(
     scores = torch.empty(size, a_sub.shape[2], dtype=a_sub.dtype, device=a_sub.device)
     for start in range(0, size, chunk_size):
         stop = min(start + chunk_size, size)
-        scores[start:stop] = products.contract(start, stop, reduce, mix(start, stop), scale=factor)
+        scores[start:stop] = products.contract(start, stop, reduce, mix(start, stop), scale=factor, tile=PRODUCT_TILE)
     return scores.T.contiguous()
 
 
