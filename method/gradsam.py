@@ -19,10 +19,10 @@ of its keys) says what is differentiated and how. Two exact paths: `tail` (the l
 method/tail.py: one UNet forward pass plus batched matrix products) and `general` (any layer set). The
 general path computes the Jacobian of the target [M = C*h*w rows] with respect to the subject columns
 of the chosen layers [sum over layers of heads x queries x subject tokens] from the side with fewer
-products (`plan_general`, `score.general_mode`): `rows` (batched VJPs through the UNet, `row_path`) or
-`columns` (batched JVPs, method/columns.py). `vjp_basis=random_block8` reproduces the reference code's
-random 8x8 cotangents (B2). `attention_maps`, `attention_scores` and `noise_difference` are the
-gradient-free maps on the same inputs.
+estimated forwards (method/plans.py `plan_general`, `score.general_mode`): `rows` (batched VJPs through
+the UNet, `row_path`) or `columns` (batched JVPs, method/columns.py). `vjp_basis=random_block8`
+reproduces the reference code's random 8x8 cotangents (B2). `attention_maps`, `attention_scores` and
+`noise_difference` are the gradient-free maps on the same inputs.
 """
 
 from __future__ import annotations
