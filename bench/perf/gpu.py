@@ -110,26 +110,62 @@ def reset_peak(setup: Setup) -> None:
 
 
 def rows_part(backbone, reference, setup: Setup, rows: list[str], samples: int, lines: list[str]) -> None:
-    """Section 1: seconds per sample of each Table 1 row, first and later samples apart."""
-    lines += ["", "## Seconds per sample, every Table 1 row", "", "| row | first sample (s) | later (s) | peak |"]
-    lines.append("|---|---:|---:|---|")
+    """Section 1: seconds per sample of each Table 1 row: every row's first sample, then later ones while
+    the time lasts (a first sample pays one-off costs)."""
+    lines += ["", "## Seconds per sample, every Table 1 row", ""]
+    lines += ["| row | first sample (s) | later (s) | peak |", "|---|---:|---:|---|"]
     image = to_model_input(reference.load(), backbone.image_size)[0]
-    for row in rows:
-        cfg = compose_row(setup, row)
-        fit_schedule(cfg, setup.steps)
-        method, sampling = build(cfg.method), from_mapping(SamplingConfig, cfg.sampling, "sampling")
+    runs = {}
+    for round_ in range(samples):
+        for row in rows:
+            if round_ and (setup.left() < 0 or row not in runs):
+                continue
+            if row not in runs:
+                runs[row] = row_runner(setup, row)
+            sample = WorkUnit(reference, reference.prompts[0], 51828 + round_).sample(image)
+            if not runs[row].run(backbone, sample, setup):
+                runs.pop(row)
+                lines.append(f"| {row} | {runs_failure(setup)} | - | - |")
+    for row, runner in runs.items():
+        later = f"{statistics.mean(runner.times[1:]):.2f}" if len(runner.times) > 1 else "-"
+        later += " (time ran out)" if len(runner.times) < samples else ""
+        lines.append(f"| {row} | {runner.times[0]:.2f} | {later} | {runner.peak} |")
+    print("\n".join(lines[-len(rows) :]), flush=True)
+
+
+@dataclass
+class RowRunner:
+    """One Table 1 row's method, its sampling settings, and the seconds and peak memory of its samples."""
+
+    method: object
+    sampling: SamplingConfig
+    times: list[float]
+    peak: str = "-"
+
+    def run(self, backbone, sample, setup: Setup) -> bool:
+        """One sample, timed; False when the device ran out of memory."""
         reset_peak(setup)
-        times = []
-        for seed in range(samples):
-            sample = WorkUnit(reference, reference.prompts[0], 51828 + seed).sample(image)
+        try:
             start = clock(setup.sync)
-            (result,) = method.generate(backbone, [sample], sampling)
-            times.append(clock(setup.sync) - start)
-            if result.failure:
-                raise RuntimeError(f"row {row} failed: {result.failure}")
-        later = f"{statistics.mean(times[1:]):.2f}" if len(times) > 1 else "-"
-        lines.append(f"| {row} | {times[0]:.2f} | {later} | {peak_memory(setup)} |")
-        print(lines[-1], flush=True)
+            (result,) = self.method.generate(backbone, [sample], self.sampling)
+            self.times.append(clock(setup.sync) - start)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return False
+        if result.failure:
+            raise RuntimeError(f"a sample failed: {result.failure}")
+        self.peak = peak_memory(setup)
+        return True
+
+
+def row_runner(setup: Setup, row: str) -> RowRunner:
+    cfg = compose_row(setup, row)
+    fit_schedule(cfg, setup.steps)
+    return RowRunner(build(cfg.method), from_mapping(SamplingConfig, cfg.sampling, "sampling"), [])
+
+
+def runs_failure(setup: Setup) -> str:
+    return f"out of device memory ({peak_memory(setup)} at the failure)"
 
 
 @dataclass(frozen=True)
@@ -215,7 +251,12 @@ def general_part(backbone, call: Call, setup: Setup, sets: list[str] | None, lin
         if sets is not None and label not in sets:
             continue
         reset_peak(setup)
-        cost = sampled_costs(inputs, label, layers, setup.chunk, setup.sync)
+        try:
+            cost = sampled_costs(inputs, label, layers, setup.chunk, setup.sync)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            lines.append(f"| {label} | {len(layers)} | both | - | - | {runs_failure(setup)} | - | - | - | - |")
+            continue
         sampled_peak = peak_memory(setup)
         for side in SIDES:
             pass_s = cost.row_pass_s if side == "rows" else cost.column_pass_s
@@ -234,7 +275,11 @@ def whole_call(inputs: ScoreInputs, label: str, side: str, setup: Setup, estimat
     if estimate > setup.left() / 2:
         return f"skipped ({estimate:.0f} s > half of the {max(setup.left(), 0):.0f} s left)"
     reset_peak(setup)
-    (call,) = full_calls(inputs, setup.chunk, [label], setup.sync, sides=(side,))
+    try:
+        (call,) = full_calls(inputs, setup.chunk, [label], setup.sync, sides=(side,))
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return runs_failure(setup)
     return f"{call.seconds[side]:.1f} ({peak_memory(setup)})"
 
 

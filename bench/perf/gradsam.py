@@ -80,7 +80,7 @@ def jacobian_figures(backbone, prompt, repeats: int) -> None:
     forward_s, _ = best_time(forward, repeats, warmup=3)
     inputs = ScoreInputs(unet, z, t, cond, tuple(positions))
     fast_s, (fast, path) = best_time(lambda: scores_and_path(inputs, {"path": "tail"}), repeats, warmup=3)
-    general = {"path": "general", "general_chunk_size": 64}
+    general = {"path": "general", "general_chunk_size": 64, "general_mode": "rows"}
     general_s, (general, _) = best_time(lambda: scores_and_path(inputs, general), repeats, warmup=1)
     naive_s, naive = best_time(lambda: naive_scores(unet, z, t, cond, uncond, positions), 1)
     scale = naive.abs().max().item()
