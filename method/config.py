@@ -2,11 +2,12 @@
 
     GradSAMConfig    method.*          strength, injection_indices, init_latent, ref_noise, manipulate
       ScoreConfig    method.score.*    kind, layers, transform, target, vjp_basis, path, chunk sizes, general_mode
+        DAAMConfig   method.score.daam.*   window
       SubjectConfig  method.subject.*  index_mode
-      MaskConfig     method.mask.*     threshold_k, threshold_scope, channel_rule, box_sum_once
+      MaskConfig     method.mask.*     threshold_k, threshold_scope, channel_rule, box_sum_once, rule, keep_fraction
         BlurConfig     method.mask.blur.*
         DilationConfig method.mask.dilation.*
-      AttributionConfig method.attribution.*  record, kinds, layers (maps as data)
+      AttributionConfig method.attribution.*  record, kinds, layers, daam, latents (maps as data)
 
 Built once by `bench.sd.config.from_mapping` (unknown keys, enums, ranges, finite numbers; one
 `ConfigError`). This module is also the one home of the allowed values: gradsam.py, tokens.py and
@@ -23,9 +24,11 @@ from itertools import pairwise
 from bench.sd.config import Rule, boolean, integer, is_integer, one_of, real, setting
 from bench.sd.errors import ConfigError
 
-SCORE_KINDS = ("gradsam", "attention_only", "daam", "noise_diff")
+SCORE_KINDS = ("gradsam", "attention_only", "daam", "noise_diff", "centre_prior", "uniform")
 LAYERED_KINDS = ("gradsam", "attention_only", "daam")  # sums over layers: recorded one map per layer
 CHANNEL_RULES = ("per_channel", "union", "sum")
+MASK_RULES = ("threshold", "top_fraction")
+DAAM_WINDOWS = ("causal", "full", "both")
 TRANSFORM_NAMES = ("abs", "relu")  # method.gradsam.TRANSFORMS maps them to their functions
 TARGETS = ("eps_cond", "eps_cfg", "x0_pred", "x_prev")
 BASES = ("identity", "random_block8")
@@ -55,12 +58,26 @@ INDICES = Rule(
 
 
 @dataclass(frozen=True)
+class DAAMConfig:
+    """`daam`: which steps the DAAM map sums (Tang et al. 2022; castorini/daam sums the whole generation).
+
+    causal: every step up to the scoring one (a map that can drive a mask); full: every step of the
+    chain, as the package does (recorded once, after the last step: the attribution study only); both.
+    """
+
+    window: str = setting("causal", one_of(DAAM_WINDOWS))
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     """`method.score`: what is differentiated and how (docs/paper.md §2.3, B2, B3).
 
     kind: gradsam (the paper), attention_only (the subject's cross-attention at this step), daam
-    (Tang et al. 2022: the subject's cross-attention, bicubic-upsampled, summed over heads, layers and
-    every step so far) or noise_diff (DiffEdit's |eps(prompt) - eps(scene)|; `layers` unused).
+    (Tang et al. 2022 as castorini/daam aggregates it: per layer and head the subject's cross-attention
+    summed over the steps so far, bicubic-upsampled, clamped at 0, averaged; never the mid block),
+    noise_diff (DiffEdit's |eps(prompt) - eps(scene)|; `layers` unused), or the data-free chance maps
+    centre_prior (minus the distance to the centre) and uniform (i.i.d. uniform cells from the sample's
+    `method` stream), which the attribution study's faithfulness curves set beside the others.
     """
 
     kind: str = setting("gradsam", one_of(SCORE_KINDS))
@@ -72,6 +89,15 @@ class ScoreConfig:
     chunk_size: int = setting(512, integer(1))
     general_chunk_size: int = setting(8, integer(1))
     general_mode: str = setting("auto", one_of(GENERAL_MODES))
+    daam: DAAMConfig = setting(factory=DAAMConfig)
+
+    def check(self, prefix: str) -> None:
+        if self.kind == "daam" and self.daam.window != "causal":
+            raise ConfigError(
+                f"{prefix}.daam.window={self.daam.window} with {prefix}.kind=daam: a map that drives a mask can sum "
+                f"only the steps so far. Fix: {prefix}.daam.window=causal (record the full window with "
+                "method.attribution.daam.window=full)."
+            )
 
 
 @dataclass(frozen=True)
@@ -127,6 +153,10 @@ class AttributionConfig:
         ),
     )
     layers: str | tuple[str, ...] = setting("all", LAYERS)
+    daam: DAAMConfig = setting(factory=DAAMConfig)  # the recorded daam kind's window(s)
+    # true: also keep the chain's latent z_t at every denoising step in maps.npz, so that any map of any
+    # kind can be recomputed later at the same inputs (the attribution study's sanity checks).
+    latents: bool = setting(False, boolean())
 
 
 @dataclass(frozen=True)
@@ -139,10 +169,21 @@ class MaskConfig:
     # is kept in all; sum: the channel scores are summed, thresholded once, and the mask shared.
     channel_rule: str = setting("per_channel", one_of(CHANNEL_RULES))
     box_sum_once: bool = setting(False, boolean())
+    # threshold: the paper's rule above; top_fraction: keep exactly the `keep_fraction` of latent cells with
+    # the highest score (summed over channels), in every channel, with no blur, dilation or threshold (the
+    # attribution study's faithfulness curves: the paper's operator at a chosen kept area).
+    rule: str = setting("threshold", one_of(MASK_RULES))
+    keep_fraction: float = setting(1.0, real(0.0, 1.0))
     blur: BlurConfig = setting(factory=BlurConfig)
     dilation: DilationConfig = setting(factory=DilationConfig)
 
     def check(self, prefix: str) -> None:
+        if self.rule == "top_fraction" and (self.blur.enabled or self.dilation.enabled or self.box_sum_once):
+            raise ConfigError(
+                f"{prefix}.rule=top_fraction keeps exactly the top {prefix}.keep_fraction of cells, but blur, dilation "
+                f"or box_sum_once is on. Fix: set {prefix}.blur.enabled=false, {prefix}.dilation.enabled=false and "
+                f"{prefix}.box_sum_once=false with it."
+            )
         if self.box_sum_once and (self.blur.enabled or self.dilation.enabled):
             raise ConfigError(
                 f"{prefix}.box_sum_once=true with {prefix}.blur.enabled={str(self.blur.enabled).lower()} and "

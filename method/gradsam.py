@@ -262,8 +262,20 @@ def attention_maps(
 ) -> dict[str, torch.Tensor]:
     """Per layer: the subject tokens' attention summed over heads, upsampled to the latent grid {name: [T, h, w]}.
 
-    mode: `nearest` (attention_only) or `bicubic` (DAAM, Tang et al. 2022).
+    mode: `nearest` (attention_only) or `bicubic`.
     """
+    _, height, width = inputs.grid
+    out = {}
+    for name, heads in attention_heads(inputs, layers).items():  # [H, T, h_l, w_l]
+        maps = heads.sum(dim=0, keepdim=True)  # [1, T, h_l, w_l]
+        extra = {} if mode == "nearest" else {"align_corners": False}
+        out[name] = F.interpolate(maps, size=(height, width), mode=mode, **extra)[0]
+    return out
+
+
+def attention_heads(inputs: ScoreInputs, layers: str | tuple[str, ...] = "all") -> dict[str, torch.Tensor]:
+    """Per layer: each head's attention to the subject tokens on the layer's own grid {name: [H, T, h_l, w_l]}
+    (the conditional prompt, one UNet forward pass, no gradient)."""
     unet, names = inputs.unet, inputs.layers(layers)
     _, height, width = inputs.grid
     positions = list(inputs.token_positions)
@@ -271,11 +283,9 @@ def attention_maps(
         unet(inputs.latents.float(), inputs.timestep, encoder_hidden_states=inputs.text_embeddings.float())
     out = {}
     for name in names:
-        probs = store.records[name].probs[0][..., positions].sum(dim=0)  # [N_l, T]
-        h_l, w_l = grid_of(probs.shape[0], height, width)
-        maps = probs.T.reshape(1, len(positions), h_l, w_l)
-        extra = {} if mode == "nearest" else {"align_corners": False}
-        out[name] = F.interpolate(maps, size=(height, width), mode=mode, **extra)[0]
+        probs = store.records[name].probs[0][..., positions]  # [H, N_l, T]
+        h_l, w_l = grid_of(probs.shape[1], height, width)
+        out[name] = probs.permute(0, 2, 1).reshape(probs.shape[0], len(positions), h_l, w_l)
     return out
 
 

@@ -2,8 +2,10 @@
 
     gradsam         the paper: sum_{h,q} A * T(d target / d A)                     (method.gradsam)
     attention_only  the subject's cross-attention alone, nearest-upsampled          (docs/paper.md §6 (a))
-    daam            DAAM-style: bicubic-upsampled attention summed over the steps so far
+    daam            DAAM as castorini/daam aggregates it (no mid block), over the steps so far
     noise_diff      DiffEdit's |eps(z_t, prompt) - eps(z_t, scene)|                 (no layers)
+    centre_prior    minus the distance to the latent grid's centre                  (chance; no network)
+    uniform         i.i.d. uniform cells from the sample's `method` stream          (chance; no network)
 
 A kind is one object per sample and chain: `observe` sees every denoising step up to the last scoring
 one (DAAM sums them; the others ignore it); `per_layer` gives the map of each layer of its layer set
@@ -18,14 +20,18 @@ from abc import ABC, abstractmethod
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 
 from bench.sd.backbone import Backbone
 from bench.sd.diffusion import encode_text
+from bench.sd.errors import ConfigError
+from bench.sd.maps import centre_prior
 from bench.sd.methods import Sample
 from method.attention import resolve_layers
 from method.config import ScoreConfig
 from method.gradsam import (
     ScoreInputs,
+    attention_heads,
     attention_maps,
     importance_scores_per_layer,
     noise_difference,
@@ -85,23 +91,58 @@ class AttentionKind(ScoreKind):
         return {name: in_every_channel(m, inputs) for name, m in maps.items()}
 
 
-class DAAMKind(AttentionKind):
-    """DAAM (Tang et al. 2022): each layer's bicubic-upsampled, head-summed subject attention, summed over
-    every step observed so far (the scoring step included)."""
+class DAAMKind(ScoreKind):
+    """DAAM (Tang et al. 2022) aggregated as castorini/daam does it: for each layer l and head h, the subject's
+    conditional attention A_lh [T, h_l, w_l] summed over every step observed so far, bicubic-upsampled to the
+    latent grid, clamped at 0 (the package's undershoot fix), and averaged over all (layer, head) pairs.
+    Like the package it never uses the mid block (at SD1.5: the 64, 32 and 16 maps). `per_layer` gives each
+    layer's share of that mean, so the shares sum to the map."""
 
     name = path = "daam"
-    mode = "bicubic"
 
     def __init__(self, layers: tuple[str, ...]):
-        super().__init__(layers)
-        self.sums: dict[str, torch.Tensor] = {}  # layer -> [T, h, w]
+        self.layers = tuple(name for name in layers if not name.startswith(MID_BLOCK))
+        if not self.layers:
+            raise ConfigError(
+                f"score kind daam over {list(layers)}: DAAM never uses the mid block, and no other layer is in the "
+                "set. Fix: choose layers outside the mid block (e.g. `all`, or a res<k> of the down and up blocks)."
+            )
+        self.sums: dict[str, torch.Tensor] = {}  # layer -> [H, T, h_l, w_l]
 
     def observe(self, inputs: ScoreInputs) -> None:
-        for name, layer_map in attention_maps(inputs, self.layers, self.mode).items():
-            self.sums[name] = self.sums[name] + layer_map if name in self.sums else layer_map
+        for name, heads in attention_heads(inputs, self.layers).items():
+            self.sums[name] = self.sums[name] + heads if name in self.sums else heads
 
     def per_layer(self, inputs: ScoreInputs) -> dict[str | None, torch.Tensor]:
-        return {name: in_every_channel(self.sums[name], inputs) for name in self.layers}
+        _, height, width = inputs.grid
+        pairs = sum(len(heads) for heads in self.sums.values())  # the (layer, head) maps the package averages
+        out: dict[str | None, torch.Tensor] = {}
+        for name in self.layers:
+            up = F.interpolate(self.sums[name], size=(height, width), mode="bicubic", align_corners=False)
+            out[name] = in_every_channel(up.clamp(min=0).sum(dim=0) / pairs, inputs)  # [T, C, h, w]
+        return out
+
+
+class CentrePriorKind(ScoreKind):
+    """A data-free chance map: minus the distance of each latent cell to the grid's centre."""
+
+    name = path = "centre_prior"
+
+    def per_layer(self, inputs: ScoreInputs) -> dict[str | None, torch.Tensor]:
+        _, height, width = inputs.grid
+        prior = torch.from_numpy(centre_prior(height, width)).float().to(inputs.latents.device)
+        return {None: in_every_channel(prior[None], inputs)}  # [1, C, h, w]
+
+
+class UniformKind(ScoreKind):
+    """A chance map: i.i.d. uniform cells, drawn from the sample's `method` stream at each scoring step."""
+
+    name = path = "uniform"
+
+    def per_layer(self, inputs: ScoreInputs) -> dict[str | None, torch.Tensor]:
+        _, height, width = inputs.grid
+        cells = torch.rand(1, height, width, generator=inputs.generator).to(inputs.latents.device)
+        return {None: in_every_channel(cells, inputs)}  # [1, C, h, w]
 
 
 class NoiseDiffKind(ScoreKind):
@@ -114,6 +155,9 @@ class NoiseDiffKind(ScoreKind):
 
     def per_layer(self, inputs: ScoreInputs) -> dict[str | None, torch.Tensor]:
         return {None: noise_difference(inputs, self.scene[None])[None]}  # [1, C, h, w]
+
+
+MID_BLOCK = "mid_block."  # the prefix of the mid block's layers, which DAAM never hooks
 
 
 def in_every_channel(layer_map: torch.Tensor, inputs: ScoreInputs) -> torch.Tensor:
@@ -131,6 +175,8 @@ def score_kind(
         return AttentionKind(layers)
     if kind == "daam":
         return DAAMKind(layers)
+    if kind in ("centre_prior", "uniform"):
+        return CentrePriorKind() if kind == "centre_prior" else UniformKind()
     if scene_embeddings is None:
         raise ValueError("score kind noise_diff needs the scene's text embeddings.")
     return NoiseDiffKind(scene_embeddings)

@@ -5,7 +5,9 @@ tau = mean + k * std (unbiased, as torch.std) per channel (or over the whole map
 then optional dilation and blur on the MASK (a blurred mask is soft, in [0, 1]); the union over
 subjects is the element-wise max. `box_sum_once` is what the reference code computes instead
 (B5): one 3x3 box SUM of the raw score (its Gaussian result is overwritten and its "dilation"
-loop repeats the same linear filter), with blur and dilation off.
+loop repeats the same linear filter), with blur and dilation off. `rule=top_fraction` is the
+attribution study's faithfulness operator instead: exactly the `keep_fraction` of latent cells with
+the highest score (summed over channels) are kept, in every channel.
 """
 
 from __future__ import annotations
@@ -60,12 +62,25 @@ def subject_mask(score: torch.Tensor, cfg: MaskConfig) -> torch.Tensor:
     all), sum (channel scores summed first, one threshold, the mask shared by every channel)."""
     score = score.float()
     channels = score.shape[0]
+    if cfg.rule == "top_fraction":
+        return top_cells(score.sum(dim=0), cfg.keep_fraction)[None].expand(channels, -1, -1).contiguous()
     if cfg.channel_rule == "sum":
         return channel_mask(score.sum(dim=0, keepdim=True), cfg).expand(channels, -1, -1).contiguous()
     mask = channel_mask(score, cfg)
     if cfg.channel_rule == "union":
         return mask.amax(dim=0, keepdim=True).expand(channels, -1, -1).contiguous()
     return mask
+
+
+def top_cells(cells: torch.Tensor, fraction: float) -> torch.Tensor:
+    """{0, 1} [h, w]: the round(fraction * h * w) cells of `cells` [h, w] with the highest scores (ties: the
+    first in row-major order)."""
+    flat = cells.flatten()
+    keep = round(fraction * flat.numel())
+    order = torch.sort(flat, descending=True, stable=True).indices
+    mask = torch.zeros_like(flat)
+    mask[order[:keep]] = 1.0
+    return mask.view_as(cells)
 
 
 def channel_mask(score: torch.Tensor, cfg: MaskConfig) -> torch.Tensor:

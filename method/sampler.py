@@ -40,7 +40,7 @@ from bench.sd.errors import ConfigError
 from bench.sd.maps import MapRecord
 from bench.sd.methods import Generated, Method, Sample, images_or_failures
 from bench.sd.seeding import draw_normal
-from method.attribution import ChainRecorder, attribution_recorder
+from method.attribution import ChainRecorder, Schedule, attribution_recorder
 from method.config import LAYERED_KINDS, GradSAMConfig, ScoreConfig
 from method.gradsam import ScoreInputs
 from method.kinds import ScoreKind, layers_on, scene_embeddings, score_kind
@@ -153,7 +153,7 @@ class GradSAM(Method):
 
     def columns(self) -> dict:
         cfg = self.config
-        blur, dil = cfg.mask.blur, cfg.mask.dilation
+        blur, dil, top_fraction = cfg.mask.blur, cfg.mask.dilation, cfg.mask.rule == "top_fraction"
         return {
             "strength": cfg.strength,
             "injection_indices": ",".join(map(str, cfg.injection_indices)),
@@ -174,6 +174,7 @@ class GradSAM(Method):
             # new switches appear only when set, so the rows of existing configs keep their columns
             **({"mask.channel_rule": cfg.mask.channel_rule} if cfg.mask.channel_rule != "per_channel" else {}),
             **({"mask.dilation.scale_aware": True} if dil.enabled and dil.scale_aware else {}),
+            **({"mask.rule": cfg.mask.rule, "mask.keep_fraction": cfg.mask.keep_fraction} if top_fraction else {}),
         }
 
     # -- checks -----------------------------------------------------------------------------------
@@ -227,7 +228,8 @@ class GradSAM(Method):
         self.check_layers(backbone)
         states = self.sample_states(backbone, samples)  # a prompt without its subject word fails here
         if recorder is None:
-            recorder = attribution_recorder(self.config.attribution, self.config.score, backbone, samples)
+            schedule = Schedule(last_score=self.injection_indices[-1], length=len(timesteps))
+            recorder = attribution_recorder(self.config.attribution, self.config.score, backbone, samples, schedule)
         text = TextConditioning.encode(backbone, [s.prompt for s in samples], sampling.negative_prompt)
         z0 = encode_images(backbone, np.stack([s.reference for s in samples]), [s.generator("vae") for s in samples])
         chain = Chain(backbone, scheduler, timesteps, sampling, text, z0, states, recorder)
@@ -241,6 +243,8 @@ class GradSAM(Method):
             [s.generator("steps") for s in samples],
             on_step_end=self.on_step_end(chain),
         )
+        for b in range(len(samples)):
+            recorder.finish(b)
         return self.results(chain, images_or_failures(backbone, z))
 
     def sample_states(self, backbone: Backbone, samples: list[Sample]) -> list[SampleState]:
@@ -273,11 +277,11 @@ class GradSAM(Method):
 
         def step(i: int, t: torch.Tensor, z_t: torch.Tensor, z_next: torch.Tensor) -> torch.Tensor:
             k = i + 1  # z_next lives at t_k
-            if k <= last:  # every step up to the last score is seen (DAAM sums them)
-                for b, state in enumerate(chain.states):
-                    inputs = chain.inputs(b, z_t, t)
+            for b, state in enumerate(chain.states):
+                inputs = chain.inputs(b, z_t, t)
+                if k <= last:  # every step up to the last score is seen (DAAM sums them)
                     state.score.observe(inputs)
-                    chain.recorder.observe(b, inputs)
+                chain.recorder.observe(b, k, inputs)
             if k in self.injection_indices:
                 for b, state in enumerate(chain.states):
                     state.set_mask(k, self.compute_mask(chain, b, k, chain.inputs(b, z_t, t)))
@@ -335,7 +339,7 @@ class GradSAM(Method):
                 results[b] = result = Generated(image=None, failure=state.failure)
             last = state.masks[f"mask_i{indices[-1]}"]
             result.masks = {**state.masks, "subject_mask": last.max(axis=0)}  # union over channels [h, w]
-            result.maps = chain.recorder.records(b)
+            result.maps, result.latents = chain.recorder.records(b), chain.recorder.latents(b)
             result.info = {
                 **state.info,
                 "mask_fraction": float(result.masks["subject_mask"].mean()),

@@ -9,6 +9,10 @@
    default (toy_world: oracle; places365: clipseg) or an override, e.g. `truth=clipseg_tiny` (offline stand-in).
 2. `--report-only` (or after the jobs): results/attribution/attribution.{csv,md}, samples_attribution.csv,
    mask_rules.{csv,md}, figures/*.png and report.html (bench/attribution/report.py).
+
+`--stage maps|faithfulness|all` (default all): `maps` is the above; `faithfulness` runs the faithfulness curves
+alone (bench/attribution/faithfulness.py: the paper's operator keeping the top k of a map's cells, task
+attribution_faithfulness) and writes its tables; `all` runs both, and the study's page gains its sections.
 """
 
 from __future__ import annotations
@@ -20,8 +24,12 @@ import sys
 import time
 from pathlib import Path
 
+from bench.attribution import faithfulness
 from bench.attribution.report import write_study
+from bench.cli_checks import exit_with
 from bench.config import REPO_ROOT
+from bench.records import StorageError
+from bench.reporting.samples_table import ResultsError
 
 PROFILES = {
     # 10 subcategories x 2 scenes x 2 prompts = 40 toy-world samples (20 reference images)
@@ -53,8 +61,11 @@ CHEAP_KINDS = "method.attribution.kinds=[attention_only,daam,noise_diff]"
 # Both jobs record their images' subject truth (masks/<sample>/truth.npz, `truth_path`): the `truth` segmenter
 # is the dataset's default (toy_world: oracle; places365: clipseg) or the user's override (truth=clipseg_tiny).
 RECORD_TRUTH = ["truth_record.enabled=true"]
+# The control chain also keeps its latents (every map can be recomputed at the same inputs: the sanity stage)
+# and DAAM over both windows (the steps so far at each scoring step; the whole chain, as castorini/daam).
+CONTROL_EXTRAS = ["method.attribution.latents=true", "method.attribution.daam.window=both"]
 JOBS = {  # row -> what it records beside its own map
-    "no_manipulation": [ALL_KINDS],
+    "no_manipulation": [ALL_KINDS, *CONTROL_EXTRAS],
     "gradsam_paper": [CHEAP_KINDS],
 }
 
@@ -73,7 +84,7 @@ def run_jobs(profile: str, extra: list[str], root_dir: Path, shards: int) -> Non
             procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=os.environ.copy()))
         codes = [p.wait() for p in procs]
         if any(codes):
-            raise SystemExit(f"error: the {row} job failed (exit codes {codes}); see its log above.")
+            exit_with(f"the {row} job failed (exit codes {codes}); see its message above.", max(max(codes), 1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,19 +93,52 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root-dir", type=Path, default=REPO_ROOT, help="outputs/ and results/ go under it")
     parser.add_argument("--shards", type=int, default=2, help="processes per job (default 2: one per core here)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from recorded maps")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both jobs")
+    parser.add_argument("--stage", default="all", choices=("maps", "faithfulness", "all"), help="what to run")
+    faithfulness.add_arguments(parser)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     args = parser.parse_intermixed_args(argv)
+    check_arguments(args)
     root = args.root_dir.resolve()
+    if args.stage == "faithfulness":
+        faithfulness.run_stage(args, root)
+        return
     start = time.monotonic()
     if not args.report_only:
         run_jobs(args.profile, args.overrides, root, args.shards)
+    if args.stage == "all":
+        faithfulness.run_stage(args, root)
     jobs_s = time.monotonic() - start
-    paths = write_study(root / "results" / TASK, root)
+    try:
+        paths = write_study(root / "results" / TASK, root)
+    except (FileNotFoundError, ResultsError) as exc:
+        exit_with(str(exc))
+    except StorageError as exc:  # a damaged maps.npz or truth.npz, named: the jobs' rerun redoes that sample
+        exit_with(f"{exc} (the study: `python -m bench.attribution` without --report-only reruns its jobs)", 1)
     print(paths["md"].read_text())
     print(f"jobs: {jobs_s:.0f} s; report: {time.monotonic() - start - jobs_s:.0f} s")
     for key, path in paths.items():
         if key != "figures":
             print(f"{key:>10}: {path}")
+
+
+# Overrides the study sets itself: where its rows and tables go (task_name=attribution under --root-dir).
+OWN_KEYS = ("task_name", "paths.root_dir", "paths.output_dir", "paths.results_dir", "shard.index", "shard.count")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """One line (status 2) for a shard count below 1, a --root-dir that is not a folder, or an override of what
+    the study sets itself (it writes task_name=attribution under --root-dir, nowhere else)."""
+    if args.shards < 1:
+        exit_with(f"--shards {args.shards}: expected an integer >= 1 (processes per job). Fix: e.g. --shards 2.")
+    if args.root_dir.exists() and not args.root_dir.is_dir():
+        exit_with(f"--root-dir {args.root_dir} is not a folder. Fix: give the folder outputs/ and results/ go under.")
+    for override in args.overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in OWN_KEYS:
+            exit_with(
+                f"{override}: the study sets {key} itself (its rows and tables go to task {TASK} under --root-dir). "
+                "Fix: leave it out; to write elsewhere, pass --root-dir."
+            )
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from bench.config import CONF_DIR, REPO_ROOT, build
 from bench.datasets.base import WorkUnit, to_model_input
 from bench.perf.general_modes import clock, full_calls, sampled_costs
 from bench.perf.sd15_folder import DEFAULT_DIR, ensure_folder
+from bench.records import atomic_write_text
 from bench.sd.config import from_mapping
 from bench.sd.diffusion import SamplingConfig, encode_text
 from method.gradsam import ScoreInputs, scores_and_path
@@ -325,8 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     general_part(backbone, call, setup, args.sets.split(",") if args.sets else None, lines)
     rows_part(backbone, reference, setup, rows, args.samples, lines)
     lines += ["", f"Whole run: {(time.monotonic() - start) / 60:.1f} min (model loading and folder check included)."]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
 

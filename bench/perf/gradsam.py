@@ -30,6 +30,7 @@ from baselines.sdedit import SDEdit
 from bench.config import CONF_DIR, REPO_ROOT
 from bench.datasets.base import WorkUnit, to_model_input
 from bench.perf.general_modes import full_calls
+from bench.records import atomic_write_text
 from bench.sd.diffusion import SamplingConfig, encode_text
 from method.attention import recording_attention, resolve_layers
 from method.gradsam import ScoreInputs, scores_and_path
@@ -178,7 +179,7 @@ def write_modes(out: Path, chunks: list[int]) -> None:
                 print(lines[-1], flush=True)
     lines.append(f"load average at the end {os.getloadavg()[0]:.1f}; {time.perf_counter() - start:.0f} s in all")
     title = "# The general path's two sides on the toy model (`python -m bench.perf gradsam`)"
-    out.write_text("\n".join([title, "", "```", *lines, "```", ""]))
+    atomic_write_text(out, "\n".join([title, "", "```", *lines, "```", ""]))
     print(f"wrote {out}")
 
 
@@ -190,14 +191,15 @@ def write_sd15(args: argparse.Namespace) -> None:
     lines = run(args)
     title = "# Grad-SAM at SD1.5 scale (`python -m bench.perf gradsam --scale sd15`)"
     footer = f"whole run: {(time.perf_counter() - start) / 60:.1f} min"
-    args.out.write_text("\n".join([title, "", "```", *lines, footer, "```", ""]))
+    atomic_write_text(args.out, "\n".join([title, "", "```", *lines, footer, "```", ""]))
     print(f"wrote {args.out}")
 
 
 def tiny_backbone(image_size: int, profile: tuple[str, ...] | list[str] = ()):
     """The offline tiny backbone (or `profile`'s, e.g. model=toy) at `image_size` and one forest reference."""
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("bench", overrides=["device=cpu", *profile, f"model.image_size={image_size}"])
+        base = list(profile) or ["model=tiny", "dataset=synthetic_places"]
+        cfg = compose("bench", overrides=[*base, "device=cpu", f"model.image_size={image_size}"])
     backbone = instantiate(cfg.model, _convert_="all")
     dataset = instantiate(cfg.dataset, _convert_="all", images_per_subcategory=1, subcategories=["forest"])
     return backbone, dataset.references()[0]

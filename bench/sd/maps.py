@@ -22,3 +22,21 @@ class MapRecord:
     timestep: int  # t of the UNet call the map comes from
     side: int  # the map's native grid side: the layer's resolution (the latent's for a set or a layer-free kind)
     values: np.ndarray  # float32 [C, h, w] at the latent grid
+
+
+@dataclass(frozen=True, eq=False)
+class LatentRecord:
+    """The chain's latent z_t entering denoising step `index` (method.attribution.latents): with the prompt, any
+    map of any kind can be recomputed later at exactly the inputs the chain saw (the study's sanity checks)."""
+
+    index: int  # denoising step i of the truncated schedule
+    timestep: int  # t_i
+    values: np.ndarray  # float32 [C, h, w]
+
+
+def centre_prior(height: int, width: int) -> np.ndarray:
+    """Minus the distance of each cell centre to the grid centre [h, w] (higher = more central): a data-free
+    map, strong where subjects sit mid-frame."""
+    rows = (np.arange(height) + 0.5) / height - 0.5
+    cols = (np.arange(width) + 0.5) / width - 0.5
+    return -np.sqrt(rows[:, None] ** 2 + cols[None, :] ** 2)

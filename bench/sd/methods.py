@@ -10,7 +10,7 @@ import torch
 
 from bench.sd.backbone import Backbone
 from bench.sd.diffusion import SamplingConfig, check_strength, decode_checked
-from bench.sd.maps import MapRecord
+from bench.sd.maps import LatentRecord, MapRecord
 from bench.sd.seeding import sample_generator
 
 
@@ -41,6 +41,7 @@ class Generated:
     info: dict = field(default_factory=dict)  # extra row columns, e.g. mask_kept_i0
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [h, w] or [C, h, w], saved as PNG
     maps: list[MapRecord] = field(default_factory=list)  # continuous subject maps (method.attribution.record)
+    latents: list[LatentRecord] = field(default_factory=list)  # the chain's z_t per step (method.attribution.latents)
     failure: str | None = None
 
 

@@ -5,6 +5,11 @@ A map [h, w] scores latent cells; the truth is a bool [h, w] of subject cells at
 
     auroc         P(score of a subject cell > score of a background cell), ties count half
     ap            average precision (area under the precision-recall steps, torchmetrics)
+
+Both depend on the ranking of the scores alone, and so do these numbers: torchmetrics is given the
+scores' dense ranks scaled into (0, 1] (`ranks`), never the raw scores, which it would read as
+logits (and squash with a sigmoid, tying every score above ~37) whenever one leaves [0, 1]. Equal
+scores keep equal ranks, so ties are treated as torchmetrics treats them.
     pointing      1 when the highest-scoring cell is a subject cell (ties: the first in row-major order)
     iou_at_area   IoU of the top-k cells with the truth, k = number of subject cells (no threshold)
 
@@ -16,8 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
+from bench.sd.maps import centre_prior  # the one definition (the score kind centre_prior uses it too)
+
+__all__ = ["METRICS", "attribution_metrics", "centre_prior", "ranks", "uniform_map"]
 METRICS = ("auroc", "ap", "pointing", "iou_at_area")
 NAN = float("nan")
 
@@ -34,7 +43,9 @@ def attribution_metrics(score: np.ndarray, truth: np.ndarray) -> dict[str, float
     positives = int(truth.sum())
     if positives == 0 or positives == truth.size:
         return dict.fromkeys(METRICS, NAN)
-    preds, target = torch.from_numpy(score.ravel()), torch.from_numpy(truth.ravel()).long()
+    if not np.isfinite(score).all():
+        raise ValueError(f"map has {int((~np.isfinite(score)).sum())} non-finite values; a map must be finite.")
+    preds, target = torch.from_numpy(ranks(score.ravel())), torch.from_numpy(truth.ravel()).long()
     order = np.argsort(-score.ravel(), kind="stable")  # highest first; ties in row-major order
     top = np.zeros(truth.size, dtype=bool)
     top[order[:positives]] = True
@@ -47,11 +58,10 @@ def attribution_metrics(score: np.ndarray, truth: np.ndarray) -> dict[str, float
     }
 
 
-def centre_prior(height: int, width: int) -> np.ndarray:
-    """Minus the distance of each cell centre to the grid centre [h, w] (higher = more central)."""
-    rows = (np.arange(height) + 0.5) / height - 0.5
-    cols = (np.arange(width) + 0.5) / width - 0.5
-    return -np.sqrt(rows[:, None] ** 2 + cols[None, :] ** 2)
+def ranks(scores: np.ndarray) -> np.ndarray:
+    """Dense ranks of `scores` scaled into (0, 1] (float64): the same order and the same ties, any scale or shift."""
+    dense = rankdata(scores, method="dense")  # 1 .. number of distinct values
+    return dense / dense.max()
 
 
 def uniform_map(height: int, width: int, rng: np.random.Generator) -> np.ndarray:

@@ -23,6 +23,7 @@ from method.gradsam import (
     importance_scores_per_layer,
     scores_and_path,
 )
+from method.kinds import DAAMKind
 from method.masks import subject_mask
 from method.sampler import GradSAM
 from tests.conftest import compose_cfg, run_cli
@@ -54,28 +55,47 @@ def cubic_matrix(out_size: int, in_size: int, a: float = -0.75) -> torch.Tensor:
     return m
 
 
-def hand_daam(store, names, side: int) -> torch.Tensor:
-    """sum over layers of bicubic(sum over heads of A[:, :, s]) for the subject columns, [S, side, side]."""
-    total = torch.zeros(len(POSITIONS), side, side, dtype=torch.float64)
+def hand_daam(steps: list[dict[str, torch.Tensor]], side: int) -> torch.Tensor:
+    """castorini/daam's aggregation, written out: for every (layer, head) outside the mid block, the subject's
+    attention summed over the steps, bicubic-upsampled (Keys, half-pixel), clamped at 0; the mean over all
+    (layer, head) pairs. `steps`: per step {layer: A [H, N_l, S]}. Returns [S, side, side] (float64)."""
+    names = [n for n in steps[0] if not n.startswith("mid_block.")]
+    maps = []
     for name in names:
-        a = store.records[name].probs[0][..., POSITIONS].sum(dim=0).double()  # [N_l, S]
-        n = int(a.shape[0] ** 0.5)
+        summed = sum(step[name].double() for step in steps)  # [H, N_l, S]
+        n = int(summed.shape[1] ** 0.5)
         up = cubic_matrix(side, n)
-        for s in range(len(POSITIONS)):
-            total[s] += up @ a[:, s].reshape(n, n) @ up.T
-    return total
+        for head in summed:  # [N_l, S]
+            maps.append(
+                torch.stack([(up @ head[:, s].reshape(n, n) @ up.T).clamp(min=0) for s in range(head.shape[1])])
+            )
+    return torch.stack(maps).mean(dim=0)
 
 
-def test_daam_layer_maps_equal_a_hand_bicubic_sum_of_the_recorded_attention():
+def subject_attention(unet, names, z, t, cond, positions) -> dict[str, torch.Tensor]:
+    """One forward pass's conditional attention to the subject columns per layer {name: [H, N_l, S]}."""
+    with recording_attention(unet, names) as store, torch.no_grad():
+        unet(z, t, encoder_hidden_states=cond)
+    return {name: store.records[name].probs[0][..., positions] for name in names}
+
+
+def test_daam_equals_the_package_s_aggregation_written_out_by_hand():
     unet = build_unet(TINY)
     g = torch.Generator().manual_seed(0)
     z, cond = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
     names = resolve_layers(unet, "all")
-    with recording_attention(unet, names) as store, torch.no_grad():
-        unet(z, T, encoder_hidden_states=cond)
-    maps = attention_maps(ScoreInputs(unet, z, T, cond, POSITIONS), "all", mode="bicubic")
-    ours = sum(m.double() for m in maps.values())
-    torch.testing.assert_close(ours, hand_daam(store, names, 8), atol=1e-5, rtol=1e-5)
+    assert any(n.startswith("mid_block.") for n in names)  # the tiny UNet has one: DAAM must leave it out
+    inputs = ScoreInputs(unet, z, T, cond, POSITIONS)
+    kind = DAAMKind(tuple(names))
+    assert not any(n.startswith("mid_block.") for n in kind.layers) and len(kind.layers) == len(names) - 1
+    for _ in range(2):  # two steps at the same inputs: the sum doubles, the clamped mean doubles
+        kind.observe(inputs)
+    total, path = kind.total(inputs)  # [S, C, 8, 8]
+    assert path == "daam" and torch.equal(total[:, 0], total[:, 3])  # the same map in every channel
+    step = subject_attention(unet, names, z, T, cond, POSITIONS)
+    torch.testing.assert_close(total[:, 0].double(), hand_daam([step, step], 8), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ConfigError, match="never uses the mid block"):
+        DAAMKind(tuple(n for n in names if n.startswith("mid_block.")))
 
 
 def test_per_layer_maps_sum_to_the_layer_set_score():
@@ -149,13 +169,14 @@ def test_recording_leaves_the_image_bit_identical_and_stores_every_kind(tiny_bac
     np.testing.assert_allclose(gradsam_layers[-1].values, own[0].values, rtol=1e-4, atol=1e-6)  # last layer = own score
 
 
-def test_daam_sums_the_chain_s_attention_over_every_step_so_far(tiny_backbone):
+def test_daam_in_a_chain_sums_the_steps_so_far_and_the_whole_chain_by_window(tiny_backbone):
     sample = make_sample()
-    record = {"record": True, "kinds": ["daam"], "layers": "all"}
-    method = GradSAM(injection_indices=INDICES, manipulate=False, attribution=record)
-    out = method.generate(tiny_backbone, [sample], STEPS)
+    record = {"record": True, "kinds": ["daam"], "layers": "all", "daam": {"window": "both"}}
+    out = GradSAM(injection_indices=INDICES, manipulate=False, attribution=record).generate(
+        tiny_backbone, [sample], STEPS
+    )
     maps = out[0].maps
-    # The no_manipulation chain is the plain sampler: replay it and sum the bicubic attention by hand.
+    # The no_manipulation chain is the plain sampler: replay it and aggregate the attention by hand.
     scheduler = tiny_backbone.new_scheduler()
     timesteps = truncated_timesteps(scheduler, STEPS.num_inference_steps, 0.9)
     cond, uncond = encode_text(tiny_backbone, [sample.prompt]), encode_text(tiny_backbone, [""])
@@ -168,19 +189,23 @@ def test_daam_sums_the_chain_s_attention_over_every_step_so_far(tiny_backbone):
     )  # fmt: skip
     unet, names = tiny_backbone.unet, resolve_layers(tiny_backbone.unet, "all")
     positions = [int(p) for p in out[0].info["subject_positions"].split(",")]
-    first = INDICES[0]
-    expected = torch.zeros(len(positions), 8, 8, dtype=torch.float64)
-    for t, z_t in seen[:first]:
-        with recording_attention(unet, names) as store, torch.no_grad():
-            unet(z_t, t, encoder_hidden_states=cond)
-        for name in names:
-            a = store.records[name].probs[0][..., positions].sum(dim=0).double()
-            n = int(a.shape[0] ** 0.5)
-            up = cubic_matrix(8, n)
-            for s in range(len(positions)):
-                expected[s] += up @ a[:, s].reshape(n, n) @ up.T
-    ours = sum(torch.from_numpy(m.values[0]).double() for m in maps if m.kind == "daam" and m.index == first)
-    torch.testing.assert_close(ours, expected.sum(0), atol=1e-4, rtol=1e-4)
+    steps = [subject_attention(unet, names, z_t, t, cond, positions) for t, z_t in seen]
+
+    def recorded(index: int) -> torch.Tensor:  # the per-layer shares summed: the layer set's map [8, 8]
+        return sum(torch.from_numpy(m.values[0]).double() for m in maps if m.kind == "daam" and m.index == index)
+
+    first, length = INDICES[0], len(timesteps)
+    causal = hand_daam(steps[:first], 8).sum(dim=0)  # the steps up to the first scoring call, tokens summed
+    torch.testing.assert_close(recorded(first), causal, atol=1e-5, rtol=1e-4)
+    full = hand_daam(steps, 8).sum(dim=0)  # every step of the chain: castorini/daam's map, once, at index L
+    torch.testing.assert_close(recorded(length), full, atol=1e-5, rtol=1e-4)
+    assert {m.index for m in maps if m.kind == "daam"} == {*INDICES, length}
+
+
+def test_daam_can_drive_a_mask_only_with_the_causal_window():
+    with pytest.raises(ConfigError, match="method.score.daam.window=full with method.score.kind=daam"):
+        GradSAM(score={"kind": "daam", "daam": {"window": "full"}})
+    GradSAM(score={"kind": "gradsam", "daam": {"window": "full"}})  # unused without kind=daam
 
 
 def test_daam_and_noise_diff_drive_the_mask(tiny_backbone):

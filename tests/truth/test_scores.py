@@ -74,3 +74,77 @@ def test_chance_maps():
     assert attribution_metrics(prior, centred)["auroc"] == 1.0  # a centred subject: the prior is perfect
     aurocs = [attribution_metrics(uniform_map(16, 16, np.random.default_rng(s)), truth)["auroc"] for s in range(200)]
     assert abs(np.mean(aurocs) - 0.5) < 0.02
+
+
+# -- scale-free: AUROC and AP depend on the ranking alone (issue: torchmetrics reads scores outside [0, 1] as
+#    logits and squashes them with a sigmoid, so a map with values above ~37 tied at 1.0 and lost its ranking).
+SCALES = [1e-9, 1e-3, 1.0, 37.0, 130.0, 1e3, 1e6]
+
+
+def ranked_map(rng: np.random.Generator, truth: np.ndarray, scale: float, shift: float = 0.0) -> np.ndarray:
+    """A map that ranks the subject above the background on average, at any scale and shift."""
+    return shift + scale * (rng.normal(size=truth.shape) + 1.2 * truth)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_auroc_and_ap_are_the_same_for_any_increasing_transform_of_the_map(seed):
+    rng = np.random.default_rng(seed)
+    truth = rng.random((16, 16)) < 0.25
+    s = ranked_map(rng, truth, 1.0)
+    reference = attribution_metrics(s, truth)
+    assert 0.6 < reference["auroc"] < 1.0  # a map with something to lose
+    for transformed in (1000 * s, s + 5, np.exp(s), 1e6 * s - 3e6, s / 1e9, np.tanh(s / 10) * 1e4):
+        assert attribution_metrics(transformed, truth) == reference  # the same ranks: bit-identical
+    flipped = attribution_metrics(-s, truth)
+    assert flipped["auroc"] == pytest.approx(1 - reference["auroc"], abs=1e-6)  # torchmetrics sums in float32
+
+
+def test_the_issue_s_constructed_map_keeps_its_auroc_when_multiplied_by_1000():
+    """The committed study's failure: the same map x1000 read 0.914 -> 0.518 (AUROC) and 0.797 -> 0.145 (AP)."""
+    rng = np.random.default_rng(7)
+    truth = np.zeros((16, 16), bool)
+    truth[4:11, 5:12] = True
+    s = rng.random((16, 16)) * 0.6 + 0.35 * truth  # in [0, 1]: torchmetrics' own range
+    assert attribution_metrics(1000 * s, truth) == attribution_metrics(s, truth)
+    assert attribution_metrics(1000 * s, truth)["auroc"] > 0.85
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("seed", range(3))
+def test_auroc_and_ap_agree_with_scikit_learn_at_every_scale(scale, seed):
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(seed)
+    truth = rng.random((16, 16)) < 0.2
+    score = ranked_map(rng, truth, scale, shift=rng.normal() * scale * 10)
+    out = attribution_metrics(score, truth)
+    expected_auroc = sklearn_metrics.roc_auc_score(truth.ravel(), score.ravel())
+    expected_ap = sklearn_metrics.average_precision_score(truth.ravel(), score.ravel())
+    assert out["auroc"] == pytest.approx(expected_auroc, abs=1e-6)  # torchmetrics sums in float32
+    assert out["ap"] == pytest.approx(expected_ap, abs=1e-6)
+
+
+@pytest.mark.parametrize("levels", [2, 3, 7])
+def test_tied_maps_agree_with_scikit_learn(levels):
+    """Maps with few distinct values (many ties), far outside [0, 1]: ties count as scikit-learn counts them."""
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(levels)
+    truth = rng.random((16, 16)) < 0.3
+    score = 500.0 * np.round(rng.random((16, 16)) * (levels - 1) + 0.6 * truth)  # values 0, 500, 1000, ...
+    out = attribution_metrics(score, truth)
+    assert out["auroc"] == pytest.approx(sklearn_metrics.roc_auc_score(truth.ravel(), score.ravel()), abs=1e-6)
+    assert out["ap"] == pytest.approx(sklearn_metrics.average_precision_score(truth.ravel(), score.ravel()), abs=1e-6)
+
+
+def test_a_constant_map_at_any_scale_is_chance_with_ap_the_prevalence():
+    truth = square_truth()
+    for value in (-1e6, 0.0, 0.3, 37.5, 1e9):
+        out = attribution_metrics(np.full(truth.shape, value), truth)
+        assert out["auroc"] == 0.5 and out["ap"] == pytest.approx(truth.mean())
+
+
+def test_a_non_finite_map_is_refused():
+    truth = square_truth()
+    score = np.ones(truth.shape)
+    score[3, 3] = np.nan
+    with pytest.raises(ValueError, match="1 non-finite values"):
+        attribution_metrics(score, truth)
