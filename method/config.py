@@ -34,6 +34,13 @@ TARGETS = ("eps_cond", "eps_cfg", "x0_pred", "x_prev")
 BASES = ("identity", "random_block8")
 PATHS = ("auto", "tail", "general")
 GENERAL_MODES = ("auto", "rows", "columns")  # the general path's side of the Jacobian (method.gradsam.plan_general)
+# Products per batched pass of the general path: an integer, or auto (method.plans.auto_chunk: as many as the
+# UNet's largest explicit attention map allows within a memory budget, at most 64).
+GENERAL_CHUNK = Rule(
+    "'auto' or an integer >= 1",
+    lambda v: v == "auto" or (is_integer(v) and v >= 1),
+    hint="auto picks it from the UNet's attention sizes (8 at SD1.5's 512 px, 64 on the toy model)",
+)
 INDEX_MODES = ("clip_aligned", "word_index_raw")
 INIT_LATENTS = ("noise", "noised_ref")
 REF_NOISES = ("shared", "fresh")
@@ -87,7 +94,7 @@ class ScoreConfig:
     vjp_basis: str = setting("identity", one_of(BASES))
     path: str = setting("auto", one_of(PATHS))
     chunk_size: int = setting(512, integer(1))
-    general_chunk_size: int = setting(8, integer(1))
+    general_chunk_size: int | str = setting("auto", GENERAL_CHUNK)
     general_mode: str = setting("auto", one_of(GENERAL_MODES))
     daam: DAAMConfig = setting(factory=DAAMConfig)
 

@@ -9,7 +9,8 @@ exactly from either side (method.gradsam.general_path):
 
 `score.general_mode=auto` takes the side with fewer estimated forward-equivalents (`GeneralPlan.
 forward_equivalents`: products weighted by their measured cost, plus the columns' primal forward per pass).
-`describe_general_plans` is what `dry_run=true` prints for every layer set of the model.
+`score.general_chunk_size=auto` takes `auto_chunk` products per pass. `describe_general_plans` is what
+`dry_run=true` prints for every layer set of the model.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ from method.tail import TailNotApplicable, tail_modules
 # (forward-mode attention runs unfused, explicit softmax). A columns pass also recomputes the primal forward.
 ROW_COST, COLUMN_COST = 0.5, 1.0
 SIDES = ("rows", "columns")
+# score.general_chunk_size=auto: the largest power of two up to AUTO_CHUNK_CAP whose explicit attention
+# probabilities fit AUTO_CHUNK_BYTES at the UNet's largest attention map (a columns pass holds heads x queries x
+# keys floats per product there): 8 at SD1.5's 512 px (8 heads, 4096 x 4096: 512 MiB a product), the cap on the
+# toy model (2 heads, 256 x 256). On the toy model's res8 set 32-128 columns a pass took half the time of 8
+# (fewer primal forwards, less per-pass overhead; bench.perf gradsam); beyond 64 nothing more was gained.
+AUTO_CHUNK_BYTES = 4 * 2**30
+AUTO_CHUNK_CAP = 64
+TEXT_TOKENS = 77  # the keys of a cross-attention map (CLIP's window)
 
 
 @dataclass(frozen=True)
@@ -62,19 +71,40 @@ class GeneralPlan:
         return 1 + self.passes(mode) + self.products(mode) * COLUMN_COST
 
 
+def layer_queries(unet: UNet2DConditionModel, height: int, width: int) -> dict[str, int]:
+    """Cross-attention layer -> its queries (h_l x w_l positions of its map) on a `height` x `width` latent."""
+    sides = zip(layer_resolutions(unet, height).items(), layer_resolutions(unet, width).values(), strict=True)
+    return {name: rows * cols for (name, rows), cols in sides}
+
+
+def auto_chunk(unet: UNet2DConditionModel, height: int, width: int) -> int:
+    """Products per batched pass for `score.general_chunk_size=auto` on a `height` x `width` latent: the largest
+    power of two <= AUTO_CHUNK_CAP whose float32 attention probabilities [k, heads, N, max(N, 77)] at the UNet's
+    largest map (self-attention: N x N) fit AUTO_CHUNK_BYTES; at least 1."""
+    largest = max(
+        unet.get_submodule(name).heads * n * max(n, TEXT_TOKENS)
+        for name, n in layer_queries(unet, height, width).items()
+    )
+    chunk = 1
+    while chunk * 2 <= AUTO_CHUNK_CAP and chunk * 2 * largest * 4 <= AUTO_CHUNK_BYTES:
+        chunk *= 2
+    return chunk
+
+
 def plan_general(
     unet: UNet2DConditionModel,
     layers: Sequence[str],
     grid: tuple[int, int, int],
     tokens: int,
-    chunk: int,
+    chunk: int | str,
     mode: str = "auto",
 ) -> GeneralPlan:
     """Both sides for `layers` on a (C, h, w) latent with `tokens` subject columns, counted without running the
-    UNet; `mode` auto takes the side with fewer estimated forwards (rows on a tie), rows or columns forces one."""
+    UNet; `chunk` products per pass (auto: `auto_chunk`); `mode` auto takes the side with fewer estimated
+    forwards (rows on a tie), rows or columns forces one."""
     channels, height, width = grid
-    sides = zip(layer_resolutions(unet, height).items(), layer_resolutions(unet, width).values(), strict=True)
-    queries = {name: rows * cols for (name, rows), cols in sides}
+    chunk = auto_chunk(unet, height, width) if chunk == "auto" else int(chunk)
+    queries = layer_queries(unet, height, width)
     columns = {name: unet.get_submodule(name).heads * queries[name] * tokens for name in layers}
     plan = GeneralPlan(channels * height * width, columns, chunk, "rows")
     cheaper = plan.forward_equivalents("columns") < plan.forward_equivalents("rows")
@@ -98,15 +128,16 @@ def describe_general_plans(
     unet: UNet2DConditionModel,
     grid: tuple[int, int, int],
     tokens: Sequence[int],
-    chunk: int,
+    chunk: int | str,
     mode: str = "auto",
     configured: str | Sequence[str] = "last",
     path: str = "auto",
 ) -> str:
     """One line per layer set and subject-token count: both sides' products, passes and estimated forwards,
     and what a scoring call takes (`path` auto takes the tail path for one layer that has one)."""
+    shown = f"auto = {auto_chunk(unet, *grid[1:])}" if chunk == "auto" else chunk
     lines = [
-        f"general path per scoring call (score.general_chunk_size={chunk}, general_mode={mode}; latent {grid}):",
+        f"general path per scoring call (score.general_chunk_size={shown}, general_mode={mode}; latent {grid}):",
         f"  {'layer set':10s} {'layers':>6s} {'T':>2s}  {'rows':>8s} {'passes':>7s} {'~fwd':>8s}  "
         f"{'columns':>8s} {'passes':>7s} {'~fwd':>8s}  takes",
     ]

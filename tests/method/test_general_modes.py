@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import method.gradsam as gradsam
+import method.plans as plans
 from bench.task import run_benchmark
 from method.attention import recording_attention, resolve_layers
 from method.gradsam import CotangentBasis, ScoreInputs, importance_scores_per_layer, scores_and_path
-from method.plans import plan_general
+from method.plans import auto_chunk, plan_general
 from tests.conftest import compose_cfg
 from tests.method.test_scores import (
     BLOCK,
@@ -28,7 +29,7 @@ from tests.method.test_scores import (
     jacobian_rows,
     scheduler_at_50_steps,
 )
-from tests.method.unets import TINY, build_unet
+from tests.method.unets import SD15_SHAPED, TINY, build_unet
 
 NAMED = ["up_blocks.2.attentions.0.transformer_blocks.0.attn2", "down_blocks.1.attentions.0.transformer_blocks.0.attn2"]
 LAYER_SETS = {"last": "last", "all": "all", "res4": "res4", "res2": "res2", "res1": "res1", "names": tuple(NAMED)}
@@ -212,3 +213,49 @@ def test_dry_run_prints_both_sides_for_every_layer_set(tmp_path, unet, capsys):
         taken = " ".join(cells[9:])
         assert taken.startswith("tail") if layer_set == "last" else taken == f"general {plan.mode}", cells
     assert not list(tmp_path.rglob("*.png")) and not list(tmp_path.rglob("rows/*.json"))  # nothing was made
+
+
+def largest_attention(unet, height: int, width: int) -> int:
+    """heads x queries x keys of the largest attention probabilities a forward pass computes (every self- and
+    cross-attention layer, recorded from diffusers' explicit AttnProcessor), per sample."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    sizes, original = [], dict(unet.attn_processors)
+    unet.set_attn_processor(AttnProcessor())
+    for module in unet.modules():
+        if isinstance(module, Attention):
+            scores = module.get_attention_scores
+            module.get_attention_scores = lambda *a, f=scores: sizes.append(f(*a)) or sizes[-1]
+    try:
+        z = torch.randn(1, 4, height, width)
+        with torch.no_grad():
+            unet(z, T, encoder_hidden_states=torch.randn(1, 77, unet.config.cross_attention_dim))
+    finally:
+        for module in unet.modules():
+            module.__dict__.pop("get_attention_scores", None)
+        unet.set_attn_processor(original)
+    return max(p.numel() for p in sizes)
+
+
+@pytest.mark.parametrize(("height", "width"), [(4, 4), (8, 8), (6, 10)])
+def test_auto_chunk_is_the_largest_power_of_two_whose_attention_fits_the_budget(unet, monkeypatch, height, width):
+    largest = largest_attention(unet, height, width)
+    for budget_products in (1, 3, 5, 64, 1000):
+        monkeypatch.setattr(plans, "AUTO_CHUNK_BYTES", budget_products * largest * 4)
+        fitting = [k for k in (1, 2, 4, 8, 16, 32, 64) if k * largest * 4 <= plans.AUTO_CHUNK_BYTES]
+        assert auto_chunk(unet, height, width) == max(fitting, default=1)
+        plan = plan_general(unet, resolve_layers(unet, "all", height), (4, height, width), 1, "auto")
+        assert plan.chunk == auto_chunk(unet, height, width)
+
+
+def test_auto_chunk_keeps_8_at_sd15_size_and_64_on_the_toy_latent(unet):
+    sd15 = build_unet({**SD15_SHAPED, "sample_size": 64, "attention_head_dim": 8, "block_out_channels": (16,) * 4})
+    assert auto_chunk(sd15, 64, 64) == 8  # 8 heads x 4096 x 4096 floats: 512 MiB a product, 4 GiB
+    assert auto_chunk(unet, 16, 16) == 64  # the cap
+
+
+def test_general_chunk_size_is_auto_or_a_positive_integer(unet):
+    z, cond, _ = inputs(unet)
+    for bad in ("many", 0, 2.5, True):
+        with pytest.raises(Exception, match=r"general_chunk_size=.*'auto' or an integer >= 1"):
+            scores_and_path(ScoreInputs(unet, z, T, cond, POSITIONS), {"layers": "res1", "general_chunk_size": bad})
