@@ -15,7 +15,8 @@ weights and mixed table lines only when they apply):
 A sweep's summary has the same lines over all its jobs. The jobs hand their summaries to the sweep's
 launching process through files in `outputs/.sweeps/<sweep>/` (the folder's path travels in the environment
 variable BENCH_SWEEP_SUMMARIES, so it works with the basic launcher and with submitit, local or Slurm, on a
-shared file system); the sweep deletes the folder when it ends.
+shared file system); the sweep deletes the folder when it ends. When $BENCH_SWEEP_RECORD names a file, the sweep
+also leaves its jobs' summaries and its wall time there (`read_sweep_record`: bench.reproduce's times per row).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from bench.config import REPO_ROOT
 
 WIDTH = 100  # columns of every line (a path or a command is never cut)
 SWEEP_ENV = "BENCH_SWEEP_SUMMARIES"  # the folder where a sweep's jobs leave their summaries
+SWEEP_RECORD_ENV = "BENCH_SWEEP_RECORD"  # a file where a sweep leaves its jobs' summaries (bench.reproduce)
 SWEEPS_FOLDER = ".sweeps"  # under paths.output_dir (a task name never starts with a dot)
 RANDOM_BACKBONES = ("bench.sd.backbone.build_tiny",)  # loaders whose weights are seeded random, not trained
 MEANINGLESS = "images and numbers mean nothing"  # said at the start and in the summary
@@ -260,6 +262,25 @@ def record_for_sweep(summary: JobSummary) -> None:
     atomic_write_text(Path(folder) / name, json.dumps(dataclasses.asdict(summary), indent=2) + "\n")
 
 
+def write_sweep_record(jobs: list[JobSummary], wall_s: float) -> None:
+    """Where $BENCH_SWEEP_RECORD names a file: the sweep's wall time and its jobs' summaries, as JSON."""
+    from bench.records import atomic_write_text
+
+    target = os.environ.get(SWEEP_RECORD_ENV)
+    if target:
+        record = {"wall_s": wall_s, "jobs": [dataclasses.asdict(j) for j in jobs]}
+        atomic_write_text(Path(target), json.dumps(record, indent=2) + "\n")
+
+
+def read_sweep_record(path: Path) -> tuple[float, list[JobSummary]] | None:
+    """(the sweep's wall seconds, its jobs' summaries in launch order) from `write_sweep_record`'s file, or None
+    when the sweep left none (it stopped before its end)."""
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return float(record["wall_s"]), [JobSummary(**job) for job in record["jobs"]]
+
+
 class SweepSummary(Callback):
     """Hydra callback (conf/hydra/default.yaml): the summary of a whole `-m` sweep, once, at its end."""
 
@@ -283,7 +304,9 @@ class SweepSummary(Callback):
             return
         jobs = [JobSummary(**json.loads(p.read_text())) for p in sorted(self.folder.glob("job-*.json"))]
         profiles = {table: profiles_in(table) for table in sorted({j.samples_csv for j in jobs})}
-        print("\n".join(format_sweep(jobs, time.monotonic() - self.started, profiles)), flush=True)
+        wall_s = time.monotonic() - self.started
+        print("\n".join(format_sweep(jobs, wall_s, profiles)), flush=True)
+        write_sweep_record(jobs, wall_s)
         self.remove_folder()
 
     def remove_folder(self) -> None:

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +47,8 @@ from bench.sd.methods import Generated, Method, Sample
 from bench.tracking import NullTracker
 from bench.truth.record import TRUTH_FILE, TruthRecorder, TruthSources
 from method.attention import describe_layers
+from method.plans import describe_general_plans
+from method.tokens import subject_tokens
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +329,10 @@ def print_dry_run(cfg: DictConfig, plan: RunPlan, summary: dict) -> dict:
     print(OmegaConf.to_yaml(cfg, resolve=True))
     print(json.dumps(summary, indent=2))
     if "score" in cfg.method:  # a method with a layer choice: the model's cross-attention layers
-        print_layers(build(cfg.model))
+        backbone = build(cfg.model)
+        print_layers(backbone)
+        if cfg.method.score.get("kind", "gradsam") == "gradsam":
+            print_general_plans(backbone, cfg.method, plan.pending or plan.units)
     for unit in plan.pending[:10]:
         damaged = plan.damaged.get(unit.key)
         print(f"  would redo {unit.key} ({damaged})" if damaged else f"  would generate {unit.key}")
@@ -346,10 +351,10 @@ def build_context(
     (missing weights stop the run before the backbone loads), the backbone, its checks and
     `Method.preflight`, then the metrics and the tracker."""
     truth = truth_sources(cfg, plan.dataset)
-    backbone = build(cfg.model)
+    backbone = SWEEP_MODELS.reuse("model", cfg.model, lambda: build(cfg.model))
     check_steps(sampling, backbone.scheduler.config.num_train_timesteps)
     method.preflight(backbone, [u.sample(references[u.image.image_id][0]) for u in plan.pending])
-    metrics = {name: build(node) for name, node in cfg.metrics.per_sample.items()}
+    metrics = SWEEP_MODELS.reuse("metrics", cfg.metrics.per_sample, lambda: build_metrics(cfg.metrics.per_sample))
     if plan.pending:
         prepare_metrics(metrics)
     tracker = build(cfg.logger)
@@ -370,9 +375,51 @@ def build_context(
     )
 
 
+class SweepModels:
+    """The models of the last job in this process, reused by the next job of the same `-m` sweep.
+
+    Hydra's basic launcher runs a sweep's jobs one after another in one process (`make demo`: one job per
+    row), and every row of a sweep usually loads the same backbone and metrics. Inside a multirun, `reuse`
+    hands back the object built for the previous job when the config node is the same (its resolved YAML);
+    anything else is built afresh and replaces it (one object per kind, so memory stays bounded). Outside a
+    multirun it always builds. Methods restore what they change on the backbone (attention processors, dtype),
+    so a reused backbone computes what a fresh one would, bit for bit.
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[str, tuple[str, object]] = {}
+
+    def reuse(self, kind: str, node: DictConfig, make: Callable[[], object]):
+        """`make()`, or inside a multirun the object made for the same `kind` and node by an earlier job."""
+        if not in_multirun():
+            return make()
+        text = OmegaConf.to_yaml(node, resolve=True)
+        if kind not in self.last or self.last[kind][0] != text:
+            self.last.pop(kind, None)  # free the previous one before building the next
+            self.last[kind] = (text, make())
+        return self.last[kind][1]
+
+
+SWEEP_MODELS = SweepModels()
+
+
+def in_multirun() -> bool:
+    """True inside a job of a Hydra `-m` sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def build_metrics(per_sample: DictConfig) -> dict[str, PerSampleMetric]:
+    """Every per-sample metric of `metrics.per_sample`, built (weights load in `prepare_metrics`)."""
+    return {name: build(node) for name, node in per_sample.items()}
+
+
 def prepare_metrics(metrics: Mapping[str, PerSampleMetric]) -> None:
     """Load every metric's weights now (`prepare`, bench.metrics.common): weights that cannot load stop the run
-    before the first sample (MissingWeightsError, one line), never a column of NaN scores that a rerun keeps."""
+    before the first sample (MissingWeightsError, one line), never a column of NaN scores that a rerun keeps.
+    `prepare` loads only once: a metric reused by the next job of a sweep (`SweepModels`) returns at once."""
     for metric in metrics.values():
         prepare = getattr(metric, "prepare", None)
         if prepare is not None:
@@ -483,6 +530,23 @@ def print_layers(backbone) -> None:
     """The backbone's cross-attention layers in execution order, with their map sizes (for method.score.layers)."""
     print("cross-attention layers (execution order; method.score.layers: last, all, res<k> or names):")
     print(describe_layers(backbone.unet, backbone.latent_size))
+
+
+def print_general_plans(backbone: Backbone, method: DictConfig, units: list[WorkUnit]) -> None:
+    """Per layer set: the general path's rows and columns, their passes and estimated forwards (method.plans)."""
+    score, index_mode = method.score, OmegaConf.select(method, "subject.index_mode", default="clip_aligned")
+    tokens = set()
+    for unit in units:
+        try:
+            tokens.add(
+                len(subject_tokens(backbone.tokenizer, unit.prompt.text, unit.prompt.subject, index_mode).positions)
+            )
+        except ValueError:  # a subject outside the prompt or window: preflight names it when the run starts
+            continue
+    layers = score.layers if isinstance(score.layers, str) else list(score.layers)
+    grid = (backbone.latent_channels, backbone.latent_size, backbone.latent_size)
+    mode, chunk = score.get("general_mode", "auto"), score.general_chunk_size
+    print(describe_general_plans(backbone.unet, grid, sorted(tokens) or [1], chunk, mode, layers, score.path))
 
 
 SETTINGS_FILE = "image_settings.json"

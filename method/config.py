@@ -1,7 +1,7 @@
 """The Grad-SAM method's settings: one validated config tree per method node (conf/method/gradsam.yaml).
 
     GradSAMConfig    method.*          strength, injection_indices, init_latent, ref_noise, manipulate
-      ScoreConfig    method.score.*    kind, layers, transform, target, vjp_basis, path, chunk sizes
+      ScoreConfig    method.score.*    kind, layers, transform, target, vjp_basis, path, chunk sizes, general_mode
         DAAMConfig   method.score.daam.*   window
       SubjectConfig  method.subject.*  index_mode
       MaskConfig     method.mask.*     threshold_k, threshold_scope, channel_rule, box_sum_once, rule, keep_fraction
@@ -33,6 +33,14 @@ TRANSFORM_NAMES = ("abs", "relu")  # method.gradsam.TRANSFORMS maps them to thei
 TARGETS = ("eps_cond", "eps_cfg", "x0_pred", "x_prev")
 BASES = ("identity", "random_block8")
 PATHS = ("auto", "tail", "general")
+GENERAL_MODES = ("auto", "rows", "columns")  # the general path's side of the Jacobian (method.gradsam.plan_general)
+# Products per batched pass of the general path: an integer, or auto (method.plans.auto_chunk: as many as the
+# UNet's largest explicit attention map allows within a memory budget, at most 64).
+GENERAL_CHUNK = Rule(
+    "'auto' or an integer >= 1",
+    lambda v: v == "auto" or (is_integer(v) and v >= 1),
+    hint="auto picks it from the UNet's attention sizes (8 at SD1.5's 512 px, 64 on the toy model)",
+)
 INDEX_MODES = ("clip_aligned", "word_index_raw")
 INIT_LATENTS = ("noise", "noised_ref")
 REF_NOISES = ("shared", "fresh")
@@ -86,7 +94,8 @@ class ScoreConfig:
     vjp_basis: str = setting("identity", one_of(BASES))
     path: str = setting("auto", one_of(PATHS))
     chunk_size: int = setting(512, integer(1))
-    general_chunk_size: int = setting(8, integer(1))
+    general_chunk_size: int | str = setting("auto", GENERAL_CHUNK)
+    general_mode: str = setting("auto", one_of(GENERAL_MODES))
     daam: DAAMConfig = setting(factory=DAAMConfig)
 
     def check(self, prefix: str) -> None:

@@ -16,10 +16,13 @@ of the factor selects positive or negative gradients.
 
 `inputs` (ScoreInputs) is one sample's UNet call; `config` (method.config.ScoreConfig, or a mapping
 of its keys) says what is differentiated and how. Two exact paths: `tail` (the last layer only,
-method/tail.py: one UNet forward pass plus batched matrix products) and `general` (any layer set:
-chunked batched VJPs through the UNet). `vjp_basis=random_block8` reproduces the reference code's
-random 8x8 cotangents (B2). `attention_maps`, `attention_scores` and `noise_difference` are the
-gradient-free maps on the same inputs.
+method/tail.py: one UNet forward pass plus batched matrix products) and `general` (any layer set). The
+general path computes the Jacobian of the target [M = C*h*w rows] with respect to the subject columns
+of the chosen layers [sum over layers of heads x queries x subject tokens] from the side with fewer
+estimated forwards (method/plans.py `plan_general`, `score.general_mode`): `rows` (batched VJPs through
+the UNet, `row_path`) or `columns` (batched JVPs, method/columns.py). `vjp_basis=random_block8`
+reproduces the reference code's random 8x8 cotangents (B2). `attention_maps`, `attention_scores` and
+`noise_difference` are the gradient-free maps on the same inputs.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from bench.sd.config import from_mapping
 from bench.sd.errors import ConfigError
 from method.attention import recording_attention, resolve_layers
+from method.columns import column_path
 from method.config import TRANSFORM_NAMES, ScoreConfig
+from method.plans import GeneralPlan, plan_general
 from method.tail import TailInputs, TailNotApplicable, build_tail, capturing_tail_inputs, tail_modules, tail_scores
 
 # The allowed settings (TARGETS, BASES, PATHS, ...) live in method.config; T by name, in its order:
@@ -113,7 +118,7 @@ def scores_and_path(inputs: ScoreInputs, config: ScoreConfig | Mapping | None = 
                     raise ConfigError(f"method.score.path=tail is not possible: {exc}. Use path=auto.") from exc
         elif config.path == "tail":
             raise ConfigError(f"method.score.path=tail needs a single layer; got {jacobian.layers}. Use path=auto.")
-        per_layer = general_path(jacobian, config.general_chunk_size)
+        per_layer = general_path(jacobian, config)
     total = torch.zeros(len(jacobian.positions), jacobian.size, dtype=torch.float32, device=jacobian.device)
     for layer in per_layer.values():
         total += layer
@@ -123,12 +128,12 @@ def scores_and_path(inputs: ScoreInputs, config: ScoreConfig | Mapping | None = 
 def importance_scores_per_layer(
     inputs: ScoreInputs, config: ScoreConfig | Mapping | None = None
 ) -> dict[str, torch.Tensor]:
-    """Grad-SAM scores per layer of `config.layers` {name: S_l [T, C, h, w]} (general path, one set of VJPs);
-    their sum over layers is `importance_scores` on the same layer set."""
+    """Grad-SAM scores per layer of `config.layers` {name: S_l [T, C, h, w]} (general path: one Jacobian in the
+    mode of `plan_general`); their sum over layers is `importance_scores` on the same layer set."""
     config = score_config(config)
     jacobian = JacobianPass.of(inputs, config)
     with float32(inputs.unet), torch.enable_grad():
-        per_layer = general_path(jacobian, config.general_chunk_size)
+        per_layer = general_path(jacobian, config)
     return {name: jacobian.shaped(scores) for name, scores in per_layer.items()}
 
 
@@ -164,6 +169,11 @@ class JacobianPass:
     def device(self) -> torch.device:
         return self.inputs.latents.device
 
+    def plan(self, config: ScoreConfig) -> GeneralPlan:
+        """The general path's plan for this call (config.general_chunk_size, config.general_mode)."""
+        unet, grid, tokens = self.inputs.unet, self.inputs.grid, len(self.positions)
+        return plan_general(unet, self.layers, grid, tokens, config.general_chunk_size, config.general_mode)
+
     def forward_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(z_t, conditional text) as float32 leaves of no graph."""
         return self.inputs.latents.detach().float(), self.inputs.text_embeddings.detach().float()
@@ -195,7 +205,15 @@ def tail_path(jacobian: JacobianPass, chunk_size: int) -> torch.Tensor:
         raise
 
 
-def general_path(jacobian: JacobianPass, chunk_size: int) -> dict[str, torch.Tensor]:
+def general_path(jacobian: JacobianPass, config: ScoreConfig) -> dict[str, torch.Tensor]:
+    """Per-layer scores {name: [T, M]} from the side of the Jacobian that `plan_general` takes."""
+    plan = jacobian.plan(config)
+    if plan.mode == "columns":
+        return column_path(jacobian, plan.chunk)
+    return row_path(jacobian, plan.chunk)
+
+
+def row_path(jacobian: JacobianPass, chunk_size: int) -> dict[str, torch.Tensor]:
     """Per-layer scores {name: [T, M]}: batched VJPs of the whole UNet output w.r.t. every recorded A."""
     unet, (z, cond), names, positions = (
         jacobian.inputs.unet,
@@ -348,6 +366,20 @@ class CotangentBasis:
         if start % BLOCK or (stop % BLOCK and stop != self.size):
             raise ValueError(f"rows {start}..{stop} cut a block of {BLOCK}.")
         return self.rows(start, stop)[:, start:stop]
+
+    def mix(self, columns: torch.Tensor) -> torch.Tensor:
+        """Jacobian columns [k, M] -> the same columns of (basis @ Jacobian): rows mixed within each block."""
+        if self.kind == "identity":
+            return columns
+        full = self.size // BLOCK  # whole blocks; a last partial block is mixed on its own
+        out = torch.empty_like(columns)
+        if full:
+            mixes = torch.stack(self.blocks[:full]).to(columns)  # R_b [B, 8, 8]
+            blocks = columns[:, : full * BLOCK].reshape(len(columns), full, BLOCK)  # [k, B, 8]
+            out[:, : full * BLOCK] = torch.einsum("brj,kbj->kbr", mixes, blocks).flatten(1)
+        if full < len(self.blocks):
+            out[:, full * BLOCK :] = columns[:, full * BLOCK :] @ self.blocks[-1].to(columns).T
+        return out
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows start..stop-1 of the basis matrix [stop - start, M]."""

@@ -39,6 +39,9 @@ from torch import nn
 
 from method.post_jacobian import HeadProducts, UnsupportedHead, check_head, linearize_head
 
+# Output rows built and reduced at once by HeadProducts.contract: at SD1.5's size (N*X = 32768 entries a row)
+# 256 rows took half the time of 64 on the CPU (bench.perf gradsam --scale sd15); a 32 MB buffer there.
+PRODUCT_TILE = 256
 LAST_LAYER = re.compile(r"up_blocks\.(\d+)\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.attn2")
 
 
@@ -213,25 +216,54 @@ def geglu_parts(mods: TailModules) -> tuple[nn.LayerNorm, GEGLU, nn.Linear, torc
 def geglu_jacobian(mods: TailModules, hidden: torch.Tensor, directions: torch.Tensor, chunk: int) -> torch.Tensor:
     """JVPs of u = proj_out(FF(LayerNorm(h)) + h) at h [N, C'] along each direction [X, C'] at every position.
 
-    FF = Linear(x * gelu(gate)) with (x, gate) = W1 LayerNorm(h) + b1 (diffusers' GEGLU). Returns [X, N, C'].
+    FF = Linear(x * gelu(gate)) with (x, gate) = W1 LayerNorm(h) + b1 (diffusers' GEGLU). LayerNorm's tangent
+    after W1 is (a_x - c_qx b_q) / sigma_q (`layer_norm_linear`), so with g = gelu(gate), s = x * gelu'(gate)
+    and H = proj_out after the output Linear [F, C']:
+
+        d u_q / d h (w_x) = [(a^x_x * g_q + a^gate_x * s_q) H - c_qx r_q] / sigma_q + P w_x,
+        r_q = (b^x_q * g_q + b^gate_q * s_q) H                                  (the same for every direction)
+
+    one [X, N, F] product and one matmul per chunk of directions. Returns [X, N, C'].
     """
     norm, geglu, out, p = geglu_parts(mods)
-    z, first = layer_norm_linear_jvp(norm, geglu.proj, hidden)  # [N, 2F]
-    x, gate = z.chunk(2, dim=-1)  # [N, F] each
-    gelu, x_slope = F.gelu(gate), x * torch.func.jvp(F.gelu, (gate,), (torch.ones_like(gate),))[1]
+    ln = layer_norm_linear(norm, geglu.proj, hidden)
+    x, gate = ln.z.chunk(2, dim=-1)  # [N, F] each
+    gelu, slope = F.gelu(gate), x * torch.func.jvp(F.gelu, (gate,), (torch.ones_like(gate),))[1]
     head = (p @ out.weight).T  # proj_out after the output Linear [F, C']
+    b_x, b_gate = ln.b.chunk(2, dim=-1)
+    r = (b_x * gelu + b_gate * slope) @ head  # [N, C']
 
     def along(w: torch.Tensor) -> torch.Tensor:  # w [X, C'] -> [X, N, C']
-        dx, dgate = first(w).chunk(2, dim=-1)  # [X, N, F] each
-        return (dx * gelu + dgate * x_slope) @ head + (w @ p.T)[:, None]
+        a, coef = ln.tangent_parts(w)  # [X, 2F], [N, X]
+        a_x, a_gate = a.chunk(2, dim=-1)
+        products = gelu * a_x[:, None]  # [X, N, F]
+        products.addcmul_(slope, a_gate[:, None])
+        jvp = (products @ head).sub_(coef.T[..., None] * r).div_(ln.sigma)  # [X, N, C']
+        return jvp.add_((w @ p.T)[:, None])
 
     return torch.cat([along(w) for w in directions.split(chunk)])
 
 
-def layer_norm_linear_jvp(
-    norm: nn.LayerNorm, linear: nn.Linear, hidden: torch.Tensor
-) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """z = linear(norm(h)) [N, F'] at h [N, C'], and w [X, C'] -> its JVP along w at every position [X, N, F'].
+@dataclass
+class LayerNormLinear:
+    """z = linear(LayerNorm(h)) at h [N, C'], and what its tangents are made of (`layer_norm_linear`)."""
+
+    z: torch.Tensor  # [N, F']
+    b: torch.Tensor  # W (gamma * xhat_q) [N, F']
+    xhat: torch.Tensor  # normalised h [N, C']
+    sigma: torch.Tensor  # [N, 1]
+    gamma: torch.Tensor  # [C']
+    weight: torch.Tensor  # W [F', C']
+
+    def tangent_parts(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, c) of directions w [X, C']: a = W (gamma * w~) [X, F'], c = <xhat_q, w~> / C' [N, X]; the tangent
+        of z at position q along w_x is (a_x - c_qx b_q) / sigma_q."""
+        w_centred = w - w.mean(dim=1, keepdim=True)  # [X, C']
+        return (w_centred * self.gamma) @ self.weight.T, self.xhat @ w_centred.T / self.xhat.shape[1]
+
+
+def layer_norm_linear(norm: nn.LayerNorm, linear: nn.Linear, hidden: torch.Tensor) -> LayerNormLinear:
+    """z = linear(norm(h)) at h [N, C'] and its tangent's parts.
 
     LayerNorm's tangent at q is (gamma / sigma_q) (w~ - xhat_q <xhat_q, w~> / C'), w~ = w - mean(w), so
     after the linear layer it is (a_x - c_qx b_q) / sigma_q with a = W (gamma w~), b_q = W (gamma xhat_q):
@@ -242,14 +274,7 @@ def layer_norm_linear_jvp(
     xhat = (hidden - mean) / sigma  # [N, C']
     gamma = norm.weight if norm.weight is not None else torch.ones_like(hidden[0])
     b = (xhat * gamma) @ linear.weight.T  # [N, F']
-
-    def tangent(w: torch.Tensor) -> torch.Tensor:
-        w_centred = w - w.mean(dim=1, keepdim=True)  # [X, C']
-        coef = xhat @ w_centred.T / hidden.shape[1]  # [N, X]
-        dz = ((w_centred * gamma) @ linear.weight.T)[:, None] - coef.T[..., None] * b  # sigma * JVP [X, N, F']
-        return dz.div_(sigma)
-
-    return linear(norm(hidden)), tangent
+    return LayerNormLinear(linear(norm(hidden)), b, xhat, sigma, gamma, linear.weight)
 
 
 def tail_scores(
@@ -278,7 +303,7 @@ def tail_scores(
     scores = torch.empty(size, a_sub.shape[2], dtype=a_sub.dtype, device=a_sub.device)
     for start in range(0, size, chunk_size):
         stop = min(start + chunk_size, size)
-        scores[start:stop] = products.contract(start, stop, reduce, mix(start, stop), scale=factor)
+        scores[start:stop] = products.contract(start, stop, reduce, mix(start, stop), scale=factor, tile=PRODUCT_TILE)
     return scores.T.contiguous()
 
 

@@ -17,6 +17,7 @@ A script, not a test: timings depend on the machine and its load; each figure is
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from hydra.utils import instantiate
 from baselines.sdedit import SDEdit
 from bench.config import CONF_DIR, REPO_ROOT
 from bench.datasets.base import WorkUnit, to_model_input
+from bench.perf.general_modes import full_calls
 from bench.records import atomic_write_text
 from bench.sd.diffusion import SamplingConfig, encode_text
 from method.attention import recording_attention, resolve_layers
@@ -79,7 +81,7 @@ def jacobian_figures(backbone, prompt, repeats: int) -> None:
     forward_s, _ = best_time(forward, repeats, warmup=3)
     inputs = ScoreInputs(unet, z, t, cond, tuple(positions))
     fast_s, (fast, path) = best_time(lambda: scores_and_path(inputs, {"path": "tail"}), repeats, warmup=3)
-    general = {"path": "general", "general_chunk_size": 64}
+    general = {"path": "general", "general_chunk_size": 64, "general_mode": "rows"}
     general_s, (general, _) = best_time(lambda: scores_and_path(inputs, general), repeats, warmup=1)
     naive_s, naive = best_time(lambda: naive_scores(unet, z, t, cond, uncond, positions), 1)
     scale = naive.abs().max().item()
@@ -104,23 +106,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", choices=["tiny", "sd15"], default="tiny", help="the model (sd15: real size)")
     parser.add_argument("--image-sizes", default="64,128", help="tiny model resolutions (64 px -> 16x16 latent)")
     parser.add_argument("--steps", type=int, help="sampling.num_inference_steps for the image timing (tiny 50, sd15 5)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, help="tiny: best of (5); sd15: interleaved pairs (3)")
     parser.add_argument("--threads", type=int, help="torch threads (tiny: 1, stable on a shared machine; sd15: 2)")
-    parser.add_argument("--naive-rows", type=int, default=16, help="sd15: naive rows timed and checked")
+    parser.add_argument("--naive-rows", type=int, default=16, help="sd15: naive rows timed and checked (0: skip)")
+    parser.add_argument("--general-chunks", default="8", help="tiny: general_chunk_size values of the layer-set table")
+    parser.add_argument(
+        "--general-sets", default="res8", help="sd15: layer sets whose two sides are sampled ('': none)"
+    )
+    parser.add_argument("--general-products", type=int, default=2, help="sd15: products per sampled pass")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "perf" / "gradsam_sd15.md")
+    parser.add_argument("--modes-out", type=Path, default=REPO_ROOT / "results" / "perf" / "gradsam_modes.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads or (2 if args.scale == "sd15" else 1))
     if args.scale == "sd15":
         args.steps = 5 if args.steps is None else args.steps
+        args.repeats = args.repeats or 3
         write_sd15(args)
         return
     args.steps = 50 if args.steps is None else args.steps
+    args.repeats = args.repeats or 5
     torch.manual_seed(0)
     print(f"torch threads: {torch.get_num_threads()}")
     sizes = [int(s) for s in args.image_sizes.split(",")]
     for image_size in sizes:
         backbone, reference = tiny_backbone(image_size)
         jacobian_figures(backbone, reference.prompts[0], args.repeats)
+    write_modes(args.modes_out, [int(c) for c in args.general_chunks.split(",")])
 
     # One image: gradsam against sdedit with the same 45 steps (strength 0.9), at the first size.
     backbone, reference = tiny_backbone(sizes[0])
@@ -138,6 +149,40 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  gradsam {best['gradsam']:8.3f} s   ({ratio:.2f}x sdedit; 3 exact score passes)")
 
 
+def write_modes(out: Path, chunks: list[int]) -> None:
+    """The general path's two sides on the toy model (the demo's), whole scoring calls per layer set -> `out`."""
+    backbone, reference = tiny_backbone(64, ["model=toy", "dataset=toy_world"])
+    prompt = reference.prompts[0]
+    positions = subject_tokens(backbone.tokenizer, prompt.text, prompt.subject).positions
+    z = torch.randn(1, backbone.latent_channels, backbone.latent_size, backbone.latent_size)
+    inputs = ScoreInputs(backbone.unet, z, torch.tensor(780), encode_text(backbone, [prompt.text]).float(), positions)
+    start = time.perf_counter()
+    forward_s, _ = best_time(lambda: backbone.unet(z, 780, encoder_hidden_states=inputs.text_embeddings), 5, 2)
+    lines = [
+        f"toy model (models/toy), 64 px: latent {tuple(z.shape[1:])}, {prompt.text!r} (subject columns "
+        f"{list(positions)}), t = 780; torch threads {torch.get_num_threads()}, load average "
+        f"{os.getloadavg()[0]:.1f} at the start; one plain no-grad forward {forward_s:.3f} s (best of 5)",
+        "one whole scoring call per layer set and side (importance_scores_per_layer, general path), one run each:",
+        f"  {'layer set':9s} {'chunk':>5s}  {'rows':>5s} {'passes':>6s} {'seconds':>8s}  {'columns':>7s} "
+        f"{'passes':>6s} {'seconds':>8s}  auto     faster   rows/columns max rel. diff",
+    ]
+    with torch.no_grad():
+        for chunk in chunks:
+            for call in full_calls(inputs, chunk):
+                plan, secs = call.plan, call.seconds
+                faster = min(secs, key=secs.get)
+                lines.append(
+                    f"  {call.label:9s} {chunk:5d}  {plan.products('rows'):5d} {plan.passes('rows'):6d} "
+                    f"{secs['rows']:8.2f}  {plan.products('columns'):7d} {plan.passes('columns'):6d} "
+                    f"{secs['columns']:8.2f}  {plan.mode:8s} {faster:8s} {call.relative_difference:.1e}"
+                )
+                print(lines[-1], flush=True)
+    lines.append(f"load average at the end {os.getloadavg()[0]:.1f}; {time.perf_counter() - start:.0f} s in all")
+    title = "# The general path's two sides on the toy model (`python -m bench.perf gradsam`)"
+    atomic_write_text(out, "\n".join([title, "", "```", *lines, "```", ""]))
+    print(f"wrote {out}")
+
+
 def write_sd15(args: argparse.Namespace) -> None:
     """The SD1.5-scale figures, printed and written to args.out."""
     from bench.perf.gradsam_sd15 import run  # noqa: PLC0415 (loads the 4.3 GB folder)
@@ -150,13 +195,11 @@ def write_sd15(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
-def tiny_backbone(image_size: int):
-    """The offline tiny backbone at `image_size` and one synthetic forest reference."""
+def tiny_backbone(image_size: int, profile: tuple[str, ...] | list[str] = ()):
+    """The offline tiny backbone (or `profile`'s, e.g. model=toy) at `image_size` and one forest reference."""
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "bench",
-            overrides=["model=tiny", "dataset=synthetic_places", "device=cpu", f"model.image_size={image_size}"],
-        )
+        base = list(profile) or ["model=tiny", "dataset=synthetic_places"]
+        cfg = compose("bench", overrides=[*base, "device=cpu", f"model.image_size={image_size}"])
     backbone = instantiate(cfg.model, _convert_="all")
     dataset = instantiate(cfg.dataset, _convert_="all", images_per_subcategory=1, subcategories=["forest"])
     return backbone, dataset.references()[0]

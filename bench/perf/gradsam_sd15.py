@@ -17,9 +17,11 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,12 +31,14 @@ from hydra.utils import instantiate
 from baselines.sdedit import SDEdit
 from bench.config import CONF_DIR
 from bench.datasets.base import WorkUnit, to_model_input
+from bench.perf.general_modes import sampled_costs
 from bench.perf.sd15_folder import ensure_folder
 from bench.sd.diffusion import SamplingConfig, encode_text
 from method.attention import recording_attention, resolve_layers
 from method.config import MaskConfig, ScoreConfig
 from method.gradsam import ScoreInputs, scores_and_path
 from method.masks import union_mask
+from method.plans import layer_sets
 from method.sampler import GradSAM
 from method.tokens import subject_tokens
 
@@ -122,50 +126,90 @@ def score(unet, z, t, cond, positions):
     return scores_and_path(ScoreInputs(unet, z, t, cond, tuple(positions)), ScoreConfig(path="tail"))
 
 
-def jacobian_part(backbone, prompt, naive_count: int, lines: list[str]) -> tuple[torch.Tensor, tuple]:
-    """Items 1-3; returns the scores and the call's inputs (for item 5)."""
-    unet = backbone.unet
+@dataclass(frozen=True)
+class Call:
+    """One scoring call's inputs: z_t [1, 4, 64, 64] at t = T_SCORE, the prompt's and the empty prompt's states."""
+
+    z: torch.Tensor
+    t: torch.Tensor
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    positions: list[int]
+    text: str
+
+
+def call_inputs(backbone, prompt) -> Call:
     g = torch.Generator().manual_seed(0)
     z = torch.randn(1, 4, backbone.latent_size, backbone.latent_size, generator=g)
-    t = torch.tensor(T_SCORE)
     cond, uncond = encode_text(backbone, [prompt.text]).float(), encode_text(backbone, [""]).float()
     positions = list(subject_tokens(backbone.tokenizer, prompt.text, prompt.subject).positions)
-    forwards = []
-    for _ in range(2):  # the better of two: the machine is shared
+    return Call(z, torch.tensor(T_SCORE), cond, uncond, positions, prompt.text)
+
+
+def plain_forward(unet, call: Call) -> float:
+    """Seconds of one plain no-grad conditional forward (diffusers' default attention, nothing recorded)."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        unet(call.z, call.t, encoder_hidden_states=call.cond)
+    return time.perf_counter() - start
+
+
+def scoring_call(unet, call: Call) -> tuple[float, dict[str, float], torch.Tensor, str]:
+    """Seconds of one exact tail scoring call, its parts' seconds, its scores and path."""
+    TIMES.clear()
+    undo = instrument(unet)
+    try:
         start = time.perf_counter()
-        with torch.no_grad():
-            unet(z, t, encoder_hidden_states=cond)
-        forwards.append(time.perf_counter() - start)
-    forward = min(forwards)
-    calls = []
-    for _ in range(2):  # the first includes the once-per-head check of the closed-form head rows
-        TIMES.clear()
-        undo = instrument(unet)
-        start = time.perf_counter()
-        scores, path = score(unet, z, t, cond, positions)
-        calls.append((time.perf_counter() - start, dict(TIMES)))
+        scores, path = score(unet, call.z, call.t, call.cond, call.positions)
+        return time.perf_counter() - start, dict(TIMES), scores, path
+    finally:
         undo()
-    size = z.numel()
+
+
+def interleaved_part(unet, call: Call, repeats: int, lines: list[str]) -> tuple[torch.Tensor, float]:
+    """Item 1: plain forwards and scoring calls interleaved (a load swing hits both); the median ratio, its range."""
+    first, _, scores, path = scoring_call(unet, call)  # pays the once-per-head check of the closed-form head rows
+    pairs = []
+    for _ in range(repeats):
+        forward = plain_forward(unet, call)
+        total, parts, scores, path = scoring_call(unet, call)
+        pairs.append((forward, total, parts))
+    size = call.z.numel()
     lines += [
-        f"latent {tuple(z.shape[1:])} = {size} rows, t = {T_SCORE}, {prompt.text!r} (subject columns {positions}), "
-        f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} (shared machine)",
-        f"one conditional UNet forward: {forward:.1f} s (best of {', '.join(f'{f:.1f}' for f in forwards)})",
+        f"latent {tuple(call.z.shape[1:])} = {size} rows, t = {T_SCORE}, {call.text!r} (subject columns "
+        f"{call.positions}), torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}",
+        f"first scoring call (path {path}, with the once-per-head check of the head rows): {first:.1f} s",
+        f"{repeats} interleaved pairs (plain no-grad conditional forward, then one scoring call):",
     ]
-    for label, (total, parts) in zip(["first tail call", "second tail call"], calls, strict=True):
-        lines.append(f"{label} (path {path}): {total:.1f} s = {total / forward:.2f} UNet forwards")
-        for name, secs in parts.items():
-            lines.append(f"  {name:40s} {secs:7.2f} s  {100 * secs / total:5.1f}%")
-        rest = total - sum(parts.values())
-        lines.append(f"  {'rest (tail assembly, chunk loop)':40s} {rest:7.2f} s  {100 * rest / total:5.1f}%")
+    ratios = [total / forward for forward, total, _ in pairs]
+    for (forward, total, parts), ratio in zip(pairs, ratios, strict=True):
         inner = parts["UNet forward with attention recording"]
-        lines.append(f"  in units of the forward inside the call (robust to load swings): {total / inner:.2f}")
+        lines.append(
+            f"  forward {forward:6.1f} s   call {total:6.1f} s = {ratio:.2f} plain forwards "
+            f"({total / inner:.2f} of the forward inside it, which took {inner / forward:.2f} plain forwards)"
+        )
+    lines.append(
+        f"scoring call / plain forward: median {statistics.median(ratios):.2f}, "
+        f"range {min(ratios):.2f}-{max(ratios):.2f}"
+    )
+    _, total, parts = pairs[ratios.index(statistics.median_low(ratios))]
+    lines.append(f"parts of the median call ({total:.1f} s):")
+    for name, secs in parts.items():
+        lines.append(f"  {name:40s} {secs:7.2f} s  {100 * secs / total:5.1f}%")
+    rest = total - sum(parts.values())
+    lines.append(f"  {'rest (tail assembly, chunk loop)':40s} {rest:7.2f} s  {100 * rest / total:5.1f}%")
+    return scores, total
+
+
+def naive_part(unet, call: Call, scores: torch.Tensor, naive_count: int, call_s: float, lines: list[str]) -> None:
+    """Items 2-3: the naive loop on `naive_count` rows, extrapolated; those rows against the call's scores."""
+    size = call.z.numel()
     rows = sample_rows(size, naive_count)
-    brute, naive_forward, per_row = naive_rows(unet, z, t, cond, uncond, positions, rows)
+    brute, naive_forward, per_row = naive_rows(unet, call.z, call.t, call.cond, call.uncond, call.positions, rows)
     naive_total = naive_forward + per_row * size
-    best = min(c[0] for c in calls)
     lines += [
         f"naive loop: forward {naive_forward:.1f} s + {per_row:.2f} s per row, timed on {len(rows)} rows; "
-        f"extrapolated to {size} rows: {naive_total:.0f} s = {naive_total / best:.0f}x the tail call",
+        f"extrapolated to {size} rows: {naive_total:.0f} s = {naive_total / call_s:.0f}x the tail call",
     ]
     ours = scores.flatten(1)[:, rows]
     diff = (ours - brute).abs().max().item()
@@ -174,7 +218,6 @@ def jacobian_part(backbone, prompt, naive_count: int, lines: list[str]) -> tuple
         f"exactness on those {len(rows)} rows (brute-force autograd): max |diff| {diff:.3g}, "
         f"relative to max |score| {diff / brute.abs().max().item():.3g}, largest per-element relative {rel_row:.3g}"
     )
-    return scores, (z, t, cond, positions)
 
 
 def sample_rows(size: int, count: int) -> torch.Tensor:
@@ -243,15 +286,57 @@ def upcast_part(backbone, scores: torch.Tensor, call: tuple, lines: list[str]) -
     )
 
 
+def general_part(backbone, call: Call, sets: list[str], products: int, lines: list[str]) -> None:
+    """Item 4: the general path's two sides per layer set, from `products` products of each, extrapolated."""
+    unet = backbone.unet
+    inputs = ScoreInputs(unet, call.z, call.t, call.cond, tuple(call.positions))
+    forward = plain_forward(unet, call)
+    lines.append(
+        f"general path at this size (score.general_chunk_size={products}): one batched pass of {products} rows and "
+        f"one of {products} columns (of the set's earliest layer) per layer set, whole calls extrapolated from them; "
+        f"plain forward {forward:.1f} s"
+    )
+    for label, layers in layer_sets(unet, backbone.latent_size, "last").items():
+        if label not in sets:
+            continue
+        cost = sampled_costs(inputs, label, layers, products)
+        plan = cost.plan
+        lines.append(
+            f"  {label}: {len(layers)} layer(s); rows {plan.products('rows')} in {plan.passes('rows')} passes, "
+            f"columns {plan.products('columns')} in {plan.passes('columns')} passes (auto: {plan.mode})"
+        )
+        lines.append(
+            f"    rows: forward with graph {cost.recording_forward_s:.1f} s, one pass of {products} rows "
+            f"{cost.row_pass_s:.1f} s ({cost.row_pass_s / products / forward:.2f} forwards a row); "
+            f"whole call extrapolated {cost.extrapolated('rows', forward):.0f} s"
+        )
+        lines.append(
+            f"    columns: one pass of {products} columns {cost.column_pass_s:.1f} s (primal forward included; "
+            f"{(cost.column_pass_s - forward) / products / forward:.2f} forwards a column after it); "
+            f"whole call extrapolated {cost.extrapolated('columns', forward):.0f} s"
+        )
+        lines.append(
+            f"    the {products}x{products} Jacobian entries both passes computed: max |rows - columns| / max |J| "
+            f"{cost.relative_difference:.2g}"
+        )
+
+
 def run(args) -> list[str]:
     folder = ensure_folder()
     backbone, reference = load_backbone(folder)
     lines = [f"SD1.5 architecture, random weights ({folder.name}), float32 on the CPU"]
-    scores, call = jacobian_part(backbone, reference.prompts[0], args.naive_rows, lines)
+    call = call_inputs(backbone, reference.prompts[0])
+    scores, call_s = interleaved_part(backbone.unet, call, args.repeats, lines)
     print("\n".join(lines), flush=True)
+    if args.naive_rows:
+        naive_part(backbone.unet, call, scores, args.naive_rows, call_s, lines)
+        print("\n".join(lines[-2:]), flush=True)
+    if args.general_sets:
+        general_part(backbone, call, args.general_sets.split(","), args.general_products, lines)
+        print("\n".join(lines[-1 - 5 * len(args.general_sets.split(",")) :]), flush=True)
     if args.steps:
         end_to_end(backbone, reference, args.steps, lines)
         print("\n".join(lines[-5:]), flush=True)
-    upcast_part(backbone, scores, call, lines)
+    upcast_part(backbone, scores, (call.z, call.t, call.cond, call.positions), lines)
     print(lines[-1], flush=True)
     return lines

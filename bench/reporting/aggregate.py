@@ -21,6 +21,7 @@ For each results/<task>/samples.csv it writes, beside it:
 from __future__ import annotations
 
 import textwrap
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,17 +176,21 @@ def run_configs(samples: pd.DataFrame, roots: list[Path]) -> dict[str, str]:
 def aggregate_task(
     results_dir: Path, task: str, root_dir: Path | None = None, options: AggregateOptions = AggregateOptions()
 ) -> dict:
-    """Build every table, figure and the report of one task from its samples.csv; return the paths, and under
-    "terminal" the headline and compact tables as text within TERMINAL_WIDTH columns."""
+    """Build every table, figure and the report of one task from its samples.csv; return the paths, under
+    "terminal" the headline and compact tables as text within TERMINAL_WIDTH columns, and under "seconds" the
+    wall time of each part (tables with the set-level FID/KID, figures, report)."""
     folder = results_dir / task
     samples_csv = folder / "samples.csv"
     root_dir = root_dir or REPO_ROOT
     roots = [root_dir, results_dir.parent]  # image paths are relative to the run's paths.root_dir
+    started = time.monotonic()
     samples = read_samples(samples_csv)  # validated whole (ResultsError naming the line), before any number
     name = table_name_for(task)
     # 1. The tables (CSV files), 2. the figures, 3. one report rendered to Markdown (and the headline alone), HTML.
     tables = write_tables(samples, folder, name, roots, options)
+    seconds = {"tables and set-level FID/KID": time.monotonic() - started}
     figures = draw_figures(tables, root_dir, folder / "figures", options.n_figure_samples)
+    seconds["figures"] = time.monotonic() - started - sum(seconds.values())
     report = build_report(f"{name} ({task})", subtitle(task, samples), tables, figures, folder, roots)
     paths: dict = {"samples": samples_csv, "csv": folder / f"{name}.csv", "md": folder / f"{name}.md"}
     atomic_write_text(paths["md"], render_markdown(report))
@@ -194,6 +199,8 @@ def aggregate_task(
     paths["report"] = write_report(folder, report, page_name(folder, name))
     paths["figures"] = [*figures.grids, *figures.boxes, *figures.deltas]
     paths["terminal"] = terminal_summary(report, paths)
+    seconds["report"] = time.monotonic() - started - sum(seconds.values())
+    paths["seconds"] = seconds
     # 4. W&B: the samples and every table and figure in one run of the task's group.
     if options.wandb_dir is not None:
         extra = {"paired deltas": tables.deltas} if len(tables.deltas) else {}

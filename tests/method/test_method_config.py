@@ -33,6 +33,7 @@ ENUMS = [
     ("score.target", mc.TARGETS),
     ("score.vjp_basis", mc.BASES),
     ("score.path", mc.PATHS),
+    ("score.general_mode", mc.GENERAL_MODES),
     ("subject.index_mode", mc.INDEX_MODES),
     ("mask.threshold_scope", mc.SCOPES),
     ("mask.blur.stage", mc.STAGES),

@@ -15,7 +15,17 @@ from hydra import compose, initialize_config_dir
 
 from bench.config import CONF_DIR, REPO_ROOT, build
 from bench.reproduce import PROFILES
-from bench.summary import WIDTH, JobSummary, aggregate_command, duration, format_job, format_sweep, random_weights
+from bench.summary import (
+    SWEEP_RECORD_ENV,
+    WIDTH,
+    JobSummary,
+    aggregate_command,
+    duration,
+    format_job,
+    format_sweep,
+    random_weights,
+    read_sweep_record,
+)
 from bench.task import plan_work, run_benchmark
 from tests.conftest import FAST, PIXEL_ONLY, compose_cfg, run_cli, run_cli_exact
 
@@ -264,7 +274,8 @@ def test_the_first_command_runs_trained_models_into_its_own_task_and_ends_with_t
     assert "mixed table:    its samples.csv now holds tiny/synthetic_places (2), toy/toy_world (10)" in text
 
 
-def test_a_sweep_prints_each_jobs_summary_and_one_for_the_whole_sweep(tmp_path):
+def test_a_sweep_prints_each_jobs_summary_and_one_for_the_whole_sweep(tmp_path, monkeypatch):
+    monkeypatch.setenv(SWEEP_RECORD_ENV, str(tmp_path / "record" / "sweep.json"))  # what bench.reproduce reads
     sweep = ["-m", "seeds=[1],[2]", *TINY_SDEDIT, *NAN_SDEDIT, f"paths.root_dir={tmp_path}"]
     proc = run_cli(sweep, cwd=tmp_path, timeout=600)
     jobs = [line for line in proc.stdout.splitlines() if line.startswith("sdedit_0.6+none on tiny/synthetic_places")]
@@ -281,6 +292,9 @@ def test_a_sweep_prints_each_jobs_summary_and_one_for_the_whole_sweep(tmp_path):
     assert "task's rows:    results/demo/samples.csv" in text
     assert "random weights: model=tiny" in text and "(4 in " in text
     assert not (tmp_path / "outputs/.sweeps").exists()  # the jobs' summaries are gone with the sweep
+    wall_s, jobs = read_sweep_record(tmp_path / "record" / "sweep.json")  # ... and kept where asked
+    assert [(j.made, j.failed, j.label) for j in jobs] == [(1, 1, "sdedit_0.6+none"), (2, 0, "sdedit_0.6+none")]
+    assert wall_s >= sum(j.wall_s for j in jobs) > 0 and all(j.wall_s >= j.generation_s > 0 for j in jobs)
 
 
 def test_a_dry_run_sweep_prints_plans_and_no_summary(tmp_path):

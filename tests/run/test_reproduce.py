@@ -15,7 +15,8 @@ from hydra.utils import get_object
 from bench.config import CONF_DIR, REPO_ROOT
 from bench.reporting.html import referenced_files
 from bench.reporting.tables import PAPER_TABLE1
-from bench.reproduce import PROFILES
+from bench.reproduce import PROFILES, Times
+from bench.summary import JobSummary
 from tests.conftest import compose_cfg
 
 SMALL = [
@@ -128,6 +129,46 @@ def test_reproduce_honours_task_name_and_every_override(tmp_path):
         set(samples["task"]) == {"mine"} and set(samples["label"]) == {"txt2img"} and set(samples["model"]) == {"tiny"}
     )
     assert str(tmp_path / "results" / "mine" / "report.html") in proc.stdout
+    times = proc.stdout[proc.stdout.index("time per row") :].splitlines()  # after the tables: where the time went
+    assert times[1].split()[:3] == ["txt2img+none", "1", "new"] and "s a sample" in times[1]
+    assert "tables and set-level FID/KID" in proc.stdout and times[-1].startswith("total: ")
+    assert max(map(len, times)) <= 100
+
+
+def job(label: str, new: int, done: int, wall_s: float, generation_s: float) -> JobSummary:
+    return JobSummary(
+        "demo", label, "toy/toy_world", "run", "csv", "results", "root", new, done, 0, None, wall_s, generation_s, None
+    )
+
+
+def test_the_times_say_where_the_wall_time_went():
+    rows = [job("gradsam_reference_code+none", 10, 0, 95.0, 80.0), job("txt2img+none", 0, 10, 4.0, 0.0)]
+    parts = {"tables and set-level FID/KID": 30.4, "figures": 5.0, "report": 1.2}
+    lines = Times(rows, multirun_s=130.0, sweep_s=110.0, parts=parts, total_s=170.0).lines()
+    assert lines[0].startswith("time per row") and max(map(len, lines)) <= 100
+    assert lines[1].split() == [
+        "gradsam_reference_code+none",
+        "10",
+        "new",
+        "1",
+        "min",
+        "35",
+        "s",
+        "8.0",
+        "s",
+        "a",
+        "sample",
+        "15",
+        "s",
+    ]
+    assert lines[2].split() == ["txt2img+none", "0", "new,", "10", "done", "4", "s", "no", "new", "sample", "4", "s"]
+    text = "\n".join(lines)
+    assert "rows 1 min 39 s" in text and "process start-up\n  20 s; Hydra between the rows 11 s" in text
+    assert (
+        "tables and set-level FID/KID 30 s; figures 5 s; report 1 s" in text and lines[-1] == "total: 2 min 50 s wall"
+    )
+    unrecorded = Times([], multirun_s=61.0, sweep_s=None, parts=parts, total_s=99.0).lines()
+    assert "the multirun 1 min 01 s (it left no record of its rows)" in "\n".join(unrecorded)
 
 
 def test_reproduce_failures_are_one_line(tmp_path):
