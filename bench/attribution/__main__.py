@@ -1,4 +1,4 @@
-"""`python -m bench.attribution [--profile offline|gpu]`: the attribution study, then its tables and figures.
+"""`python -m bench.attribution [--profile offline|gpu] [--stage maps|sanity|faithfulness|all]`: the attribution study.
 
 1. Two Hydra jobs record their maps (method.attribution.record=true) into outputs/attribution/:
    the no_manipulation chain (`row=no_manipulation`, label no_manipulation) with every score kind at every
@@ -7,8 +7,12 @@
    these labels (bench/attribution/report.py PAIRS).
    Both record each image's subject truth (truth_record.enabled=true) from the `truth` source: the dataset's
    default (toy_world: oracle; places365: clipseg) or an override, e.g. `truth=clipseg_tiny` (offline stand-in).
-2. `--report-only` (or after the jobs): results/attribution/attribution.{csv,md}, samples_attribution.csv,
-   mask_rules.{csv,md}, figures/*.png and report.html (bench/attribution/report.py).
+2. `--stage sanity` (bench/attribution/sanity.py): the sanity checks, every map recomputed from the control job's
+   recorded latents on randomised UNets and for other words: results/attribution/samples_sanity.csv, sanity.json.
+3. `--report-only` (or after the stages): results/attribution/attribution.{csv,md}, samples_attribution.csv,
+   mask_rules.{csv,md}, sanity.csv (once the sanity stage ran), figures/*.png and report.html
+   (bench/attribution/report.py).
+`--stage all` (the default) runs every stage in that order; each stage can run alone on what the earlier wrote.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from pathlib import Path
 
 from bench.attribution.report import write_study
+from bench.attribution.sanity import PLANS, run_sanity
 from bench.config import REPO_ROOT
 
 PROFILES = {
@@ -56,6 +61,7 @@ RECORD_TRUTH = ["truth_record.enabled=true"]
 # The control chain also keeps its latents (every map can be recomputed at the same inputs: the sanity stage)
 # and DAAM over both windows (the steps so far at each scoring step; the whole chain, as castorini/daam).
 CONTROL_EXTRAS = ["method.attribution.latents=true", "method.attribution.daam.window=both"]
+STAGES = ("maps", "sanity", "faithfulness", "all")
 JOBS = {  # row -> what it records beside its own map
     "no_manipulation": [ALL_KINDS, *CONTROL_EXTRAS],
     "gradsam_paper": [CHEAP_KINDS],
@@ -84,13 +90,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="offline", choices=sorted(PROFILES))
     parser.add_argument("--root-dir", type=Path, default=REPO_ROOT, help="outputs/ and results/ go under it")
     parser.add_argument("--shards", type=int, default=2, help="processes per job (default 2: one per core here)")
+    parser.add_argument("--stage", default="all", choices=STAGES, help="which stage to run (default: every one)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from recorded maps")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both jobs")
     args = parser.parse_intermixed_args(argv)
     root = args.root_dir.resolve()
     start = time.monotonic()
-    if not args.report_only:
+    if not args.report_only and args.stage in ("maps", "all"):
         run_jobs(args.profile, args.overrides, root, args.shards)
+    if not args.report_only and args.stage in ("sanity", "all"):
+        run_sanity(root, PLANS[args.profile], args.shards)
     jobs_s = time.monotonic() - start
     paths = write_study(root / "results" / TASK, root)
     print(paths["md"].read_text())

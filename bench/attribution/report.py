@@ -125,6 +125,9 @@ def write_study(folder: Path, root: Path) -> dict:
     main = table[table["truth_threshold"] == "main"]
     figures = [auroc_by_layer(main, folder / "figures"), auroc_by_step(main, folder / "figures")]
     sections = study_sections(table, mask_table, study_notes(per_sample), figures)
+    from bench.attribution.sanity_report import sanity_sections  # noqa: PLC0415  (it imports this module)
+
+    sections[-1:-1] = sanity_sections(folder)  # before Details, once the sanity stage has written its rows
     links = {p.name: p.name for p in sorted(folder.glob("*.csv"))} | {"attribution.md": "attribution.md"}
     report = Report(TITLE, SUBTITLE, tuple(sections), csv_links=links)
     paths = {"csv": folder / "attribution.csv", "md": folder / "attribution.md", "masks": folder / "mask_rules.csv"}
