@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from bench.config import REPO_ROOT, env_path
+from bench.cli_checks import exit_with
+from bench.config import REPO_ROOT, ConfigError, env_path, is_safe_name
 from bench.metrics.set_level import SetLevelAssets
+from bench.records import StorageError
 from bench.reporting.aggregate import AggregateOptions, aggregate_task
+from bench.reporting.samples_table import ResultsError
 
 
 def options_from_environment(
@@ -46,10 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         "--no-set-level", action="store_true", help="skip FID-2048/KID (NaN with that reason): a quick table rebuild"
     )
     args = parser.parse_args(argv)
-    args.root_dir = args.root_dir or args.results_dir.resolve().parent
-    tasks = args.task or sorted(p.parent.name for p in args.results_dir.glob("*/samples.csv"))
-    if not tasks:
-        sys.exit(f"error: no results/<task>/samples.csv under {args.results_dir}: run `python -m bench.run` first.")
+    tasks = check_arguments(args)
     options = options_from_environment(
         set_level=not args.no_set_level,
         overwrite_ref_stats=args.overwrite_ref_stats,
@@ -58,10 +57,37 @@ def main(argv: list[str] | None = None) -> None:
     for task in tasks:
         try:
             paths = aggregate_task(args.results_dir, task, args.root_dir, options)
-        except FileNotFoundError as exc:
-            sys.exit(f"error: {exc}")
+        except (FileNotFoundError, ResultsError, ConfigError) as exc:
+            exit_with(str(exc))
+        except StorageError as exc:
+            exit_with(str(exc), 1)
         print(f"== {task}")
         print(paths["terminal"])
+
+
+def check_arguments(args: argparse.Namespace) -> list[str]:
+    """The tasks to aggregate; exits in one line (status 2) on a folder that is not one or an unsafe task name
+    (`--task ../x` would write outside the results folder)."""
+    if not args.results_dir.is_dir():
+        exit_with(f"--results-dir {args.results_dir} is not a folder. Fix: give the results folder (default results/).")
+    args.root_dir = args.root_dir or args.results_dir.resolve().parent
+    if not args.root_dir.is_dir():
+        exit_with(
+            f"--root-dir {args.root_dir} is not a folder. Fix: give the runs' paths.root_dir (default: results/..)."
+        )
+    unsafe = [t for t in args.task or [] if not is_safe_name(t)]
+    if unsafe:
+        exit_with(
+            f"--task {unsafe[0]!r} is not a task name (1-100 letters, digits and . _ + = -, starting with a letter or "
+            "digit; no '/' or '..'): its tables would be written outside the results folder. Fix: give the run's "
+            "task_name."
+        )
+    tasks = args.task or sorted(
+        p.parent.name for p in args.results_dir.glob("*/samples.csv") if is_safe_name(p.parent.name)
+    )
+    if not tasks:
+        exit_with(f"no results/<task>/samples.csv under {args.results_dir}: run `python -m bench.run` first.")
+    return tasks
 
 
 if __name__ == "__main__":

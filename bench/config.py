@@ -53,7 +53,30 @@ def build(node, **kwargs):
         cause = exc.__cause__
         if isinstance(cause, ConfigError | RuntimeError) and not isinstance(cause, NotImplementedError):
             raise cause from None
+        text = str(cause) if isinstance(cause, TypeError) else ""
+        unknown = re.search(r"unexpected keyword argument '([^']+)'", text)
+        if unknown:  # a misspelt key in a config file (conf/ or a --config-dir): name it and the allowed ones
+            raise ConfigError(unknown_setting(node, str(exc), unknown.group(1))) from None
         raise
+
+
+def unknown_setting(node, error: str, name: str) -> str:
+    """One line for a config node whose `name` its `_target_` does not take (Hydra composed it from a file)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    target = node.get("_target_")
+    where = re.search(r"full_key: (\S+)", error)
+    key = f"{where.group(1)}.{name}" if where else name
+    try:
+        allowed = [p for p in inspect.signature(get_object(target)).parameters if p not in ("self", "args", "kwargs")]
+    except (ImportError, ValueError, TypeError):
+        allowed = []
+    return (
+        f"unknown config key {key!r}: {target} takes no setting {name!r} (a misspelt key in a config file?). "
+        f"Allowed keys there: {sorted(allowed)}. Fix the spelling in the file that sets it (conf/ or --config-dir)."
+    )
 
 
 def check_ablation(cfg: DictConfig) -> None:

@@ -2,7 +2,8 @@
 
 Profiles choose the assets; the rows, the data protocol and the seeds are the same:
     gpu:     model=sd15 dataset=places365 (a user's GPU machine)
-    offline: model=toy dataset=toy_world metrics=toy (trained tiny models; these machines, CI)
+    offline: model=toy dataset=toy_world metrics=toy (trained tiny models; these machines, CI), at 2 scenes x
+             every prompt per subcategory (the toy world's own default is a first run's 1 x 1)
 """
 
 from __future__ import annotations
@@ -14,12 +15,20 @@ import sys
 from pathlib import Path
 
 from bench.aggregate import options_from_environment
+from bench.cli_checks import exit_with
 from bench.config import REPO_ROOT
+from bench.records import StorageError
 from bench.reporting.aggregate import aggregate_task
 
 PROFILES = {
     "gpu": ["model=sd15", "dataset=places365"],
-    "offline": ["model=toy", "dataset=toy_world", "metrics=toy"],
+    "offline": [
+        "model=toy",
+        "dataset=toy_world",
+        "metrics=toy",
+        "dataset.images_per_subcategory=2",
+        "dataset.prompts_per_subcategory=null",
+    ],
 }
 TARGETS = ("demo", "table1", "ablations")
 
@@ -79,7 +88,7 @@ def reproduce(what: str, profile: str, extra: list[str], root_dir: Path, logger:
     options = options_from_environment(wandb_dir=root_dir / "outputs" / "wandb" if logger == "wandb" else None)
     try:
         return aggregate_task(root_dir / "results", task, root_dir, options)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, StorageError) as exc:  # ValueError: ResultsError, a table refused
         raise ReproduceError(f"building the tables of task {task!r} failed: {exc}") from exc
 
 
@@ -91,11 +100,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root-dir", type=Path, default=REPO_ROOT, help="outputs/ and results/ go under it")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. dataset.images_per_subcategory=2")
     args = parser.parse_intermixed_args(argv)
+    if args.root_dir.exists() and not args.root_dir.is_dir():
+        exit_with(f"--root-dir {args.root_dir} is not a folder. Fix: give the folder outputs/ and results/ go under.")
     try:
         paths = reproduce(args.what, args.profile, args.overrides, args.root_dir.resolve(), args.logger)
     except ReproduceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.code)
+        exit_with(str(exc), exc.code)
     print()
     print(paths["terminal"])
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +18,20 @@ from PIL import Image
 from tqdm import tqdm
 
 from bench.config import ConfigError, build, check_ablation, check_path_names, check_variant, is_safe_name
-from bench.datasets.base import Dataset, DatasetError, ReferenceImage, WorkUnit, to_model_input
+from bench.datasets.base import Dataset, DatasetError, ReferenceImage, WorkUnit, reference_digest, to_model_input
 from bench.metrics.common import PerSampleMetric, SampleContext
 from bench.records import (
     MAPS_FILE,
+    NO_ROW,
+    SampleFiles,
     atomic_write_bytes,
     atomic_write_text,
     environment_manifest,
+    inspect_sample,
     maps_to_npz,
     mask_to_png,
     merge_samples,
-    read_rows,
+    png_problem,
     relative_to_root,
     row_path,
     save_png,
@@ -58,6 +63,12 @@ def plan_work(references: list[ReferenceImage], seeds: list[int], shard_index: i
     first: dict[str, WorkUnit] = {}
     for unit in units:
         other = first.setdefault(unit.key, unit)
+        if other is not unit and other.prompt.text == unit.prompt.text and other.image.image_id == unit.image.image_id:
+            raise ConfigError(
+                f"image {unit.image.image_id!r} lists the prompt {unit.prompt.text!r} twice (prompts are compared "
+                "after Unicode NFC normalisation: two spellings of one text are one prompt). Fix: remove the repeat "
+                "from the dataset's protocol."
+            )
         if other is not unit:
             raise ConfigError(
                 f"two samples would share the output path {unit.key}: image {other.image.image_id!r} with prompt "
@@ -74,8 +85,19 @@ def plan_work(references: list[ReferenceImage], seeds: list[int], shard_index: i
     return units[shard_index::shard_count]
 
 
-def load_references(units: list[WorkUnit], size: int, resample: str) -> dict[str, tuple[np.ndarray, str]]:
-    """Read and convert every reference the units need, before any generation starts."""
+def load_references(
+    units: list[WorkUnit],
+    size: int,
+    resample: str,
+    paths: RunPaths | None = None,
+    recorded: Mapping[str, str] | None = None,
+) -> dict[str, tuple[np.ndarray, str]]:
+    """Read and convert every reference the units need, before any generation starts.
+
+    With the run's `paths`, each reference is also keyed by content: its converted pixels must be those the
+    task's samples were made from (its copy under references/, else `recorded`: image id -> the
+    `reference_sha256` of this run's done rows), else the run is refused (`check_reference_unchanged`).
+    """
     out = {}
     for unit in units:
         image = unit.image
@@ -88,7 +110,33 @@ def load_references(units: list[WorkUnit], size: int, resample: str) -> dict[str
                 f"cannot read reference image {image.image_id} from {image.source}: {exc}. "
                 "Replace or remove the file and run again; nothing was generated yet."
             ) from exc
+        if paths is not None:
+            copy = paths.reference_png(size, image.image_id)
+            check_reference_unchanged(image, out[image.image_id], copy, (recorded or {}).get(image.image_id))
     return out
+
+
+def check_reference_unchanged(
+    image: ReferenceImage, converted: tuple[np.ndarray, str], copy: Path, recorded: str | None
+) -> None:
+    """Refuse a reference whose pixels (uint8 [S, S, 3], as the model sees them, with their conversion note)
+    differ from those the task's samples were made from: its whole copy under references/, else the digest its
+    rows recorded (`recorded`)."""
+    pixels, conversion = converted
+    digest = reference_digest(pixels)
+    stored, where = recorded, "recorded in this run's rows"
+    if copy.is_file() and not png_problem(copy):
+        with Image.open(copy) as saved:
+            stored, where = reference_digest(np.asarray(saved.convert("RGB"))), f"the copy {copy}"
+    if stored and stored != digest:
+        raise DatasetError(
+            f"reference image {image.image_id} ({image.source}) changed since this task's samples were made from "
+            f"it: its pixels now have sha256 {digest[:12]} (conversion: {conversion}), those samples used "
+            f"{stored[:12]} ({where}); a resume would mix two images under one id. Fix: restore the original file "
+            "(if only the copy was changed, delete the copy: it is rewritten), or run under a new task_name=..., "
+            "or delete the task's outputs/ and results/ folders to redo every sample from the new file. Nothing "
+            "was generated."
+        )
 
 
 def batches(items: list, size: int) -> Iterator[list]:
@@ -134,6 +182,17 @@ class RunPaths:
     def relative(self, path: Path) -> str:
         return relative_to_root(path, self.root_dir)
 
+    def sample_files(self, unit: WorkUnit) -> SampleFiles:
+        """Where `unit`'s row, image and masks must be, and the identity its row must record."""
+        identity = {"sample_key": unit.key, "image_id": unit.image.image_id, "prompt": unit.prompt.text}
+        return SampleFiles(
+            row=row_path(self.run_dir, unit.key),
+            image=self.image_png(unit.key),
+            masks=self.sample_masks(unit.key),
+            root=self.root_dir,
+            identity={**identity, "seed": unit.seed},
+        )
+
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -141,8 +200,10 @@ class RunPlan:
 
     dataset: Dataset
     units: list[WorkUnit]  # every unit of this shard, in protocol order
-    pending: list[WorkUnit]  # the units without a row yet
+    pending: list[WorkUnit]  # the units not done: no row yet, or damaged files (redone)
     settings: dict  # every setting that changes a sample's pixels (`image_settings`)
+    damaged: dict[str, str] = field(default_factory=dict)  # sample key -> what is damaged (those are redone)
+    recorded_references: dict[str, str] = field(default_factory=dict)  # image id -> reference_sha256 of done rows
 
 
 @dataclass(frozen=True)
@@ -172,12 +233,14 @@ def run_benchmark(cfg: DictConfig) -> dict:
     """
     sampling, method = validate_config(cfg)
     paths = RunPaths.from_config(cfg)
-    plan = plan_run(cfg, paths.run_dir)
+    plan = plan_run(cfg, paths)
     summary = {"run_dir": str(paths.run_dir), "planned": len(plan.units), "pending": len(plan.pending)}
+    summary["damaged"] = len(plan.damaged)
     if cfg.dry_run:
         return print_dry_run(cfg, plan, summary)
-    # Read every reference first: a bad file fails now, not after an hour of sampling.
-    references = load_references(plan.pending, cfg.model.image_size, cfg.dataset.get("resample", "bicubic"))
+    # Read every reference first: a bad or changed file fails now, not after an hour of sampling.
+    resample = cfg.dataset.get("resample", "bicubic")
+    references = load_references(plan.pending, cfg.model.image_size, resample, paths, plan.recorded_references)
     context = build_context(cfg, paths, plan, method, sampling, references)
     written = [paths.task_dir, paths.results_dir, paths.run_dir]
     with writing(paths.task_dir), task_writers(paths.task_dir, written) as removed:
@@ -200,8 +263,9 @@ def validate_config(cfg: DictConfig) -> tuple[SamplingConfig, Method]:
     return sampling, method
 
 
-def plan_run(cfg: DictConfig, run_dir: Path) -> RunPlan:
-    """The dataset and this shard's work units; refuses a run folder made with other pixel settings."""
+def plan_run(cfg: DictConfig, paths: RunPaths) -> RunPlan:
+    """The dataset and this shard's work units; refuses a run folder made with other pixel settings or for other
+    subjects. A unit is pending unless its sample is done and whole (`inspect_samples`)."""
     dataset = build(cfg.dataset)
     if not isinstance(dataset, Dataset):
         raise ConfigError(
@@ -213,10 +277,49 @@ def plan_run(cfg: DictConfig, run_dir: Path) -> RunPlan:
         raise DatasetError(f"dataset={cfg.dataset.name} yielded no reference images; check its config.")
     units = plan_work(references, list(cfg.seeds), cfg.shard.index, cfg.shard.count)
     settings = image_settings(cfg)
-    check_run_settings(run_dir, settings)
-    pending = [u for u in units if not row_path(run_dir, u.key).exists()]
-    read_rows([run_dir])  # a damaged row fails now, naming its file, not after the whole run
-    return RunPlan(dataset, units, pending, settings)
+    check_run_settings(paths.run_dir, settings)
+    done, damaged = inspect_samples(paths, units)
+    check_same_subjects(units, done, paths.run_dir)
+    pending = [u for u in units if u.key not in done]
+    recorded = {row["image_id"]: row["reference_sha256"] for row in done.values() if row.get("reference_sha256")}
+    return RunPlan(dataset, units, pending, settings, damaged, recorded)
+
+
+def inspect_samples(paths: RunPaths, units: list[WorkUnit]) -> tuple[dict[str, dict], dict[str, str]]:
+    """(done, damaged): the rows of the units whose samples are done and whole, by key; and what is damaged in
+    the others that have files (each named in a warning: damaged means not done, so the run redoes it)."""
+    done, damaged = {}, {}
+    for unit in units:
+        row, problem = inspect_sample(paths.sample_files(unit))
+        if not problem:
+            done[unit.key] = row
+        elif problem != NO_ROW:
+            damaged[unit.key] = problem
+            log.warning("%s. Damaged means not done: the sample %s is redone now.", problem, unit.key)
+    return done, damaged
+
+
+def check_same_subjects(units: list[WorkUnit], done: Mapping[str, dict], run_dir: Path) -> None:
+    """Refuse a resume whose dataset now gives a done sample another subject, category or subcategory (the same
+    image, prompt and seed): the rerun would keep the sample made for the old one."""
+    changed = [
+        (unit, column, done[unit.key].get(column), value)
+        for unit in units
+        if unit.key in done
+        for column, value in (
+            ("subject", unit.prompt.subject),
+            ("category", unit.image.category),
+            ("subcategory", unit.image.subcategory),
+        )
+        if done[unit.key].get(column, value) != value
+    ]
+    if changed:
+        unit, column, old, new = changed[0]
+        raise ConfigError(
+            f"{run_dir} holds sample {unit.key} made with {column}={old!r}, but the dataset now gives {column}="
+            f"{new!r} ({len(changed)} such change(s)); a rerun would keep the old samples. Fix: restore the "
+            "protocol, or use another task_name=..., or delete that folder to start over."
+        )
 
 
 def print_dry_run(cfg: DictConfig, plan: RunPlan, summary: dict) -> dict:
@@ -226,7 +329,8 @@ def print_dry_run(cfg: DictConfig, plan: RunPlan, summary: dict) -> dict:
     if "score" in cfg.method:  # a method with a layer choice: the model's cross-attention layers
         print_layers(build(cfg.model))
     for unit in plan.pending[:10]:
-        print(f"  would generate {unit.key}")
+        damaged = plan.damaged.get(unit.key)
+        print(f"  would redo {unit.key} ({damaged})" if damaged else f"  would generate {unit.key}")
     return summary
 
 
@@ -246,6 +350,8 @@ def build_context(
     check_steps(sampling, backbone.scheduler.config.num_train_timesteps)
     method.preflight(backbone, [u.sample(references[u.image.image_id][0]) for u in plan.pending])
     metrics = {name: build(node) for name, node in cfg.metrics.per_sample.items()}
+    if plan.pending:
+        prepare_metrics(metrics)
     tracker = build(cfg.logger)
     shard = f"+shard-{cfg.shard.index}-of-{cfg.shard.count}" if cfg.shard.count > 1 else ""
     return RunContext(
@@ -262,6 +368,15 @@ def build_context(
         config=OmegaConf.to_container(cfg, resolve=True),
         run_name=f"{cfg.task_name}/{method.label}+{cfg.ablation.name}{shard}",
     )
+
+
+def prepare_metrics(metrics: Mapping[str, PerSampleMetric]) -> None:
+    """Load every metric's weights now (`prepare`, bench.metrics.common): weights that cannot load stop the run
+    before the first sample (MissingWeightsError, one line), never a column of NaN scores that a rerun keeps."""
+    for metric in metrics.values():
+        prepare = getattr(metric, "prepare", None)
+        if prepare is not None:
+            prepare()
 
 
 def write_run_records(cfg: DictConfig, context: RunContext, plan: RunPlan) -> None:
@@ -284,10 +399,13 @@ def generate_and_record(context: RunContext, pending: list[WorkUnit], summary: d
     """Generate, score and record, one batch at a time; each sample is saved as it completes.
 
     Then rebuild the task's samples table from every row on disk (all methods, all shards); returns
-    `summary` with its path.
+    `summary` with its path, the samples made and failed (the first failure's key and reason) and the
+    seconds spent generating and recording them.
     """
     context.tracker.start(context.config, name=context.run_name)
     exit_code = 1
+    summary.update(made=0, failed=0, first_failure=None)
+    started = time.perf_counter()
     try:
         with tqdm(total=len(pending), desc=context.method.label, unit="sample") as bar:
             for batch in batches(pending, context.batch_size):
@@ -295,8 +413,9 @@ def generate_and_record(context: RunContext, pending: list[WorkUnit], summary: d
                 results = context.method.generate(context.backbone, samples, context.sampling)
                 for unit, sample, result in zip(batch, samples, results, strict=True):
                     with writing(context.paths.run_dir):
-                        record_sample(context, unit, sample, result)
+                        count_sample(summary, record_sample(context, unit, sample, result))
                     bar.update(1)
+        summary["generation_s"] = time.perf_counter() - started
         samples_csv = context.paths.samples_csv
         with writing(samples_csv):
             frame = merge_samples(context.paths.task_dir, samples_csv)
@@ -308,14 +427,25 @@ def generate_and_record(context: RunContext, pending: list[WorkUnit], summary: d
     return summary
 
 
+def count_sample(summary: dict, row: dict) -> None:
+    """Count a recorded row in `summary` as made or failed; keep the first failure as '<key>: <reason>'."""
+    if row["status"] == "failed":
+        summary["failed"] += 1
+        summary["first_failure"] = summary["first_failure"] or f"{row['sample_key']}: {row['failure']}"
+    else:
+        summary["made"] += 1
+
+
 def check_run_keys(cfg: DictConfig) -> None:
     """seeds (distinct integers), batch_size, shard and dry_run: types and ranges, before anything runs."""
     seeds = cfg.get("seeds")
-    if not OmegaConf.is_list(seeds) or not seeds or not all(is_integer(s) for s in seeds):
+    values = OmegaConf.to_container(seeds) if OmegaConf.is_list(seeds) else None
+    if not values or not all(is_integer(s) for s in values):
         raise ConfigError(f"seeds={seeds!r} is not a non-empty list of integers. Fix: e.g. seeds=[51828] or [1,2].")
-    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    repeated = sorted(s for s, n in Counter(values).items() if n > 1)  # linear: 100,000 seeds check at once
     if repeated:
-        raise ConfigError(f"seeds={list(seeds)} repeats {repeated}: each seed makes one sample. Fix: list each once.")
+        shown = values if len(values) <= 20 else f"[{len(values)} seeds]"
+        raise ConfigError(f"seeds={shown} repeats {repeated}: each seed makes one sample. Fix: list each once.")
     for key, rule in (("batch_size", integer(1)), ("shard.count", integer(1)), ("shard.index", integer(0))):
         value = OmegaConf.select(cfg, key)
         if not rule.accepts(value):
@@ -436,24 +566,28 @@ def truth_sources(cfg: DictConfig, dataset: Dataset) -> TruthSources | None:
     return TruthSources(build(cfg.truth), node.get("alt_threshold"), compare)
 
 
-def record_sample(context: RunContext, unit: WorkUnit, sample: Sample, result: Generated) -> None:
-    """Save the image and masks (and the truth), score the sample, then write its row (the row marks it done)."""
-    conversion = context.references[unit.image.image_id][1]
-    row = {**context.row_base, **identity_columns(unit, conversion), **result.info}
+def record_sample(context: RunContext, unit: WorkUnit, sample: Sample, result: Generated) -> dict:
+    """Save the image and masks (and the truth), score the sample, then write its row (the row marks it done).
+
+    Returns the row."""
+    pixels, conversion = context.references[unit.image.image_id]
+    row = {**context.row_base, **identity_columns(unit, conversion, reference_digest(pixels)), **result.info}
     if result.failure is not None or result.image is None:
         row.update(status="failed", failure=result.failure or "no image", image_path="")
         write_row(context.paths.run_dir, unit.key, row)
         log.warning("sample %s failed: %s", unit.key, row["failure"])
-        return
+        return row
     row.update(save_sample_files(context.paths, unit, sample, result))
     if context.truth is not None:
         row.update(truth_columns(context, unit, sample, result))
     row.update(metric_columns(context.metrics, unit, sample, result))
     write_row(context.paths.run_dir, unit.key, row)
+    return row
 
 
-def identity_columns(unit: WorkUnit, conversion: str) -> dict:
-    """What identifies a sample in its row: reference image, prompt, seed, and how the reference was converted."""
+def identity_columns(unit: WorkUnit, conversion: str, digest: str) -> dict:
+    """What identifies a sample in its row: reference image, prompt, seed, how the reference was converted and
+    the sha256 of its converted pixels (`reference_digest`: what a resume checks the reference against)."""
     return {
         "image_id": unit.image.image_id,
         "category": unit.image.category,
@@ -464,6 +598,7 @@ def identity_columns(unit: WorkUnit, conversion: str) -> dict:
         "sample_key": unit.key,
         "reference_source": unit.image.source,
         "reference_conversion": conversion,
+        "reference_sha256": digest,
     }
 
 
@@ -477,7 +612,7 @@ def save_sample_files(paths: RunPaths, unit: WorkUnit, sample: Sample, result: G
         atomic_write_bytes(masks_dir / MAPS_FILE, maps_to_npz(result.maps, result.latents))
     # The reference after conversion and resize, shared by every method of the task.
     reference_path = paths.reference_png(sample.reference.shape[0], unit.image.image_id)
-    if not reference_path.exists():
+    if png_problem(reference_path):  # missing, or damaged: rewritten (its pixels were checked before the run)
         save_png(reference_path, sample.reference)
     return {
         "status": "ok",

@@ -28,6 +28,11 @@ from omegaconf import DictConfig  # noqa: E402
 
 from bench.config import CONF_DIR, REPO_ROOT  # noqa: E402
 
+# The profile a test runs on unless it names its own: the random-weight tiny model on procedural scenes
+# (fast, needs no trained weights), feeding the task `demo` (the paths the tests check). `python -m bench.run`
+# itself defaults to the trained toy profile and a task of its own (conf/bench.yaml); `with_test_profile` adds
+# each of these whose key the test leaves unset.
+TINY = ["model=tiny", "dataset=synthetic_places", "task_name=demo"]
 # Overrides that make a run small and fast on the CPU (tests only; the protocol defaults stay 50 steps).
 FAST = [
     "sampling.num_inference_steps=10",
@@ -60,9 +65,22 @@ def minimal_run(images_per_subcategory: int = 1) -> list[str]:
     ]
 
 
+def with_test_profile(args: list[str]) -> list[str]:
+    """`args` (overrides, after flags such as -m) with each TINY override whose key they leave unset, placed
+    before the first override. An `experiment=` sets its own profile and task (experiment=demo: model=toy), so
+    with one nothing is added."""
+    overrides = [i for i, a in enumerate(args) if "=" in a and not a.startswith("-")]
+    keys = {args[i].split("=", 1)[0].lstrip("+~") for i in overrides}
+    if "experiment" in keys:
+        return list(args)
+    first = overrides[0] if overrides else len(args)
+    return [*args[:first], *(o for o in TINY if o.split("=", 1)[0] not in keys), *args[first:]]
+
+
 def compose_cfg(overrides: list[str] | None = None, tmp_root: Path | None = None) -> DictConfig:
-    """Compose conf/bench.yaml as `python -m bench.run` would (without Hydra's runtime node)."""
-    overrides = list(overrides or [])
+    """Compose conf/bench.yaml as `python -m bench.run` would (without Hydra's runtime node), on the tests'
+    TINY profile unless `overrides` name the model, the dataset or the task."""
+    overrides = with_test_profile(list(overrides or []))
     if tmp_root is not None:
         overrides.append(f"paths.root_dir={tmp_root}")
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -70,7 +88,13 @@ def compose_cfg(overrides: list[str] | None = None, tmp_root: Path | None = None
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m bench.run ...` as a real subprocess, offline."""
+    """`python -m bench.run ...` as a real subprocess, offline, on the tests' TINY profile unless `args` name
+    the model, the dataset or the task (`run_cli_exact` runs `args` alone)."""
+    return run_cli_exact(with_test_profile(args), cwd, timeout, check)
+
+
+def run_cli_exact(args: list[str], cwd: Path, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m bench.run <args>` exactly as given (the user's defaults: the trained toy profile), offline."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout

@@ -7,12 +7,17 @@
    these labels (bench/attribution/report.py PAIRS).
    Both record each image's subject truth (truth_record.enabled=true) from the `truth` source: the dataset's
    default (toy_world: oracle; places365: clipseg) or an override, e.g. `truth=clipseg_tiny` (offline stand-in).
-2. `--stage sanity` (bench/attribution/sanity.py): the sanity checks, every map recomputed from the control job's
-   recorded latents on randomised UNets and for other words: results/attribution/samples_sanity.csv, sanity.json.
-3. `--report-only` (or after the stages): results/attribution/attribution.{csv,md}, samples_attribution.csv,
-   mask_rules.{csv,md}, sanity.csv (once the sanity stage ran), figures/*.png and report.html
-   (bench/attribution/report.py).
-`--stage all` (the default) runs every stage in that order; each stage can run alone on what the earlier wrote.
+2. `--report-only` (or after the jobs): results/attribution/attribution.{csv,md}, samples_attribution.csv,
+   mask_rules.{csv,md}, figures/*.png and report.html (bench/attribution/report.py).
+
+`--stage maps|sanity|faithfulness|all` (default all; each stage runs alone on what the earlier ones wrote):
+- `maps` is the above;
+- `sanity` (bench/attribution/sanity.py) recomputes every map from the control job's recorded latents on
+  randomised UNets and for other words (results/attribution/samples_sanity.csv, sanity.json, sanity.csv, figures),
+  then rebuilds the study's page with its sections;
+- `faithfulness` runs the faithfulness curves alone (bench/attribution/faithfulness.py: the paper's operator keeping
+  the top k of a map's cells, task attribution_faithfulness) and writes its tables;
+- `all` runs maps, then sanity, then faithfulness, and the study's page gains both stages' sections.
 """
 
 from __future__ import annotations
@@ -24,9 +29,13 @@ import sys
 import time
 from pathlib import Path
 
+from bench.attribution import faithfulness
 from bench.attribution.report import write_study
 from bench.attribution.sanity import PLANS, run_sanity
+from bench.cli_checks import exit_with
 from bench.config import REPO_ROOT
+from bench.records import StorageError
+from bench.reporting.samples_table import ResultsError
 
 PROFILES = {
     # 10 subcategories x 2 scenes x 2 prompts = 40 toy-world samples (20 reference images)
@@ -82,7 +91,7 @@ def run_jobs(profile: str, extra: list[str], root_dir: Path, shards: int) -> Non
             procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=os.environ.copy()))
         codes = [p.wait() for p in procs]
         if any(codes):
-            raise SystemExit(f"error: the {row} job failed (exit codes {codes}); see its log above.")
+            exit_with(f"the {row} job failed (exit codes {codes}); see its message above.", max(max(codes), 1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,23 +99,55 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="offline", choices=sorted(PROFILES))
     parser.add_argument("--root-dir", type=Path, default=REPO_ROOT, help="outputs/ and results/ go under it")
     parser.add_argument("--shards", type=int, default=2, help="processes per job (default 2: one per core here)")
-    parser.add_argument("--stage", default="all", choices=STAGES, help="which stage to run (default: every one)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from recorded maps")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both jobs")
+    parser.add_argument("--stage", default="all", choices=STAGES, help="which stage to run (default: every one)")
+    faithfulness.add_arguments(parser)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     args = parser.parse_intermixed_args(argv)
+    check_arguments(args)
     root = args.root_dir.resolve()
+    if args.stage == "faithfulness":
+        faithfulness.run_stage(args, root)
+        return
     start = time.monotonic()
     if not args.report_only and args.stage in ("maps", "all"):
         run_jobs(args.profile, args.overrides, root, args.shards)
     if not args.report_only and args.stage in ("sanity", "all"):
         run_sanity(root, PLANS[args.profile], args.shards)
+    if args.stage == "all":
+        faithfulness.run_stage(args, root)
     jobs_s = time.monotonic() - start
-    paths = write_study(root / "results" / TASK, root)
+    try:
+        paths = write_study(root / "results" / TASK, root)
+    except (FileNotFoundError, ResultsError) as exc:
+        exit_with(str(exc))
+    except StorageError as exc:  # a damaged maps.npz or truth.npz, named: the jobs' rerun redoes that sample
+        exit_with(f"{exc} (the study: `python -m bench.attribution` without --report-only reruns its jobs)", 1)
     print(paths["md"].read_text())
     print(f"jobs: {jobs_s:.0f} s; report: {time.monotonic() - start - jobs_s:.0f} s")
     for key, path in paths.items():
         if key != "figures":
             print(f"{key:>10}: {path}")
+
+
+# Overrides the study sets itself: where its rows and tables go (task_name=attribution under --root-dir).
+OWN_KEYS = ("task_name", "paths.root_dir", "paths.output_dir", "paths.results_dir", "shard.index", "shard.count")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """One line (status 2) for a shard count below 1, a --root-dir that is not a folder, or an override of what
+    the study sets itself (it writes task_name=attribution under --root-dir, nowhere else)."""
+    if args.shards < 1:
+        exit_with(f"--shards {args.shards}: expected an integer >= 1 (processes per job). Fix: e.g. --shards 2.")
+    if args.root_dir.exists() and not args.root_dir.is_dir():
+        exit_with(f"--root-dir {args.root_dir} is not a folder. Fix: give the folder outputs/ and results/ go under.")
+    for override in args.overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in OWN_KEYS:
+            exit_with(
+                f"{override}: the study sets {key} itself (its rows and tables go to task {TASK} under --root-dir). "
+                "Fix: leave it out; to write elsewhere, pass --root-dir."
+            )
 
 
 if __name__ == "__main__":

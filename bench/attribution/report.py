@@ -11,12 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench.attribution.faithfulness import faithfulness_sections  # noqa: E402
 from bench.attribution.study import KEYS, TruthCells, read_image, study_rows  # noqa: E402
 from bench.metrics import MASK_IOU  # noqa: E402
 from bench.records import atomic_write_text, write_csv  # noqa: E402
-from bench.reporting.figures import PNG_METADATA  # noqa: E402
+from bench.reporting.figures import save_figure  # noqa: E402
 from bench.reporting.html import write_report  # noqa: E402
 from bench.reporting.report import DETAILS, SUMMARY, Report, Section, render_markdown  # noqa: E402
+from bench.reporting.samples_table import read_samples  # noqa: E402
 from bench.reporting.tables import summarize  # noqa: E402
 from bench.reporting.views import interval_cell, markdown_table  # noqa: E402
 from bench.truth.base import latent_truth  # noqa: E402
@@ -102,7 +104,7 @@ def fallback_truth(row: pd.Series, root: Path, height: int, width: int, columns:
 
 def write_study(folder: Path, root: Path) -> dict:
     """Everything the study writes under `folder` (results/attribution), from the samples and their maps."""
-    samples = pd.read_csv(folder / "samples.csv", keep_default_na=False, na_values=[""])
+    samples = read_samples(folder / "samples.csv")  # validated whole: ResultsError names the line
     rows, masks = [], []
     for threshold in THRESHOLDS:
         for label, truth_name, whose in PAIRS:
@@ -128,6 +130,7 @@ def write_study(folder: Path, root: Path) -> dict:
     from bench.attribution.sanity_report import sanity_sections  # noqa: PLC0415  (it imports this module)
 
     sections[-1:-1] = sanity_sections(folder)  # before Details, once the sanity stage has written its rows
+    sections[-1:-1] = faithfulness_sections(folder, table)  # before Details, when the faithfulness stage has run
     links = {p.name: p.name for p in sorted(folder.glob("*.csv"))} | {"attribution.md": "attribution.md"}
     report = Report(TITLE, SUBTITLE, tuple(sections), csv_links=links)
     paths = {"csv": folder / "attribution.csv", "md": folder / "attribution.md", "masks": folder / "mask_rules.csv"}
@@ -271,10 +274,7 @@ def study_sections(
 
 
 def save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, metadata=PNG_METADATA)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)  # atomic, mathtext off (bench.reporting.figures)
 
 
 def chance_lines(ax, part: pd.DataFrame, index) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +19,21 @@ from bench.sd.methods import Sample
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """A protocol prompt and its subject word (the noun Grad-SAM explains)."""
+    """A protocol prompt and its subject word (the noun Grad-SAM explains).
+
+    Both are normalised to Unicode NFC here, the one door every dataset's prompts pass: two spellings of one
+    text (a precomposed 'é' and 'e' + a combining accent) are one prompt, with one sample key and one row.
+    """
 
     text: str
     subject: str
+
+    def __post_init__(self) -> None:
+        for name in ("text", "subject"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise ConfigError(f"prompt {name} {value!r} is not a string. Fix the protocol file (conf/protocol/).")
+            object.__setattr__(self, name, unicodedata.normalize("NFC", value))
 
 
 @dataclass(frozen=True)
@@ -285,14 +298,22 @@ def safe_image_ids(names: Sequence[str]) -> list[str]:
     name's sha256 ("ète 1.jpg" -> "te_1-3f2a9c01").
     """
     stems = [Path(n).stem for n in names]
+    counts = Counter(stems)  # linear in the number of files (a folder may hold tens of thousands)
     out = []
     for name, stem in zip(names, stems, strict=True):
-        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", stem) and stems.count(stem) == 1:
+        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", stem) and counts[stem] == 1:
             out.append(stem)
         else:
             readable = re.sub(r"[^A-Za-z0-9]+", "_", stem).strip("_")[:60] or "image"
             out.append(f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:8]}")
     return out
+
+
+def reference_digest(pixels: np.ndarray) -> str:
+    """Hex sha256 of a reference as the model sees it (uint8 [S, S, 3] after `to_model_input`), with its shape:
+    the key a run checks a reference against, so re-encoding a file with the same pixels changes nothing."""
+    array = np.ascontiguousarray(pixels, dtype=np.uint8)
+    return hashlib.sha256(f"{array.shape}".encode() + array.tobytes()).hexdigest()
 
 
 def file_sha256(path: str | Path) -> str:

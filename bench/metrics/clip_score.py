@@ -52,7 +52,8 @@ def resolve_arch(arch: str, backbone_name: str | None) -> str:
 
 
 class CLIPScore:
-    """Per-sample metric `clip_score` (higher = image closer to the prompt). The model loads on first use."""
+    """Per-sample metric `clip_score` (higher = image closer to the prompt). The model loads in `prepare`, which a
+    run calls before its first sample (else on first use)."""
 
     name = CLIP_SCORE
 
@@ -144,6 +145,25 @@ class CLIPScore:
             self._tokenizer = open_clip.get_tokenizer(self.arch)
         self._model = model.to(self.device).eval()
 
+    def prepare(self) -> None:
+        """Load the model now (the run calls this before its first sample): weights that cannot load raise
+        MissingWeightsError naming them, instead of a NaN score in every row."""
+        if self._model is not None:
+            return
+        try:
+            self._load()
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - open_clip, torch and safetensors each raise their own kind
+            source = f"metrics.clip_weights={self.weights!r}" if self.weights else f"the weights of {self.model_label}"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise MissingWeightsError(
+                f"{source} cannot be loaded as the CLIP model metrics.clip={self.arch} ({type(exc).__name__}: "
+                f"{first}). Nothing was generated. Fix: point metrics.clip_weights at an open_clip weights file of "
+                f"that architecture ({HF_SAFE_WEIGHTS_NAME} or {HF_WEIGHTS_NAME}), or set it to null to use the "
+                "cached tag, or choose another metrics.clip."
+            ) from exc
+
     @torch.no_grad()
     def score(self, image: np.ndarray, prompt: str) -> tuple[float, bool]:
         """(100 * max(cos, 0), whether the prompt was truncated) for one RGB uint8 image."""
@@ -176,7 +196,10 @@ def find_clip_weights(arch: str, pretrained: str, weights_path: str | None) -> s
         raise ConfigError(f"metrics.clip={arch!r} is not an open_clip model. Fix: e.g. ViT-L-14 or {TINY_RANDOM}.")
     if weights_path:
         if not Path(weights_path).is_file():
-            raise MissingWeightsError(f"metrics.clip_weights={weights_path!r} is not a file.")
+            raise MissingWeightsError(
+                f"metrics.clip_weights={weights_path!r} is not a file. Fix: give the path of an open_clip weights "
+                f"file of metrics.clip={arch} ({HF_SAFE_WEIGHTS_NAME} or {HF_WEIGHTS_NAME}), or null."
+            )
         return str(weights_path)
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg:

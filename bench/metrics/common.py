@@ -2,7 +2,9 @@
 
 A per-sample metric is a callable with a `name` and a `provenance` string that maps one
 `SampleContext` to row columns. It never sees the harness's work unit: everything it may read about
-the sample is in the context.
+the sample is in the context. A metric with weights also has `prepare()`, which loads them: a run calls
+it before its first sample, so weights that cannot load stop the run (MissingWeightsError) instead of
+leaving NaN in every row; `__call__` itself never raises on a bad sample (NaN with a reason).
 """
 
 from __future__ import annotations

@@ -3,13 +3,15 @@
 A feature file lives at <cache_dir>/features/<extractor_id>/<layer>/<sha[:2]>/<sha>.npy, where sha is the
 sha256 of the uint8 array (shape and bytes) that entered the network. The same pixels under the same
 extractor, weights and library version are therefore never pushed through the network twice, whatever
-run, method or file name they came from. Files are written atomically and read with allow_pickle=False.
+run, method or file name they came from. Files are written atomically and read with allow_pickle=False;
+a file damaged outside the harness is recomputed and rewritten, with a warning naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import numpy as np
 
 from bench.config import REPO_ROOT
 from bench.records import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -64,10 +68,15 @@ class FeatureCache:
         if key in self.memory:
             return self.memory[key]
         path = self.path(layer, digest)
-        if path.is_file():
-            self.memory[key] = np.load(path, allow_pickle=False)
-            return self.memory[key]
-        return None
+        if not path.is_file():
+            return None
+        try:
+            feature = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:  # damaged means not done: extracted again and rewritten
+            log.warning("feature cache file %s is damaged (%s: %s); recomputing it", path, type(exc).__name__, exc)
+            return None
+        self.memory[key] = feature
+        return feature
 
     def _store(self, layer: str, digest: str, feature: np.ndarray) -> np.ndarray:
         feature = np.asarray(feature, dtype=np.float32)

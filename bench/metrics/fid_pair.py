@@ -35,7 +35,8 @@ def squared_feature_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class Fid64Pair:
-    """Per-sample metric `fid64_pair` (lower = closer to the reference). Inception is loaded on first use."""
+    """Per-sample metric `fid64_pair` (lower = closer to the reference). Inception loads in `prepare` (a run calls
+    it before its first sample), else on first use."""
 
     name = FID64_PAIR
 
@@ -79,11 +80,16 @@ class Fid64Pair:
             f"color order {self.color_order}; generated: {gen}; reference: {self.reference}"
         )
 
-    def features(self, image: np.ndarray) -> np.ndarray:
-        """64-d features of one RGB uint8 image, after the colour-order swap (cached by content)."""
+    def prepare(self) -> None:
+        """Load Inception now (the run calls this before its first sample): weights that cannot load raise
+        MissingWeightsError naming the file, instead of a NaN fid64_pair in every row."""
         if self._cache is None:
             self._net = load_inception(*self.weights_args, device=self.device)
             self._cache = FeatureCache(self._net, self._net.extractor_id, self.cache_dir or default_cache_dir())
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        """64-d features of one RGB uint8 image, after the colour-order swap (cached by content)."""
+        self.prepare()
         return self._cache.get([in_color_order(image, self.color_order)], "64")[0]
 
     def __call__(self, sample: SampleContext) -> dict:

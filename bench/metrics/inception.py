@@ -270,5 +270,13 @@ def load_inception(
     weights = resolve_inception_weights(configured, cache_dir)
     key = (str(weights.path.resolve()), str(device))
     if key not in _LOADED:
-        _LOADED[key] = InceptionFeatures(weights, device)
+        try:
+            _LOADED[key] = InceptionFeatures(weights, device)
+        except Exception as exc:  # noqa: BLE001 - torch.load and torch-fidelity raise many kinds on a bad file
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise MissingWeightsError(
+                f"the Inception weights {weights.path} ({weights.source}) cannot be loaded ({type(exc).__name__}: "
+                f"{first}). Fix: point metrics.inception_weights (or BENCH_INCEPTION_WEIGHTS) at a torch-fidelity "
+                f"state dict ({TF_FILE_NAME}), or delete a partial or corrupt file there and run again."
+            ) from exc
     return _LOADED[key]

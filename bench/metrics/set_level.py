@@ -42,7 +42,7 @@ from bench.metrics import FID2048, KID_MEAN
 from bench.metrics.features import FeatureCache, image_digest
 from bench.metrics.inception import InceptionFeatures, MissingWeightsError, load_inception
 from bench.metrics.paper_io import as_rgb_array
-from bench.records import atomic_write_bytes
+from bench.records import StorageError, atomic_write_bytes, read_npz
 from bench.sd.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -227,14 +227,26 @@ class RefStatsCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.npz"
 
+    @staticmethod
+    def read(path: Path) -> dict | None:
+        """The stored arrays, or None when there are none: absent, or damaged (then recomputed, with a warning)."""
+        if not path.is_file():
+            return None
+        try:
+            stored = read_npz(path)
+        except StorageError as exc:
+            log.warning("reference statistics %s are damaged; recomputing them (%s)", path, exc)
+            return None
+        return stored if "fingerprint" in stored else None
+
     def get(self, key: str, fingerprint: str, features: np.ndarray, meta: dict) -> dict:
         """The stored statistics of `key` if they were built from the same images (fingerprint), else store these."""
         path = self.path(key)
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as stored:
-                if str(stored["fingerprint"]) == fingerprint:
-                    return {k: stored[k] for k in ("mu", "sigma", "features") if k in stored.files}
-                old = str(stored["fingerprint"])
+        stored = self.read(path)
+        if stored is not None:
+            if str(stored["fingerprint"]) == fingerprint:
+                return {k: stored[k] for k in ("mu", "sigma", "features") if k in stored}
+            old = str(stored["fingerprint"])
             if not self.overwrite:
                 raise RefStatsConflict(
                     f"reference statistics {path} were built from a different image set than now (content "

@@ -28,6 +28,7 @@ from hydra.utils import instantiate
 from baselines.sdedit import SDEdit
 from bench.config import CONF_DIR, REPO_ROOT
 from bench.datasets.base import WorkUnit, to_model_input
+from bench.records import atomic_write_text
 from bench.sd.diffusion import SamplingConfig, encode_text
 from method.attention import recording_attention, resolve_layers
 from method.gradsam import ScoreInputs, scores_and_path
@@ -145,14 +146,17 @@ def write_sd15(args: argparse.Namespace) -> None:
     lines = run(args)
     title = "# Grad-SAM at SD1.5 scale (`python -m bench.perf gradsam --scale sd15`)"
     footer = f"whole run: {(time.perf_counter() - start) / 60:.1f} min"
-    args.out.write_text("\n".join([title, "", "```", *lines, footer, "```", ""]))
+    atomic_write_text(args.out, "\n".join([title, "", "```", *lines, footer, "```", ""]))
     print(f"wrote {args.out}")
 
 
 def tiny_backbone(image_size: int):
     """The offline tiny backbone at `image_size` and one synthetic forest reference."""
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("bench", overrides=["device=cpu", f"model.image_size={image_size}"])
+        cfg = compose(
+            "bench",
+            overrides=["model=tiny", "dataset=synthetic_places", "device=cpu", f"model.image_size={image_size}"],
+        )
     backbone = instantiate(cfg.model, _convert_="all")
     dataset = instantiate(cfg.dataset, _convert_="all", images_per_subcategory=1, subcategories=["forest"])
     return backbone, dataset.references()[0]

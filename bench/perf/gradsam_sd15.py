@@ -88,7 +88,14 @@ def instrument(unet) -> Callable[[], None]:
 def load_backbone(folder: Path):
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("bench", overrides=["device=cpu", "model=sd15", f"model.path={folder}"])
-        data = compose("bench", overrides=["dataset.images_per_subcategory=1", "dataset.subcategories=[forest]"])
+        data = compose(
+            "bench",
+            overrides=[
+                "dataset=synthetic_places",
+                "dataset.images_per_subcategory=1",
+                "dataset.subcategories=[forest]",
+            ],
+        )
     backbone = instantiate(cfg.model, _convert_="all")
     return backbone, instantiate(data.dataset, _convert_="all").references()[0]
 

@@ -34,6 +34,7 @@ from PIL import Image
 
 from bench.config import CONF_DIR, REPO_ROOT
 from bench.perf.sd15_folder import DEFAULT_DIR, ensure_folder
+from bench.records import atomic_write_text
 from method.sampler import GradSAM
 
 # Optional extra overrides per conf/method option (a method not named here runs at its YAML defaults): SDEdit at
@@ -97,6 +98,7 @@ def run_method(name: str, folder: Path, work: Path, steps: int, timeout: int, im
         "bench.run",
         "model=sd15",
         f"model.path={folder}",
+        "dataset=synthetic_places",
         f"model.image_size={image_size}",
         "device=cpu",
         "task_name=check_scale",
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         outcomes.append(outcome)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     size = (args.image_size, latent_size(folder, args.image_size))
-    args.out.write_text(report(outcomes, args.steps, size, folder_s, time.perf_counter() - start))
+    atomic_write_text(args.out, report(outcomes, args.steps, size, folder_s, time.perf_counter() - start))
     print(f"check-scale: wrote {args.out}")
     if any(o.problems for o in outcomes):
         sys.exit(1)

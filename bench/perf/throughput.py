@@ -35,8 +35,9 @@ COLUMNS = ["section", "item", "setting", "value", "unit", "note"]
 
 
 def compose_bench(overrides: list[str]) -> DictConfig:
+    """conf/bench.yaml on the tiny model and the procedural scenes (what these figures measure), plus `overrides`."""
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("bench", overrides=overrides)
+        return compose("bench", overrides=["model=tiny", "dataset=synthetic_places", *overrides])
 
 
 def cpu_model() -> str:

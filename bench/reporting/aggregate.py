@@ -28,7 +28,7 @@ import pandas as pd
 from bench.config import REPO_ROOT
 from bench.metrics import BG_PSNR, CLIP_SCORE, FID64_PAIR, MASK_IOU, SUBJECT_OK, TRUE_BG_PSNR
 from bench.metrics.set_level import SetLevelAssets, add_set_level
-from bench.records import atomic_write_text, write_csv
+from bench.records import atomic_write_text, read_csv, write_csv
 from bench.reporting.figures import box_plots, delta_plot, sample_grids
 from bench.reporting.html import write_report
 from bench.reporting.report import (
@@ -41,6 +41,7 @@ from bench.reporting.report import (
     markdown_body,
     render_markdown,
 )
+from bench.reporting.samples_table import ResultsError, read_samples
 from bench.reporting.tables import (
     GROUP,
     PAPER_METHOD,
@@ -120,7 +121,13 @@ def attribution_section(folder: Path) -> Section | None:
     csv = folder / ATTRIBUTION_CSV
     if not csv.is_file():
         return None
-    frame = summary_view(pd.read_csv(csv, keep_default_na=False, na_values=[""]))
+    try:
+        frame = summary_view(read_csv(csv))
+    except (ValueError, UnicodeDecodeError, KeyError) as exc:
+        raise ResultsError(
+            f"{csv} cannot be read as the attribution study's table ({type(exc).__name__}: {exc}). Fix: rebuild it "
+            "with `python -m bench.attribution --report-only`, or delete it."
+        ) from None
     figures = tuple(sorted((folder / "figures").glob("attribution_*.png")))
     notes = (f"From {csv.name}" + (" and attribution.md." if (folder / "attribution.md").is_file() else "."),)
     return Section("Attribution", frame, notes, figures)
@@ -151,11 +158,9 @@ def aggregate_task(
     "terminal" the headline and compact tables as text within TERMINAL_WIDTH columns."""
     folder = results_dir / task
     samples_csv = folder / "samples.csv"
-    if not samples_csv.exists():
-        raise FileNotFoundError(f"{samples_csv} does not exist: run `python -m bench.run task_name={task}` first.")
     root_dir = root_dir or REPO_ROOT
     roots = [root_dir, results_dir.parent]  # image paths are relative to the run's paths.root_dir
-    samples = pd.read_csv(samples_csv, keep_default_na=False, na_values=[""])
+    samples = read_samples(samples_csv)  # validated whole (ResultsError naming the line), before any number
     name = table_name_for(task)
     # 1. The tables (CSV files), 2. the figures, 3. one report rendered to Markdown (and the headline alone), HTML.
     tables = write_tables(samples, folder, name, roots, options)

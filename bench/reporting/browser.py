@@ -10,6 +10,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.records import atomic_write_bytes
+
 VIEWPORT = {"width": 1366, "height": 900}  # a laptop screen
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
 
@@ -88,8 +90,7 @@ def check_page(page_file: Path, screenshot: Path | None = None, viewport: dict |
             page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
             page.goto(page_file.resolve().as_uri(), wait_until="load")
             if screenshot is not None:
-                screenshot.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(screenshot))
+                atomic_write_bytes(screenshot, page.screenshot())  # never half a PNG under its name
             measured = page.evaluate(MEASURE)
         finally:
             browser.close()

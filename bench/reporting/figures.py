@@ -2,16 +2,21 @@
 plots, and paired deltas against the paper's method.
 
 Matplotlib with the Agg backend; the PNG files depend only on the rows and the images, so
-regenerating them from unchanged rows gives the same bytes.
+regenerating them from unchanged rows gives the same bytes. Text is plain: mathtext is off for every
+harness figure (a prompt 'Tiger near $HOME_$USER' is drawn as written, never parsed as a formula), and
+every figure is written by `save_figure`, atomically (a kill never leaves half a PNG under its name).
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
+# Data labels (prompts, labels, file names) are text, never TeX: '$' is a dollar sign in every harness figure.
+matplotlib.rcParams["text.parse_math"] = False
 import re  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
@@ -19,9 +24,21 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.records import atomic_write_bytes  # noqa: E402
 from bench.reporting.tables import full_method_first, higher_is_better, metric_columns, metric_values  # noqa: E402
 
 PNG_METADATA = {"Software": None}
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Render `fig` to PNG bytes, write them to `path` through a temporary file and an atomic rename, close it."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi, metadata=PNG_METADATA)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
 
 
 def read_rgb(path: Path) -> np.ndarray | None:
@@ -98,10 +115,7 @@ def sample_grid(samples: pd.DataFrame, root: Path, out_path: Path, identity: tup
         )
     fig.suptitle(f"{prompt!r} on {image_id} (seed {seed})", fontsize=8)
     fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110, metadata=PNG_METADATA)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def box_plots(samples: pd.DataFrame, out_dir: Path, metrics: list[str] | None = None) -> list[Path]:
@@ -125,11 +139,7 @@ def box_plots(samples: pd.DataFrame, out_dir: Path, metrics: list[str] | None = 
         direction = "higher is better" if higher_is_better(metric) else "lower is better"
         ax.set_title(f"{metric} per sample ({direction})", fontsize=9)
         fig.tight_layout()
-        path = out_dir / f"box_{metric}.png"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, metadata=PNG_METADATA)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, out_dir / f"box_{metric}.png"))
     return paths
 
 
@@ -161,10 +171,7 @@ def delta_plot(deltas: pd.DataFrame, out_path: Path, reference: str, metrics: li
         ax.invert_yaxis()
     fig.suptitle(f"Paired change against {reference} (same image, prompt, seed; 95% interval)", fontsize=9)
     fig.tight_layout()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110, metadata=PNG_METADATA)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def sample_grids(samples: pd.DataFrame, root: Path, out_dir: Path, n_samples: int = 3) -> list[Path]:

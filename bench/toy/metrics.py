@@ -21,7 +21,9 @@ from bench.metrics import (
 )
 from bench.metrics.background import masked_psnr, subject_mask_to_image
 from bench.metrics.common import SampleContext
+from bench.metrics.inception import MissingWeightsError
 from bench.metrics.toy_clip import load_toy_clip, toy_clip_folder
+from bench.sd.errors import ConfigError
 from bench.toy.clip import ZeroShot
 from bench.toy.oracle import MAX_DISTANCE, MIN_AREA, colour_region, prompt_subject, region_shape
 from bench.toy.world import COLOURS, SHAPES
@@ -108,11 +110,26 @@ class ToySubject:
         self.clip_folder = toy_clip_folder(clip_folder)  # fails before any sample is generated
         self._zero_shot: ZeroShot | None = None
 
+    def prepare(self) -> None:
+        """Load the toy CLIP now (a run calls this before its first sample): a file that cannot load stops it."""
+        if self._zero_shot is not None:
+            return
+        try:
+            self._zero_shot = ZeroShot(load_toy_clip(self.clip_folder))
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - safetensors, json and torch raise their own kinds
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise MissingWeightsError(
+                f"the toy CLIP in {self.clip_folder} cannot be loaded ({type(exc).__name__}: {first}). Fix: restore "
+                "models/toy/clip from git, retrain with `make toy-models`, or point "
+                "metrics.per_sample.subject_ok.clip_folder at another folder."
+            ) from exc
+
     def __call__(self, sample: SampleContext) -> dict:
         generated = sample.generated
         colour, shape = prompt_subject(sample.prompt)
-        if self._zero_shot is None:
-            self._zero_shot = ZeroShot(load_toy_clip(self.clip_folder))
+        self.prepare()
         pred = self._zero_shot(generated[None])[0]
         found = region_shape(colour_region(generated, colour))
         clip_ok = pred["colour"] == colour and pred["shape"] == shape

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.records import atomic_write_bytes
+from bench.records import atomic_write_bytes, read_npz
 from bench.truth.base import SubjectSegmenter, SubjectTruth, cell_mask, iou, latent_truth, threshold_truth
 
 TRUTH_FILE = "truth.npz"
@@ -173,9 +173,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def load_truth(path: str | Path) -> dict[str, np.ndarray]:
-    """The arrays of a truth file (see the module docstring)."""
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+    """The arrays of a truth file (see the module docstring); a missing or damaged file raises StorageError naming
+    it (a rerun of the job that wrote it redoes that sample: damaged means not done)."""
+    return read_npz(path)
 
 
 def control_row(samples: pd.DataFrame, row: Mapping) -> pd.Series | None:

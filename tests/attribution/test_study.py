@@ -107,7 +107,7 @@ def test_an_empty_truth_gives_nan_metrics_with_its_reason():
 
 def run_study(root: Path, *overrides: str) -> Path:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = [sys.executable, "-m", "bench.attribution", "--profile", "smoke", "--shards", "1"]
+    cmd = [sys.executable, "-m", "bench.attribution", "--stage", "maps", "--profile", "smoke", "--shards", "1"]
     cmd += ["--root-dir", str(root), *overrides]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -131,7 +131,9 @@ def test_the_study_runs_end_to_end_on_the_smallest_profile(tmp_path: Path):
     kinds = set(table[table["truth"] == "no_manipulation"]["kind"])
     assert kinds == {"gradsam", "attention_only", "daam", "noise_diff", "chance:uniform", "chance:centre"}
     assert {"last", "all", "own:last"} <= set(table["layer_set"])
-    assert set(table["index"]) == {2, 4, 6}
+    assert set(table["index"]) == {2, 4, 6, 9}  # the scoring steps, and the full-window DAAM at the chain's end (L)
+    full = table[table["index"] == 9]
+    assert set(full["kind"]) - {"chance:uniform", "chance:centre"} == {"daam"}  # only DAAM has a whole-chain map
     assert "Attribution study" in (folder / "report.html").read_text()
     assert set(table["truth_source"]) == {"oracle"} and set(table["truth_threshold"]) == {"main", "alt"}
     assert "the two coincide" in (folder / "attribution.md").read_text()

@@ -15,7 +15,6 @@ import torch
 
 from bench.config import ConfigError
 from bench.datasets.base import DatasetError, PromptSpec, ReferenceImage
-from bench.records import StorageError
 from bench.task import SETTINGS_FILE, plan_work, run_benchmark
 from tests.conftest import compose_cfg, minimal_run, run_cli
 
@@ -89,16 +88,18 @@ def test_more_steps_than_the_model_was_trained_with_are_refused_before_any_write
     assert not list(tmp_path.rglob("config.yaml")) and not list(tmp_path.rglob(SETTINGS_FILE))
 
 
-def test_a_damaged_row_is_named_before_any_generation_and_deleting_it_redoes_one_sample(tmp_path):
+def test_a_damaged_row_is_named_and_the_rerun_redoes_that_sample_alone(tmp_path, caplog):
+    """Damaged means not done (#23): the rerun names the file and redoes that one sample; every other is kept."""
     overrides = [*SDEDIT, "seeds=[1,2]"]
     run_benchmark(compose_cfg(overrides, tmp_path))
     rows = sorted(Path(compose_cfg(overrides, tmp_path).run_dir).rglob("rows/**/*.json"))
     kept = {p: p.read_bytes() for p in rows[1:]}
+    whole = rows[0].read_bytes()
     rows[0].write_text('{"status": "ok", "trunc')
-    with pytest.raises(StorageError, match=re.escape(f"row file {rows[0]} is damaged")):
-        run_benchmark(compose_cfg(overrides, tmp_path))
-    rows[0].unlink()
-    assert run_benchmark(compose_cfg(overrides, tmp_path))["pending"] == 1
+    summary = run_benchmark(compose_cfg(overrides, tmp_path))
+    assert summary["pending"] == 1 and summary["damaged"] == 1
+    assert f"{rows[0]} is not a row" in caplog.text and "redone now" in caplog.text
+    assert rows[0].read_bytes() == whole  # redone bit for bit
     assert all(p.read_bytes() == data for p, data in kept.items())
 
 

@@ -127,7 +127,7 @@ def test_struct_mode_rejects_unknown_keys():
     ("overrides", "message"),
     [
         (["method=gradsam", "+method.mask.blur.sigmaa=1"], "method.mask.blur has unknown keys ['sigmaa']"),
-        (["method=gradsam", "+method.score.transfrom=relu"], "known: ['chunk_size', 'general_chunk_size', 'kind'"),
+        (["method=gradsam", "+method.score.transfrom=relu"], "known: ['chunk_size', 'daam', 'general_chunk_size'"),
         (["method=gradsam", "method.mask.threshold_k=nan"], "method.mask.threshold_k=nan is not a finite number"),
         (["method=blended_latent", "method.strength=inf"], "method.strength=inf is not a finite number in (0, 1]"),
         (["method=sdedit", "method.strength=nan"], "method.strength=nan is not a finite number in (0, 1]"),

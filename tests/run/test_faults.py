@@ -20,7 +20,7 @@ from bench.datasets.base import sample_key
 from bench.records import StorageError, merge_samples, write_row
 from bench.reporting.tables import summarize
 from bench.task import run_benchmark
-from tests.conftest import FAST, PIXEL_ONLY, compose_cfg
+from tests.conftest import FAST, PIXEL_ONLY, compose_cfg, with_test_profile
 
 # One CPU thread everywhere: the subprocess and in-process runs then make the same bits (conf/bench.yaml).
 BASE = [*FAST, *PIXEL_ONLY, "model.image_size=32", "method=sdedit", "cpu_threads=1"]
@@ -47,7 +47,7 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
 
     killed = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "bench.run", *overrides, f"paths.root_dir={killed}"]
+    cmd = [sys.executable, "-m", "bench.run", *with_test_profile(overrides), f"paths.root_dir={killed}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while len(row_files(killed)) < 2 and proc.poll() is None and time.monotonic() < deadline:

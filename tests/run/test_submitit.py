@@ -34,7 +34,7 @@ def test_submitit_local_two_shards_equal_one_process(tmp_path):
 
     two = tmp_path / "two"
     sweep = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20", "shard.count=2", "shard.index=0,1"]
-    run_cli([*sweep, *OVERRIDES, f"paths.root_dir={two}"], cwd=tmp_path, timeout=600)
+    proc = run_cli([*sweep, *OVERRIDES, f"paths.root_dir={two}"], cwd=tmp_path, timeout=600)
     got = result_files(two)
     differ = sorted(k for k in got.keys() | expected.keys() if got.get(k) != expected.get(k))
     assert not differ, f"the 2-shard run differs from the 1-process run in {differ}"
@@ -46,6 +46,9 @@ def test_submitit_local_two_shards_equal_one_process(tmp_path):
         assert f"shard.index={k}" in overrides
         assert (two / RUN_DIR / f"run-shard-{k}-of-2.log").is_file()
         assert (two / RUN_DIR / f"environment-shard-{k}-of-2.json").is_file()
+    # The launching process prints one summary over both jobs (each job's own is in its submitit log).
+    assert "sweep of 2 jobs: 4 made, 0 skipped (already done), 0 failed" in proc.stdout
+    assert not (two / "outputs/.sweeps").exists()
 
 
 def test_slurm_gpu_launcher_submits_one_gpu_array_task_per_shard(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench.config import REPO_ROOT
 from bench.records import WRITERS_LOCK, atomic_write_text, task_writers
-from tests.conftest import FAST, PIXEL_ONLY, run_cli
+from tests.conftest import FAST, PIXEL_ONLY, run_cli, with_test_profile
 
 HOLDER = (
     "import fcntl, sys\n"
@@ -72,7 +72,7 @@ def test_the_same_config_twice_at_once_equals_one_run(tmp_path):
     args = [*FAST, *PIXEL_ONLY, "model.image_size=32", "method=sdedit", "cpu_threads=1", "seeds=[1,2]"]
     run_cli([*args, f"paths.root_dir={tmp_path / 'single'}"], cwd=tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, "-m", "bench.run", *args, f"paths.root_dir={tmp_path / 'twice'}"]
+    command = [sys.executable, "-m", "bench.run", *with_test_profile(args), f"paths.root_dir={tmp_path / 'twice'}"]
     procs = [
         subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for _ in range(2)
