@@ -29,9 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.attribution import faithfulness
+from bench.attribution import faithfulness, sanity
 from bench.attribution.report import write_study
-from bench.attribution.sanity import PLANS, run_sanity
 from bench.cli_checks import exit_with
 from bench.config import REPO_ROOT
 from bench.records import StorageError
@@ -112,8 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.monotonic()
     if not args.report_only and args.stage in ("maps", "all"):
         run_jobs(args.profile, args.overrides, root, args.shards)
-    if not args.report_only and args.stage in ("sanity", "all"):
-        run_sanity(root, PLANS[args.profile], args.shards)
+    if args.stage in ("sanity", "all"):
+        sanity.run_stage(args, root)
     if args.stage == "all":
         faithfulness.run_stage(args, root)
     jobs_s = time.monotonic() - start
@@ -139,6 +138,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     the study sets itself (it writes task_name=attribution under --root-dir, nowhere else)."""
     if args.shards < 1:
         exit_with(f"--shards {args.shards}: expected an integer >= 1 (processes per job). Fix: e.g. --shards 2.")
+    if args.stage == "sanity" and args.overrides:
+        exit_with(
+            f"{args.overrides[0]}: --stage sanity takes no override (it recomputes the maps stage's runs as they "
+            "ran). Fix: leave it out, or pass it to --stage maps."
+        )
     if args.root_dir.exists() and not args.root_dir.is_dir():
         exit_with(f"--root-dir {args.root_dir} is not a folder. Fix: give the folder outputs/ and results/ go under.")
     for override in args.overrides:

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.attribution.faithfulness import faithfulness_sections  # noqa: E402
+from bench.attribution.sanity_report import sanity_sections  # noqa: E402
 from bench.attribution.study import KEYS, TruthCells, read_image, study_rows  # noqa: E402
 from bench.metrics import MASK_IOU  # noqa: E402
 from bench.records import atomic_write_text, write_csv  # noqa: E402
@@ -127,9 +128,7 @@ def write_study(folder: Path, root: Path) -> dict:
     main = table[table["truth_threshold"] == "main"]
     figures = [auroc_by_layer(main, folder / "figures"), auroc_by_step(main, folder / "figures")]
     sections = study_sections(table, mask_table, study_notes(per_sample), figures)
-    from bench.attribution.sanity_report import sanity_sections  # noqa: PLC0415  (it imports this module)
-
-    sections[-1:-1] = sanity_sections(folder)  # before Details, once the sanity stage has written its rows
+    sections[-1:-1] = sanity_sections(folder)  # before Details, once the sanity stage has written its tables
     sections[-1:-1] = faithfulness_sections(folder, table)  # before Details, when the faithfulness stage has run
     links = {p.name: p.name for p in sorted(folder.glob("*.csv"))} | {"attribution.md": "attribution.md"}
     report = Report(TITLE, SUBTITLE, tuple(sections), csv_links=links)

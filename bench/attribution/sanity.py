@@ -52,10 +52,15 @@ from scipy.stats import ConstantInputWarning, spearmanr
 from torch import nn
 
 from bench.attribution.report import CONTROL_LABEL, truth_function
+from bench.attribution.sanity_report import CROSS, NONE, PLAN_FILE, SAMPLES_FILE, SCENE_WORD, SHUFFLED, write_sanity
 from bench.attribution.study import TruthCells, cell_maps, load_maps, nan_reason, sample_rng_of
+from bench.cli_checks import exit_with
 from bench.config import REPO_ROOT, build
 from bench.records import (
+    DAMAGED_FIX,
     MAPS_FILE,
+    NPZ_ERRORS,
+    StorageError,
     atomic_write_bytes,
     atomic_write_text,
     latents_from_npz,
@@ -63,6 +68,7 @@ from bench.records import (
     maps_to_npz,
     write_csv,
 )
+from bench.reporting.samples_table import ResultsError, read_samples
 from bench.sd.backbone import Backbone
 from bench.sd.config import from_mapping
 from bench.sd.diffusion import SamplingConfig, encode_text, truncated_timesteps
@@ -78,12 +84,7 @@ from method.sampler import GradSAM
 from method.tokens import subject_tokens
 
 TASK = "attribution"
-SAMPLES_FILE = "samples_sanity.csv"  # per (sample, check, stage, kind, layer set, scoring step): the metrics
-PLAN_FILE = "sanity.json"  # the plan, the samples, the stages, the wall time and the recompute check
 STAGES_FILE = "stages.json"  # in the store: every stage's (check, name, order, file)
-NONE = "none"  # the unrandomised model (the cascade's stage 0)
-CROSS = "attn2 projections"  # the cross-attention-only stage
-SCENE_WORD, SHUFFLED = "scene word", "shuffled prompt"  # the text checks
 RECOMPUTED_KINDS = ("gradsam", "attention_only", "daam", "noise_diff")  # the chance kinds are the study's lines
 OUTPUT_SIDE = ("conv_norm_out", "conv_out")  # the cascade's first stage
 INPUT_SIDE = "conv_in"  # the cascade's last stage: conv_in, the time embedding and any other top-level module
@@ -390,9 +391,9 @@ class Selection:
         recorded = {int(k) for text in self.rows["method.injection_indices"] for k in str(text).split(",")}
         chosen = self.plan.indices or tuple(recorded)
         if not set(chosen) <= recorded:
-            raise SystemExit(
-                f"error: sanity plan indices {list(chosen)}: the control runs scored at {sorted(recorded)}; "
-                "pick from those."
+            exit_with(
+                f"sanity plan indices {list(chosen)}: the control runs scored at {sorted(recorded)}. Fix: pick from "
+                "those (SanityPlan.indices in bench/attribution/sanity.py PLANS)."
             )
         return tuple(sorted(chosen))
 
@@ -401,8 +402,11 @@ def has_latents(path: Path) -> bool:
     """Whether a maps.npz exists and kept the chain's latents (method.attribution.latents=true)."""
     if not path.is_file():
         return False
-    with np.load(path, allow_pickle=False) as data:
-        return "latents" in data.files
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return "latents" in data.files
+    except NPZ_ERRORS as exc:
+        raise StorageError(f"{path} is damaged ({' '.join(str(exc).split())}). {DAMAGED_FIX}") from None
 
 
 def select(root: Path, plan: SanityPlan) -> Selection:
@@ -410,17 +414,18 @@ def select(root: Path, plan: SanityPlan) -> Selection:
     order, the first `plan.samples`; a one-line refusal naming the fix when there are none (before any work)."""
     csv = root / "results" / TASK / "samples.csv"
     if not csv.is_file():
-        raise SystemExit(
-            f"error: {csv} does not exist. Run the maps stage first: python -m bench.attribution --stage maps"
-        )
-    samples = pd.read_csv(csv, keep_default_na=False, na_values=[""])
+        exit_with(f"{csv} does not exist. Run the maps stage first: python -m bench.attribution --stage maps")
+    try:
+        samples = read_samples(csv)
+    except ResultsError as exc:
+        exit_with(str(exc))
     control = samples[(samples["label"] == CONTROL_LABEL) & (samples["ablation"] == "none")]
     control = control[control["status"] == "ok"]
     kept = control[[has_latents(root / str(d) / MAPS_FILE) for d in control["masks_dir"]]]
     if kept.empty:
-        raise SystemExit(
-            f"error: no {CONTROL_LABEL} sample in {csv} kept its latents ({len(control)} control samples; the sanity "
-            "stage recomputes maps at the recorded z_t). Rerun the maps stage (its control job sets "
+        exit_with(
+            f"no {CONTROL_LABEL} sample in {csv} kept its latents ({len(control)} control samples; the sanity "
+            "stage recomputes maps at the recorded z_t). Fix: rerun the maps stage (its control job sets "
             "method.attribution.latents=true): python -m bench.attribution --stage maps"
         )
     rows = spread(kept)
@@ -491,7 +496,12 @@ def run_shard(selection: Selection, shard: int, shards: int) -> int:
 
 
 def latents_of(root: Path, row: pd.Series) -> list[LatentRecord]:
-    return latents_from_npz(root / str(row["masks_dir"]) / MAPS_FILE)
+    """The control chain's recorded z_t of a sample, in step order; a damaged maps.npz raises StorageError."""
+    path = root / str(row["masks_dir"]) / MAPS_FILE
+    try:
+        return latents_from_npz(path)
+    except NPZ_ERRORS as exc:
+        raise StorageError(f"{path} is damaged ({' '.join(str(exc).split())}). {DAMAGED_FIX}") from None
 
 
 # -- per-sample rows ---------------------------------------------------------------------------------------------
@@ -569,7 +579,7 @@ def sanity_rows(selection: Selection, stages: list[Stage], indices: tuple[int, .
     for _, row in selection.rows.iterrows():
         folder = selection.folder(row["sample_key"])
         if not (folder / Stage("cascade", NONE, 0).file).exists():
-            raise SystemExit(f"error: {folder} holds no stage maps; the sanity shards did not finish. Rerun the stage.")
+            exit_with(f"{folder} holds no stage maps: the sanity shards did not finish. Fix: rerun the stage.", 1)
         height, width = latents_of(selection.root, row)[0].values.shape[-2:]
         truth = truth_of(row, height, width)
         base = sample_base(row, truth)
@@ -601,10 +611,14 @@ def recompute_check(selection: Selection) -> dict:
             error = float(np.abs(r.values - expected).max() / max(float(np.abs(expected).max()), 1e-30))
             if error > worst:
                 worst, where = error, f"{row['sample_key']} {r.kind} {r.layer or r.layer_set} k={r.index}"
+    if compared == 0:
+        exit_with("stage none recomputed no map that the maps stage recorded: nothing to check it against.", 1)
     if worst > RECOMPUTE_TOLERANCE:
-        raise SystemExit(
-            f"error: recomputed maps differ from the recorded ones (largest relative difference {worst:.3g} at "
-            f"{where}); the latents, the model or the settings are not those of the recorded run. Rerun the maps stage."
+        exit_with(
+            f"recomputed maps differ from the recorded ones (largest relative difference {worst:.3g} at {where}): "
+            "the latents, the model or the settings are not those of the recorded run. Fix: rerun the maps stage "
+            "(python -m bench.attribution --stage maps), then this one.",
+            1,
         )
     return {"compared": compared, "identical": identical, "max_relative_difference": worst, "where": where}
 
@@ -626,7 +640,7 @@ def run_shards(selection: Selection, shards: int) -> None:
         procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=os.environ.copy()))
     codes = [p.wait() for p in procs]
     if any(codes):
-        raise SystemExit(f"error: a sanity shard failed (exit codes {codes}); see its log above. A rerun resumes.")
+        exit_with(f"a sanity shard failed (exit codes {codes}); see its message above. A rerun resumes.", 1)
 
 
 def stored_maps(selection: Selection) -> int:
@@ -667,6 +681,34 @@ def run_sanity(root: Path, plan: SanityPlan, shards: int = 1) -> Path:
     return folder / SAMPLES_FILE
 
 
+def run_stage(args: argparse.Namespace, root: Path) -> dict[str, Path] | None:
+    """`python -m bench.attribution --stage sanity|all`: the recomputation (unless --report-only) with the profile's
+    plan, then sanity.csv, its figures and sanity.md. With --stage all and no rows yet (--report-only), nothing is
+    written (None)."""
+    if not args.report_only:
+        run_sanity(root, PLANS[args.profile], args.shards)
+    folder = root / "results" / TASK
+    if not (folder / SAMPLES_FILE).is_file():
+        if args.stage == "sanity":
+            exit_with(f"{folder / SAMPLES_FILE} does not exist. Fix: run the sanity stage without --report-only.")
+        print(f"sanity: no rows in {folder} yet; its sections are left out.")
+        return None
+    paths = write_sanity(folder)
+    print(f"sanity: {paths['csv']}, {paths['md']}", flush=True)
+    return paths
+
+
+def plan_from_json(text: str) -> SanityPlan:
+    """A SanityPlan from its JSON (as `run_shards` passes it); a one-line refusal naming the fields otherwise."""
+    fields = [f.name for f in dataclasses.fields(SanityPlan)]
+    try:
+        values = json.loads(text)
+        indices = values.get("indices")
+        return SanityPlan(**{**values, "indices": tuple(int(k) for k in indices) if indices else None})
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
+        exit_with(f"--plan {text!r}: expected a JSON object with fields {fields} ({exc}). Fix: e.g. --plan '{{}}'.")
+
+
 def main(argv: list[str] | None = None) -> None:
     """One shard of the stage (bench.attribution --stage sanity starts them)."""
     parser = argparse.ArgumentParser(description="One shard of the attribution study's sanity stage.")
@@ -675,8 +717,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--shards", type=int, default=1)
     args = parser.parse_args(argv)
-    values = json.loads(args.plan)
-    plan = SanityPlan(**{**values, "indices": tuple(values["indices"]) if values.get("indices") else None})
+    if not 0 <= args.shard < args.shards:
+        exit_with(f"--shard {args.shard} --shards {args.shards}: expected 0 <= shard < shards. Fix: e.g. --shard 0.")
+    plan = plan_from_json(args.plan)
     if args.shards > 1:
         torch.set_num_threads(1)
     computed = run_shard(select(args.root_dir.resolve(), plan), args.shard, args.shards)

@@ -1,9 +1,11 @@
 """The sanity stage's tables, figures and report sections, rebuilt from its per-sample rows (samples_sanity.csv,
-written by bench/attribution/sanity.py) and its record (sanity.json).
+written by bench/attribution/sanity.py) and its record (sanity.json); `write_sanity` writes them, `sanity_sections`
+reads them back as the study page's sections (bench/attribution/report.py write_study).
 
     sanity.csv                      mean, N and bootstrap 95% interval of Spearman (with the unrandomised map), AUROC,
                                     AP, pointing game and IoU at the true area per check x stage x kind x layer set x
                                     scoring step, chance lines beside (bench.reporting.tables.summarize)
+    sanity.md                       the stage's sections alone
     figures/sanity_cascade.png      Spearman and AUROC against the cascade stage, one line per kind and layer set
     figures/sanity_text.png         AUROC of the subject word, the scene word and a shuffled prompt's subject word
 """
@@ -19,29 +21,40 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.attribution.report import interval, save  # noqa: E402
-from bench.attribution.sanity import CROSS, NONE, PLAN_FILE, SAMPLES_FILE, SCENE_WORD, SHUFFLED  # noqa: E402
-from bench.records import write_csv  # noqa: E402
-from bench.reporting.report import COLLAPSED, SUMMARY, Section  # noqa: E402
+from bench.records import atomic_write_text, read_csv, write_csv  # noqa: E402
+from bench.reporting.figures import save_figure  # noqa: E402
+from bench.reporting.report import COLLAPSED, SUMMARY, Report, Section, render_markdown  # noqa: E402
 from bench.reporting.tables import summarize  # noqa: E402
+from bench.reporting.views import interval_cell  # noqa: E402
 from bench.truth.scores import METRICS  # noqa: E402
 
-TABLE_FILE = "sanity.csv"
+SAMPLES_FILE = "samples_sanity.csv"  # per (sample, check, stage, kind, layer set, scoring step): the metrics
+PLAN_FILE = "sanity.json"  # the plan, the samples, the stages, the wall time and the recompute check
+TABLE_FILE = "sanity.csv"  # the summary of SAMPLES_FILE
+MD_FILE = "sanity.md"
+FIGURES = ("sanity_cascade.png", "sanity_text.png")
+NONE = "none"  # the unrandomised model (the cascade's stage 0)
+CROSS = "attn2 projections"  # the cross-attention-only stage
+SCENE_WORD, SHUFFLED = "scene word", "shuffled prompt"  # the text checks
+NUMBER = ".3f"  # 'mean [lo, hi]' with three decimals, as the study's cells
 KEYS = ["check", "order", "stage", "kind", "layer_set", "index", "timestep"]
 SANITY_METRICS = ["spearman", *METRICS]
 CHANCE = ("chance:uniform", "chance:centre")
 KIND_COLOURS = {"gradsam": "tab:blue", "attention_only": "tab:orange", "daam": "tab:green", "noise_diff": "tab:red"}
 
 
-def read_rows(folder: Path) -> pd.DataFrame:
-    return pd.read_csv(folder / SAMPLES_FILE, keep_default_na=False, na_values=[""])
+def interval(row: pd.Series, metric: str) -> str:
+    """A metric's mean in a summary row as 'mean [lo, hi]'."""
+    return interval_cell(row[f"{metric}_mean"], row[f"{metric}_mean_lo"], row[f"{metric}_mean_hi"], spec=NUMBER)
 
 
 def sanity_table(rows: pd.DataFrame) -> pd.DataFrame:
     """The summary of every (check, stage, kind, layer set, scoring step): bench.reporting.tables.summarize's
     columns (<metric>_mean, _mean_lo, _mean_hi, _n), intervals resampling reference images, seeded per cell. An
-    empty truth's metrics are NaN (left out of their mean and N); its Spearman still counts."""
-    ordered = rows.sort_values(["order", "kind", "layer_set", "index"], kind="stable")
+    empty truth's metrics are NaN (left out of their mean and N); its Spearman still counts. Rows are put in one
+    order first (a cell's seed includes its mean, whose last bit depends on the summation order), so the table is
+    the same whatever order the rows came in."""
+    ordered = rows.sort_values(["order", "check", "stage", "kind", "layer_set", "index", "sample_key"], kind="stable")
     return summarize(ordered, KEYS, table="sanity", metrics=SANITY_METRICS, stats=("mean",), sort=False)
 
 
@@ -144,7 +157,7 @@ def cascade_figure(table: pd.DataFrame, folder: Path) -> Path:
     axes[1].set_ylim(0.3, 1.0)
     axes[1].legend(fontsize=6, ncol=2, loc="lower left")
     fig.tight_layout()
-    return save(fig, folder / "sanity_cascade.png")
+    return save_figure(fig, folder / FIGURES[0], dpi=100)
 
 
 def text_figure(table: pd.DataFrame, folder: Path) -> Path:
@@ -164,19 +177,36 @@ def text_figure(table: pd.DataFrame, folder: Path) -> Path:
     ax.set(ylabel="AUROC against the subject truth", ylim=(0.2, 1.0), title="Whose word? (unrandomised model)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return save(fig, folder / "sanity_text.png")
+    return save_figure(fig, folder / FIGURES[1], dpi=100)
+
+
+def write_sanity(folder: Path) -> dict[str, Path]:
+    """The stage's summary (sanity.csv), its two figures and sanity.md under `folder` (results/attribution), from
+    samples_sanity.csv and sanity.json; a one-line error naming the fix when the stage has not written them."""
+    missing = [name for name in (SAMPLES_FILE, PLAN_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder / missing[0]} does not exist: the sanity stage has not run there. Run it: "
+            "python -m bench.attribution --stage sanity"
+        )
+    table = sanity_table(read_csv(folder / SAMPLES_FILE))
+    paths = {"csv": folder / TABLE_FILE, "md": folder / MD_FILE}
+    write_csv(table, paths["csv"])
+    paths |= {"cascade": cascade_figure(table, folder / "figures"), "text": text_figure(table, folder / "figures")}
+    report = Report("Sanity checks (attribution)", "Model and text randomisation", tuple(sanity_sections(folder)))
+    atomic_write_text(paths["md"], render_markdown(report))
+    return paths
 
 
 def sanity_sections(folder: Path) -> list[Section]:
-    """The stage's report sections from results/attribution/samples_sanity.csv and sanity.json (none without them):
-    cascade Spearman and AUROC by stage, text randomisation, the full table (collapsed) and the figures. Also
-    writes sanity.csv and the two figures."""
-    if not (folder / SAMPLES_FILE).is_file() or not (folder / PLAN_FILE).is_file():
+    """The stage's report sections from its tables in `folder` (results/attribution; [] until the stage has written
+    sanity.csv and sanity.json): cascade Spearman and AUROC by stage, text randomisation, the full table (collapsed)
+    and the figures. Reads only; `write_sanity` writes the tables."""
+    if not (folder / TABLE_FILE).is_file() or not (folder / PLAN_FILE).is_file():
         return []
-    table = sanity_table(read_rows(folder))
-    write_csv(table, folder / TABLE_FILE)
+    table = read_csv(folder / TABLE_FILE)
     record = json.loads((folder / PLAN_FILE).read_text())
-    figures = (cascade_figure(table, folder / "figures"), text_figure(table, folder / "figures"))
+    figures = tuple(p for p in (folder / "figures" / name for name in FIGURES) if p.exists())
     notes = tuple(sanity_notes(record, table))
     return [
         Section(

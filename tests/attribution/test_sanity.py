@@ -14,14 +14,20 @@ import pandas as pd
 import pytest
 import torch
 
+from bench.attribution.__main__ import PROFILES
+from bench.attribution.__main__ import main as study_main
 from bench.attribution.sanity import (
     CROSS,
     NONE,
+    PLANS,
     SHUFFLED,
     Recompute,
+    SanityPlan,
     cascade_stages,
     other_word,
+    plan_from_json,
     randomised_unets,
+    rank_correlation,
     recompute_maps,
     reinitialise,
     shuffled_partners,
@@ -29,7 +35,11 @@ from bench.attribution.sanity import (
     subject_query,
     word_query,
 )
+from bench.attribution.sanity import main as shard_main
+from bench.attribution.sanity_report import sanity_sections, sanity_table, write_sanity
 from bench.config import REPO_ROOT
+from bench.records import png_problem, read_csv, write_csv
+from bench.truth.scores import METRICS
 from method.attention import resolve_layers
 from method.sampler import GradSAM
 from tests.method.test_attribution_maps import hand_daam, subject_attention
@@ -215,6 +225,109 @@ def test_no_pairing_when_one_subject_word_holds_most_samples_and_the_spread_cove
     assert list(spread(rows.sample(frac=1, random_state=1))["sample_key"]) == list(order["sample_key"])
 
 
+def test_spearman_is_a_rank_statistic_and_agrees_with_ranks_written_out():
+    rng = np.random.default_rng(0)
+    s, other = rng.normal(size=(8, 8)), rng.normal(size=(8, 8))
+    for monotone in (1000 * s, s + 5, np.exp(s), s**3):
+        assert rank_correlation(monotone, s) == pytest.approx(1.0)
+    assert rank_correlation(-s, s) == pytest.approx(-1.0)
+    ranks = lambda a: np.argsort(np.argsort(a.ravel())).astype(float)  # noqa: E731  (no ties in normal draws)
+    expected = np.corrcoef(ranks(s), ranks(other))[0, 1]
+    assert rank_correlation(s, other) == pytest.approx(expected, abs=1e-12)
+    assert rank_correlation(1e6 * s, other) == rank_correlation(s, other)
+    assert np.isnan(rank_correlation(np.ones((8, 8)), s)) and np.isnan(rank_correlation(s, None))
+
+
+def synthetic_rows(seed: int = 0) -> pd.DataFrame:
+    """Per-sample rows as samples_sanity.csv holds them: 6 images x 2 prompts, two stages, one NaN Spearman."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for image in range(6):
+        for prompt in range(2):
+            for order, stage in enumerate((NONE, "conv_out")):
+                rows.append(
+                    {
+                        "sample_key": f"img{image}/p{prompt}",
+                        "image_id": f"img{image}",
+                        "check": "cascade",
+                        "order": order,
+                        "stage": stage,
+                        "kind": "attention_only",
+                        "layer_set": "res8",
+                        "index": 18,
+                        "timestep": 340,
+                        "spearman": 1.0 if stage == NONE else rng.uniform(-1, 1),
+                        **{m: rng.uniform() for m in METRICS},
+                    }
+                )
+    frame = pd.DataFrame(rows)
+    frame.loc[3, "spearman"] = np.nan  # a constant map: left out of the mean and N
+    return frame
+
+
+def test_the_sanity_table_is_the_per_sample_mean_with_a_clustered_interval_whatever_the_row_order():
+    rows = synthetic_rows()
+    table = sanity_table(rows).set_index("stage")
+    moved = rows[rows["stage"] == "conv_out"]
+    assert table.loc["conv_out", "spearman_mean"] == pytest.approx(np.nanmean(moved["spearman"]))
+    assert table.loc["conv_out", "spearman_n"] == 11 and table.loc["conv_out", "N"] == 12
+    assert table.loc["conv_out", "auroc_mean"] == pytest.approx(moved["auroc"].mean())
+    lo, hi = table.loc["conv_out", ["spearman_mean_lo", "spearman_mean_hi"]]
+    assert lo < table.loc["conv_out", "spearman_mean"] < hi
+    assert table.loc[NONE, "spearman_mean"] == 1.0  # the reference itself
+    shuffled = sanity_table(rows.sample(frac=1, random_state=3)).set_index("stage")
+    pd.testing.assert_frame_equal(shuffled.loc[table.index], table, check_exact=False, rtol=1e-12)
+
+
+def test_sections_wait_for_the_tables_and_a_missing_stage_is_named(tmp_path: Path):
+    assert sanity_sections(tmp_path) == []
+    with pytest.raises(FileNotFoundError, match=r"samples_sanity.csv does not exist.*--stage sanity"):
+        write_sanity(tmp_path)
+    write_csv(synthetic_rows(), tmp_path / "samples_sanity.csv")
+    with pytest.raises(FileNotFoundError, match=r"sanity.json does not exist"):
+        write_sanity(tmp_path)
+
+
+def test_every_profile_has_a_plan_and_a_plan_survives_its_json():
+    assert set(PLANS) == set(PROFILES)
+    for plan in PLANS.values():
+        assert plan_from_json(json.dumps(__import__("dataclasses").asdict(plan))) == plan
+    assert plan_from_json("{}") == SanityPlan()
+    assert SanityPlan(indices=(18,)).digest != SanityPlan(indices=(12,)).digest  # a store per plan
+
+
+def refusal(capsys, call) -> str:
+    with pytest.raises(SystemExit) as info:
+        call()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_the_stage_and_its_shards_refuse_bad_input_in_one_line_before_any_work(tmp_path: Path, capsys):
+    root = ["--root-dir", str(tmp_path)]
+    err = refusal(capsys, lambda: study_main(["--stage", "sanity", *root, "dataset.subcategories=[forest]"]))
+    assert "dataset.subcategories=[forest]: --stage sanity takes no override" in err
+    assert "samples.csv does not exist. Run the maps stage first" in refusal(
+        capsys, lambda: study_main(["--stage", "sanity", *root])
+    )
+    assert "samples_sanity.csv does not exist" in refusal(
+        capsys, lambda: study_main(["--stage", "sanity", "--report-only", *root])
+    )
+    assert "--plan '[1]': expected a JSON object with fields" in refusal(
+        capsys, lambda: shard_main(["--plan", "[1]", *root])
+    )
+    assert "unexpected keyword" in refusal(capsys, lambda: shard_main(["--plan", '{"sample": 2}', *root]))
+    assert "expected 0 <= shard < shards" in refusal(
+        capsys, lambda: shard_main(["--plan", "{}", "--shard", "2", "--shards", "2", *root])
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+
+
+def text(value) -> str:
+    return value if isinstance(value, str) else ""
+
+
 def run_stage(root: Path, stage: str, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
     cmd = [sys.executable, "-m", "bench.attribution", "--profile", "smoke", "--shards", "1", "--stage", stage]
@@ -225,7 +338,50 @@ def run_stage(root: Path, stage: str, *overrides: str) -> subprocess.CompletedPr
     return proc
 
 
-@pytest.mark.slow  # the maps stage's two Hydra jobs (2 samples), then the sanity stage alone, then its rerun
+def check_stage_outputs(root: Path) -> dict:
+    """What one sanity run over the smoke profile's two samples (ball, cone) must have written under `root`."""
+    folder = root / "results" / "attribution"
+    record = json.loads((folder / "sanity.json").read_text())
+    check = record["recompute_check"]
+    assert check["compared"] > 0 and check["identical"] == check["compared"]  # stage none = the recorded maps
+    assert len(record["samples"]) == 2 and len(record["partners"]) == 2  # ball <-> cone
+    stages = [s["name"] for s in record["stages"]]
+    assert stages[:2] == [NONE, "conv_out"] and stages[-3:] == [CROSS, "scene word", SHUFFLED]
+    rows = read_csv(folder / "samples_sanity.csv")
+    kinds = set(rows[rows["check"] == "cascade"]["kind"])
+    assert kinds == {"gradsam", "attention_only", "daam", "noise_diff"}
+    assert {"own:last", "last", "all", "-"} <= set(rows["layer_set"]) and set(rows["index"]) == {4}  # the plan's
+    general = rows[(rows["kind"] == "gradsam") & (rows["layer_set"] == "all")]
+    assert set(general["sample_key"]) == set(record["general_samples"]) and len(record["general_samples"]) == 1
+    assert set(general["stage"]) == set(stages)  # Grad-SAM per layer at every stage on its sample
+    none = rows[rows["stage"] == NONE]
+    assert (none["spearman"] == 1.0).all()  # the reference itself
+    study = read_csv(folder / "samples_attribution.csv")
+    study = study[(study["label"] == "no_manipulation") & (study["truth_threshold"] == "main")]
+    study = study[study["truth"] == "no_manipulation"].set_index(["sample_key", "kind", "layer_set", "index"])
+    for _, row in rows[(rows["stage"] == NONE) | (rows["check"] == "chance")].iterrows():
+        key = (row["sample_key"], row["kind"], row["layer_set"], row["index"])
+        expected = study.loc[key]  # the study's own numbers (NaN for both when the untrained model's truth is empty)
+        assert row["auroc"] == pytest.approx(expected["auroc"], abs=1e-6, nan_ok=True), key
+        assert text(row["truth_nan_reason"]) == text(expected["truth_nan_reason"]), key
+    scene = rows[rows["stage"] == "scene word"]
+    assert set(scene["word"]) == {"forest", "ocean"} and "noise_diff" not in set(scene["kind"])
+    shuffled = rows[rows["stage"] == SHUFFLED]
+    assert (shuffled["word"] != shuffled["subject"]).all() and "noise_diff" in set(shuffled["kind"])
+    table = read_csv(folder / "sanity.csv")
+    assert {"spearman_mean", "spearman_mean_lo", "auroc_mean_hi", "auroc_n"} <= set(table.columns)
+    assert len(table) == len(rows.groupby(["check", "stage", "kind", "layer_set", "index"]))
+    assert {p.name for p in (folder / "figures").iterdir()} >= {"sanity_cascade.png", "sanity_text.png"}
+    assert all(png_problem(folder / "figures" / name) == "" for name in ("sanity_cascade.png", "sanity_text.png"))
+    for page in ("attribution.md", "sanity.md"):
+        md = (folder / page).read_text()
+        assert "## Sanity: cascading model randomisation, AUROC" in md and "Sanity: text randomisation" in md
+    html = (folder / "report.html").read_text()
+    assert "sanity_cascade.png" in html and "Sanity: cascading model randomisation" in html
+    return record
+
+
+@pytest.mark.slow  # the maps stage's two Hydra jobs (2 samples), then the sanity stage alone, its rerun, --report-only
 def test_the_sanity_stage_runs_alone_on_the_maps_stage_s_latents_and_writes_its_tables(tmp_path: Path):
     folder = tmp_path / "results" / "attribution"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
@@ -233,42 +389,19 @@ def test_the_sanity_stage_runs_alone_on_the_maps_stage_s_latents_and_writes_its_
     refused = subprocess.run(
         [*cmd, "--root-dir", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
-    assert refused.returncode != 0 and "Run the maps stage first" in refused.stderr  # before any work
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr  # one line, before any work
+    assert "Run the maps stage first" in refused.stderr and not (tmp_path / "outputs").exists()
     run_stage(tmp_path, "maps", "dataset.subcategories=[forest,ocean]")  # two samples: ball and cone
     assert not (folder / "samples_sanity.csv").exists()
     run_stage(tmp_path, "sanity")
-    record = json.loads((folder / "sanity.json").read_text())
-    check = record["recompute_check"]
-    assert check["compared"] > 0 and check["identical"] == check["compared"]  # stage none = the recorded maps
-    assert len(record["samples"]) == 2 and len(record["partners"]) == 2  # ball <-> cone
-    stages = [s["name"] for s in record["stages"]]
-    assert stages[:2] == [NONE, "conv_out"] and stages[-3:] == [CROSS, "scene word", SHUFFLED]
-    rows = pd.read_csv(folder / "samples_sanity.csv", keep_default_na=False, na_values=[""])
-    kinds = set(rows[rows["check"] == "cascade"]["kind"])
-    assert kinds == {"gradsam", "attention_only", "daam", "noise_diff"}
-    assert {"own:last", "last", "all", "-"} <= set(rows["layer_set"]) and set(rows["index"]) == {4}  # the plan's
-    general = rows[(rows["kind"] == "gradsam") & (rows["layer_set"] == "all")]
-    assert set(general["sample_key"]) == set(record["general_samples"]) and len(record["general_samples"]) == 1
-    none = rows[rows["stage"] == NONE]
-    assert (none["spearman"] == 1.0).all()  # the reference itself
-    study = pd.read_csv(folder / "samples_attribution.csv", keep_default_na=False, na_values=[""])
-    study = study[(study["label"] == "no_manipulation") & (study["truth_threshold"] == "main")]
-    study = study[study["truth"] == "no_manipulation"].set_index(["sample_key", "kind", "layer_set", "index"])
-    for _, row in rows[(rows["stage"] == NONE) | (rows["check"] == "chance")].iterrows():
-        key = (row["sample_key"], row["kind"], row["layer_set"], row["index"])
-        assert row["auroc"] == pytest.approx(study.loc[key, "auroc"], abs=1e-6), key  # the study's own numbers
-    scene = rows[rows["stage"] == "scene word"]
-    assert set(scene["word"]) == {"forest", "ocean"} and "noise_diff" not in set(scene["kind"])
-    shuffled = rows[rows["stage"] == SHUFFLED]
-    assert (shuffled["word"] != shuffled["subject"]).all() and "noise_diff" in set(shuffled["kind"])
-    table = pd.read_csv(folder / "sanity.csv")
-    assert {"spearman_mean", "spearman_mean_lo", "auroc_mean_hi", "auroc_n"} <= set(table.columns)
-    assert {p.name for p in (folder / "figures").iterdir()} >= {"sanity_cascade.png", "sanity_text.png"}
-    md, html = (folder / "attribution.md").read_text(), (folder / "report.html").read_text()
-    assert "## Sanity: cascading model randomisation, AUROC" in md and "Sanity: text randomisation" in md
-    assert "sanity_cascade.png" in html and "Sanity: cascading model randomisation" in html
+    record = check_stage_outputs(tmp_path)
     store = tmp_path / record["store"]
     stamps = {p: p.stat().st_mtime_ns for p in store.rglob("*.npz")}
+    rows = (folder / "samples_sanity.csv").read_bytes()
     run_stage(tmp_path, "sanity")  # a rerun resumes: every stored map is kept, nothing recomputed
     assert json.loads((folder / "sanity.json").read_text())["maps_computed"] == 0
     assert {p: p.stat().st_mtime_ns for p in store.rglob("*.npz")} == stamps
+    assert (folder / "samples_sanity.csv").read_bytes() == rows  # the same maps give the same rows, byte for byte
+    (folder / "sanity.csv").unlink()
+    run_stage(tmp_path, "sanity", "--report-only")  # the tables again from the rows, nothing recomputed
+    check_stage_outputs(tmp_path)
