@@ -13,11 +13,12 @@
 `--stage maps|sanity|faithfulness|all` (default all; each stage runs alone on what the earlier ones wrote):
 - `maps` is the above;
 - `sanity` (bench/attribution/sanity.py) recomputes every map from the control job's recorded latents on
-  randomised UNets and for other words (results/attribution/samples_sanity.csv, sanity.json, sanity.csv, figures),
-  then rebuilds the study's page with its sections;
+  randomised UNets and for other words, and writes its tables (results/attribution/samples_sanity.csv, sanity.json,
+  sanity.csv, sanity.md, figures/sanity_*.png);
 - `faithfulness` runs the faithfulness curves alone (bench/attribution/faithfulness.py: the paper's operator keeping
   the top k of a map's cells, task attribution_faithfulness) and writes its tables;
-- `all` runs maps, then sanity, then faithfulness, and the study's page gains both stages' sections.
+- `all` runs maps, then sanity, then faithfulness, and the study's page gains both stages' sections (as does
+  `--report-only` once their tables exist).
 """
 
 from __future__ import annotations
@@ -105,15 +106,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     check_arguments(args)
     root = args.root_dir.resolve()
-    if args.stage == "faithfulness":
-        faithfulness.run_stage(args, root)
+    if args.stage in ("sanity", "faithfulness"):  # alone: its own tables and page; the study's page gains them
+        (sanity if args.stage == "sanity" else faithfulness).run_stage(args, root)  # with all or --report-only
         return
     start = time.monotonic()
-    if not args.report_only and args.stage in ("maps", "all"):
+    if not args.report_only:
         run_jobs(args.profile, args.overrides, root, args.shards)
-    if args.stage in ("sanity", "all"):
-        sanity.run_stage(args, root)
     if args.stage == "all":
+        sanity.run_stage(args, root)
         faithfulness.run_stage(args, root)
     jobs_s = time.monotonic() - start
     try:

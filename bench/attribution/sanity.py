@@ -694,6 +694,8 @@ def run_stage(args: argparse.Namespace, root: Path) -> dict[str, Path] | None:
         print(f"sanity: no rows in {folder} yet; its sections are left out.")
         return None
     paths = write_sanity(folder)
+    if args.stage == "sanity":
+        print(paths["md"].read_text())
     print(f"sanity: {paths['csv']}, {paths['md']}", flush=True)
     return paths
 

@@ -135,7 +135,7 @@ def cascade_figure(table: pd.DataFrame, folder: Path) -> Path:
     sets = sorted({layer_set for _, layer_set in series_keys(table)})
     styles = {layer_set: ["-", "--", ":", "-."][i % 4] for i, layer_set in enumerate(sets)}
     markers = {layer_set: "os^vDxP*"[i % 8] for i, layer_set in enumerate(sets)}
-    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
     for kind, layer_set in series_keys(table):
         for index, rows in models[(models["kind"] == kind) & (models["layer_set"] == layer_set)].groupby("index"):
             cascade = rows[rows["check"] == "cascade"]
@@ -155,8 +155,9 @@ def cascade_figure(table: pd.DataFrame, folder: Path) -> Path:
         ax.set(title=title, xlabel="cumulative re-initialisation, output side first (X: attn2 projections only)")
     axes[0].axhline(0.0, color="grey", linewidth=0.5)
     axes[1].set_ylim(0.3, 1.0)
-    axes[1].legend(fontsize=6, ncol=2, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, ncol=6, loc="lower center")
+    fig.tight_layout(rect=(0, 0.03 * (len(labels) // 6 + 1), 1, 1))
     return save_figure(fig, folder / FIGURES[0], dpi=100)
 
 
@@ -243,7 +244,9 @@ def sanity_notes(record: dict, table: pd.DataFrame) -> list[str]:
         f"{len(record['general_samples'])} of them, every other kind and Grad-SAM's own map (own:last, the tail path) "
         f"on all. Plan {plan}.",
         f"Recomputation check: stage none reproduces {check['identical']} of {check['compared']} recorded maps bit "
-        f"for bit (largest relative difference {check['max_relative_difference']:.2g}).",
+        f"for bit; the largest difference is {check['max_relative_difference']:.2g} of a map's maximum (maps are "
+        "stored as float16 of map / max: a storage step is at most 9.8e-4 of it; float32 rounding that differs "
+        "between processes moves some cells by one step; more than 1e-2 stops the stage).",
         f"Cost: {record['wall_s']:.0f} s wall for {record['maps_computed']} stage maps computed "
         f"({record['maps_reused']} reused), {record['shards']} shard(s) on {record['cpus']} CPUs; load average "
         f"{load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end.",

@@ -338,8 +338,9 @@ def run_stage(root: Path, stage: str, *overrides: str) -> subprocess.CompletedPr
     return proc
 
 
-def check_stage_outputs(root: Path) -> dict:
-    """What one sanity run over the smoke profile's two samples (ball, cone) must have written under `root`."""
+def check_stage_outputs(root: Path, study_page: bool) -> dict:
+    """What one sanity run over the smoke profile's two samples (ball, cone) must have written under `root`; with
+    `study_page`, the study's attribution.md and report.html hold its sections too."""
     folder = root / "results" / "attribution"
     record = json.loads((folder / "sanity.json").read_text())
     check = record["recompute_check"]
@@ -373,11 +374,11 @@ def check_stage_outputs(root: Path) -> dict:
     assert len(table) == len(rows.groupby(["check", "stage", "kind", "layer_set", "index"]))
     assert {p.name for p in (folder / "figures").iterdir()} >= {"sanity_cascade.png", "sanity_text.png"}
     assert all(png_problem(folder / "figures" / name) == "" for name in ("sanity_cascade.png", "sanity_text.png"))
-    for page in ("attribution.md", "sanity.md"):
+    for page in ("attribution.md", "sanity.md") if study_page else ("sanity.md",):
         md = (folder / page).read_text()
         assert "## Sanity: cascading model randomisation, AUROC" in md and "Sanity: text randomisation" in md
     html = (folder / "report.html").read_text()
-    assert "sanity_cascade.png" in html and "Sanity: cascading model randomisation" in html
+    assert ("sanity_cascade.png" in html and "Sanity: cascading model randomisation" in html) == study_page
     return record
 
 
@@ -393,8 +394,8 @@ def test_the_sanity_stage_runs_alone_on_the_maps_stage_s_latents_and_writes_its_
     assert "Run the maps stage first" in refused.stderr and not (tmp_path / "outputs").exists()
     run_stage(tmp_path, "maps", "dataset.subcategories=[forest,ocean]")  # two samples: ball and cone
     assert not (folder / "samples_sanity.csv").exists()
-    run_stage(tmp_path, "sanity")
-    record = check_stage_outputs(tmp_path)
+    run_stage(tmp_path, "sanity")  # alone: its own tables and sanity.md; the study's page is the maps stage's
+    record = check_stage_outputs(tmp_path, study_page=False)
     store = tmp_path / record["store"]
     stamps = {p: p.stat().st_mtime_ns for p in store.rglob("*.npz")}
     rows = (folder / "samples_sanity.csv").read_bytes()
@@ -403,5 +404,6 @@ def test_the_sanity_stage_runs_alone_on_the_maps_stage_s_latents_and_writes_its_
     assert {p: p.stat().st_mtime_ns for p in store.rglob("*.npz")} == stamps
     assert (folder / "samples_sanity.csv").read_bytes() == rows  # the same maps give the same rows, byte for byte
     (folder / "sanity.csv").unlink()
-    run_stage(tmp_path, "sanity", "--report-only")  # the tables again from the rows, nothing recomputed
-    check_stage_outputs(tmp_path)
+    run_stage(tmp_path, "all", "--report-only")  # every stage's tables from its rows, then the study's page
+    check_stage_outputs(tmp_path, study_page=True)
+    assert json.loads((folder / "sanity.json").read_text())["maps_computed"] == 0  # nothing recomputed
