@@ -1,4 +1,4 @@
-"""`python -m bench.attribution [--profile offline|gpu]`: the attribution study, then its tables and figures.
+"""`python -m bench.attribution [--profile offline|gpu] [--stage maps|sanity|faithfulness|all]`: the attribution study.
 
 1. Two Hydra jobs record their maps (method.attribution.record=true) into outputs/attribution/:
    the no_manipulation chain (`row=no_manipulation`, label no_manipulation) with every score kind at every
@@ -11,9 +11,15 @@
    mask_rules.{csv,md}, figures/*.png and report.html (bench/attribution/report.py), then it prints the verdict
    (its table and one sentence per question, bench/attribution/verdict.py) and the paths, within 100 columns.
 
-`--stage maps|faithfulness|all` (default all): `maps` is the above; `faithfulness` runs the faithfulness curves
-alone (bench/attribution/faithfulness.py: the paper's operator keeping the top k of a map's cells, task
-attribution_faithfulness) and writes its tables; `all` runs both, and the study's page gains its sections.
+`--stage maps|sanity|faithfulness|all` (default all; each stage runs alone on what the earlier ones wrote):
+- `maps` is the above;
+- `sanity` (bench/attribution/sanity.py) recomputes every map from the control job's recorded latents on
+  randomised UNets and for other words, and writes its tables (results/attribution/samples_sanity.csv, sanity.json,
+  sanity.csv, sanity.md, figures/sanity_*.png);
+- `faithfulness` runs the faithfulness curves alone (bench/attribution/faithfulness.py: the paper's operator keeping
+  the top k of a map's cells, task attribution_faithfulness) and writes its tables;
+- `all` runs maps, then sanity, then faithfulness, and the study's page gains both stages' sections (as does
+  `--report-only` once their tables exist).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.attribution import faithfulness
+from bench.attribution import faithfulness, sanity
 from bench.attribution.report import write_study
 from bench.cli_checks import exit_with
 from bench.config import REPO_ROOT
@@ -66,6 +72,7 @@ RECORD_TRUTH = ["truth_record.enabled=true"]
 # The control chain also keeps its latents (every map can be recomputed at the same inputs: the sanity stage)
 # and DAAM over both windows (the steps so far at each scoring step; the whole chain, as castorini/daam).
 CONTROL_EXTRAS = ["method.attribution.latents=true", "method.attribution.daam.window=both"]
+STAGES = ("maps", "sanity", "faithfulness", "all")
 JOBS = {  # row -> what it records beside its own map
     "no_manipulation": [ALL_KINDS, *CONTROL_EXTRAS],
     "gradsam_paper": [CHEAP_KINDS],
@@ -106,19 +113,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root-dir", type=Path, default=REPO_ROOT, help="outputs/ and results/ go under it")
     parser.add_argument("--shards", type=int, default=2, help="processes per job (default 2: one per core here)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the tables from recorded maps")
-    parser.add_argument("--stage", default="all", choices=("maps", "faithfulness", "all"), help="what to run")
+    parser.add_argument("--stage", default="all", choices=STAGES, help="which stage to run (default: every one)")
     faithfulness.add_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     args = parser.parse_intermixed_args(argv)
     check_arguments(args)
     root = args.root_dir.resolve()
-    if args.stage == "faithfulness":
-        faithfulness.run_stage(args, root)
+    if args.stage in ("sanity", "faithfulness"):  # alone: its own tables and page; the study's page gains them
+        (sanity if args.stage == "sanity" else faithfulness).run_stage(args, root)  # with all or --report-only
         return
     start = time.monotonic()
     if not args.report_only:
         run_jobs(args.profile, args.overrides, root, args.shards)
     if args.stage == "all":
+        sanity.run_stage(args, root)
         faithfulness.run_stage(args, root)
     jobs_s = time.monotonic() - start
     try:
@@ -140,6 +148,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     the study sets itself (it writes task_name=attribution under --root-dir, nowhere else)."""
     if args.shards < 1:
         exit_with(f"--shards {args.shards}: expected an integer >= 1 (processes per job). Fix: e.g. --shards 2.")
+    if args.stage == "sanity" and args.overrides:
+        exit_with(
+            f"{args.overrides[0]}: --stage sanity takes no override (it recomputes the maps stage's runs as they "
+            "ran). Fix: leave it out, or pass it to --stage maps."
+        )
     if args.root_dir.exists() and not args.root_dir.is_dir():
         exit_with(f"--root-dir {args.root_dir} is not a folder. Fix: give the folder outputs/ and results/ go under.")
     for override in args.overrides:

@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 
 from bench.attribution.faithfulness import faithfulness_sections  # noqa: E402
 from bench.attribution.page import arrange, auroc_overview, terminal_summary  # noqa: E402
+from bench.attribution.sanity_report import sanity_sections  # noqa: E402
 from bench.attribution.study import KEYS, TruthCells, read_image, study_rows  # noqa: E402
 from bench.attribution.verdict import StudyTables, later_tables, verdict_section  # noqa: E402
 from bench.metrics import MASK_IOU  # noqa: E402
@@ -170,9 +171,8 @@ StageSections = Callable[[Path, pd.DataFrame], list[Section]]
 
 def later_stages() -> tuple[StageSections, ...]:
     """Each later stage's report sections, in page order: f(folder, the study's table) -> its sections ([] until
-    the stage has written its tables). A stage joins the page by one entry here; the sanity stage's, once merged:
-    `lambda folder, _table: sanity_sections(folder)` (imported here: sanity_report imports this module)."""
-    return (faithfulness_sections,)
+    the stage has written its tables). A stage joins the page by one entry here."""
+    return (lambda folder, _table: sanity_sections(folder), faithfulness_sections)
 
 
 def stage_sections(folder: Path, table: pd.DataFrame) -> list[Section]:
