@@ -226,3 +226,15 @@ def test_the_sanity_sentences_judge_the_best_map_recomputed_on_the_most_samples(
     sentences = v.verdict_sentences(v.StudyTables(study_table(), None, few))
     assert "(attention_only res8, t = 540, N = 20)" in sentence(sentences, "Does the map depend on the model?")
     assert "(attention_only res8, t = 540)" in sentence(sentences, "Does the map depend on the text?")
+
+
+def test_the_verdict_reads_the_sanity_stages_own_names():
+    """verdict.py spells the sanity table's stage names itself (an import would be circular): they must match."""
+    from bench.attribution import sanity_report, verdict
+
+    assert (verdict.NONE, verdict.SCENE_WORD, verdict.SHUFFLED) == (
+        sanity_report.NONE,
+        sanity_report.SCENE_WORD,
+        sanity_report.SHUFFLED,
+    )
+    assert verdict.SANITY_TABLE == sanity_report.TABLE_FILE
