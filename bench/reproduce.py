@@ -21,8 +21,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.cli_checks import exit_with
-from bench.config import REPO_ROOT
+# OpenMP threads sleep instead of spinning while idle, as `make` and bench.run set it: the tables' Inception
+# features ran 3.6x slower with spinning threads on a shared 2-core machine (load 4). Before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from bench.cli_checks import exit_with  # noqa: E402
+from bench.config import REPO_ROOT  # noqa: E402
 from bench.summary import SWEEP_RECORD_ENV, JobSummary, duration, read_sweep_record
 
 PROFILES = {
