@@ -470,7 +470,8 @@ def run_shard(selection: Selection, shard: int, shards: int) -> int:
     the unrandomised UNet; a map file that exists is kept (a rerun resumes). Returns how many it computed."""
     mine = selection.rows.iloc[shard::shards]
     computed = 0
-    for run_dir, part in mine.groupby([str(run_folder(selection.root, r)) for _, r in mine.iterrows()]):
+    folders = pd.Series([str(run_folder(selection.root, r)) for _, r in mine.iterrows()], index=mine.index)
+    for run_dir, part in mine.groupby(folders):  # a Series key: one folder string per group (a list may give tuples)
         run = Recompute.of_run(Path(run_dir))
         run.check()
         indices = selection.indices
