@@ -45,7 +45,7 @@ from bench.records import atomic_write_text, read_csv, write_csv  # noqa: E402
 from bench.reporting.figures import save_figure  # noqa: E402
 from bench.reporting.report import COLLAPSED, SUMMARY, Report, Section, render_markdown  # noqa: E402
 from bench.reporting.tables import cell_rng, cluster_bootstrap, metric_values, summarize  # noqa: E402
-from bench.reporting.views import interval_cell  # noqa: E402
+from bench.reporting.views import mean_interval  # noqa: E402
 from method.config import LAYERED_KINDS, SCORE_KINDS  # noqa: E402
 
 TASK = "attribution_faithfulness"
@@ -463,8 +463,8 @@ def auroc_text(study: pd.DataFrame | None, kind: str, layer_set: str) -> str:
 
 
 def cell(row: pd.Series, metric: str, spec: str = NUMBER) -> str:
-    """A summary row's metric as 'mean [lo, hi]' (bench.reporting.tables.summarize's columns)."""
-    return interval_cell(row[f"{metric}_mean"], row[f"{metric}_mean_lo"], row[f"{metric}_mean_hi"], spec=spec)
+    """A summary row's metric as 'mean [lo, hi]', three decimals unless `spec` says otherwise."""
+    return mean_interval(row, metric, spec)
 
 
 def map_name(kind: str, layer_set: str) -> str:

@@ -28,7 +28,7 @@ from bench.reporting.html import write_report  # noqa: E402
 from bench.reporting.report import COLLAPSED, Report, Section, markdown_body, render_markdown  # noqa: E402
 from bench.reporting.samples_table import read_samples  # noqa: E402
 from bench.reporting.tables import summarize  # noqa: E402
-from bench.reporting.views import interval_cell, markdown_table  # noqa: E402
+from bench.reporting.views import interval_view, markdown_table, mean_interval  # noqa: E402
 from bench.truth.base import latent_truth  # noqa: E402
 from bench.truth.record import control_row, load_truth  # noqa: E402
 from bench.truth.scores import METRICS  # noqa: E402
@@ -261,26 +261,15 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
     return table[keep].reset_index(drop=True)
 
 
-def interval(row: pd.Series, metric: str) -> str:
-    """A metric's mean in a summary row (bench.reporting.tables.summarize) as 'mean [lo, hi]'."""
-    return interval_cell(row[f"{metric}_mean"], row[f"{metric}_mean_lo"], row[f"{metric}_mean_hi"], spec=NUMBER)
-
-
 def view(table: pd.DataFrame) -> pd.DataFrame:
     """truth, maps (label), kind, layer set, step, t, N, then each metric as 'mean [lo, hi]'."""
-    out = table[["truth", "label", "kind", "layer_set", "index", "timestep"]].copy()
-    out.insert(6, "N", table["auroc_n"])
-    for metric in METRICS:
-        out[metric] = [interval(r, metric) for _, r in table.iterrows()]
-    return out
+    keys = ["truth", "label", "kind", "layer_set", "index", "timestep"]
+    return interval_view(table, keys, "auroc_n", METRICS, NUMBER)
 
 
 def mask_view(table: pd.DataFrame) -> pd.DataFrame:
-    out = table[["truth", "kind", "layer_set", "rule", "index", "timestep"]].copy()
-    out.insert(6, "N", table[f"{MASK_IOU}_n"])
-    for metric in MASK_METRICS:
-        out[metric] = [interval(r, metric) for _, r in table.iterrows()]
-    return out
+    keys = ["truth", "kind", "layer_set", "rule", "index", "timestep"]
+    return interval_view(table, keys, f"{MASK_IOU}_n", MASK_METRICS, NUMBER)
 
 
 def threshold_view(table: pd.DataFrame) -> pd.DataFrame:
@@ -290,8 +279,8 @@ def threshold_view(table: pd.DataFrame) -> pd.DataFrame:
     alt = table[table["truth_threshold"] == "alt"].set_index(keys).reindex(main.index)
     out = main.reset_index()[keys].copy()
     out["truth_source"] = main["truth_source"].to_numpy()
-    out["auroc (main)"] = [interval(r, "auroc") for _, r in main.iterrows()]
-    out["auroc (alt)"] = [interval(r, "auroc") for _, r in alt.iterrows()]
+    out["auroc (main)"] = [mean_interval(r, "auroc", NUMBER) for _, r in main.iterrows()]
+    out["auroc (alt)"] = [mean_interval(r, "auroc", NUMBER) for _, r in alt.iterrows()]
     out["alt - main"] = [
         "" if pd.isna(d) else f"{d:+.3f}" for d in alt["auroc_mean"].to_numpy() - main["auroc_mean"].to_numpy()
     ]

@@ -25,7 +25,7 @@ from bench.records import atomic_write_text, read_csv, write_csv  # noqa: E402
 from bench.reporting.figures import save_figure  # noqa: E402
 from bench.reporting.report import COLLAPSED, SUMMARY, Report, Section, render_markdown  # noqa: E402
 from bench.reporting.tables import summarize  # noqa: E402
-from bench.reporting.views import interval_cell  # noqa: E402
+from bench.reporting.views import interval_view, mean_interval  # noqa: E402
 from bench.truth.scores import METRICS  # noqa: E402
 
 SAMPLES_FILE = "samples_sanity.csv"  # per (sample, check, stage, kind, layer set, scoring step): the metrics
@@ -41,11 +41,6 @@ KEYS = ["check", "order", "stage", "kind", "layer_set", "index", "timestep"]
 SANITY_METRICS = ["spearman", *METRICS]
 CHANCE = ("chance:uniform", "chance:centre")
 KIND_COLOURS = {"gradsam": "tab:blue", "attention_only": "tab:orange", "daam": "tab:green", "noise_diff": "tab:red"}
-
-
-def interval(row: pd.Series, metric: str) -> str:
-    """A metric's mean in a summary row as 'mean [lo, hi]'."""
-    return interval_cell(row[f"{metric}_mean"], row[f"{metric}_mean_lo"], row[f"{metric}_mean_hi"], spec=NUMBER)
 
 
 def sanity_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -102,28 +97,26 @@ def text_view(table: pd.DataFrame) -> pd.DataFrame:
     out = []
     for key, row in subject.iterrows():
         entry = {"kind": key[0], "layer set": key[1], "step": f"{key[2]} (t={key[3]})", "N": str(int(row["N"]))}
-        entry["AUROC: subject"] = interval(row, "auroc")
+        entry["AUROC: subject"] = mean_interval(row, "auroc", NUMBER)
         for stage in (SCENE_WORD, SHUFFLED):
             other = table[(table["stage"] == stage) & (table["kind"] == key[0]) & (table["layer_set"] == key[1])]
             other = other[other["index"] == key[2]]
             found = not other.empty
             entry[f"N: {stage}"] = str(int(other.iloc[0]["N"])) if found else "0"
-            entry[f"AUROC: {stage}"] = interval(other.iloc[0], "auroc") if found else ""
-            entry[f"Spearman: {stage}"] = interval(other.iloc[0], "spearman") if found else ""
+            entry[f"AUROC: {stage}"] = mean_interval(other.iloc[0], "auroc", NUMBER) if found else ""
+            entry[f"Spearman: {stage}"] = mean_interval(other.iloc[0], "spearman", NUMBER) if found else ""
         out.append(entry)
     for _, row in table[table["kind"].isin(CHANCE)].iterrows():
         out.append({"kind": row["kind"], "layer set": "-", "step": f"{row['index']} (t={row['timestep']})"})
-        out[-1] |= {"N": str(int(row["N"])), "AUROC: subject": interval(row, "auroc")}
+        out[-1] |= {"N": str(int(row["N"])), "AUROC: subject": mean_interval(row, "auroc", NUMBER)}
     return pd.DataFrame(out).fillna("")
 
 
 def long_view(table: pd.DataFrame) -> pd.DataFrame:
     """Every row of sanity.csv with its intervals."""
-    out = table[["check", "stage", "kind", "layer_set", "index", "timestep"]].copy()
-    out.insert(6, "N", table["N"])
-    for metric in SANITY_METRICS:
-        out[metric] = [interval(r, metric) for _, r in table.iterrows()]
-    return out
+    return interval_view(
+        table, ["check", "stage", "kind", "layer_set", "index", "timestep"], "N", SANITY_METRICS, NUMBER
+    )
 
 
 def cascade_figure(table: pd.DataFrame, folder: Path) -> Path:

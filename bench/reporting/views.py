@@ -74,6 +74,20 @@ def interval_cell(
     return text
 
 
+def mean_interval(row: pd.Series, metric: str, spec: str = ".4g") -> str:
+    """A summary row's (bench.reporting.tables.summarize) mean of `metric` as 'mean [lo, hi]', without its n."""
+    return interval_cell(row[f"{metric}_mean"], row[f"{metric}_mean_lo"], row[f"{metric}_mean_hi"], spec=spec)
+
+
+def interval_view(table: pd.DataFrame, keys: list[str], n_column: str, metrics, spec: str = ".4g") -> pd.DataFrame:
+    """`keys`, then N (from `n_column`), then each metric as 'mean [lo, hi]': a summary table for reading."""
+    out = table[keys].copy()
+    out.insert(len(keys), "N", table[n_column])
+    for metric in metrics:
+        out[metric] = [mean_interval(r, metric, spec) for _, r in table.iterrows()]
+    return out
+
+
 def cell(row: pd.Series, metric: str, stat: str = "mean", interval: bool = True, digits: int = 4) -> str:
     """A metric's `stat` in a summary row (bench.reporting.tables.summarize) as an `interval_cell`, its n
     against the row's N; '' when the column is missing."""
