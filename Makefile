@@ -45,8 +45,8 @@ readme: $(STAMP) ## after `make demo`: its headline table into README.md, its re
 readme-attribution: $(STAMP) ## after `make attribution`: its verdict into README.md, its page checked in Chromium and screenshot
 	$(PY) -m bench.readme --only study
 
-test: $(STAMP) ## the test suite (CPU, offline; serial: `make test-fast` or pytest -n 2 runs it on both cores)
-	$(PY) -m pytest -q
+test: $(STAMP) ## the test suite (CPU, offline), on $(TEST_WORKERS) pytest-xdist workers (TEST_WORKERS=0: serial)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP) ## the test suite without the tests marked slow (each over a minute here)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"

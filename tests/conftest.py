@@ -89,6 +89,12 @@ def compose_cfg(overrides: list[str] | None = None, tmp_root: Path | None = None
         return compose("bench", overrides=overrides)
 
 
+def printout_width(text: str, root: Path) -> int:
+    """The widest line of a printout, with the user's folder `root` written as `<root>`: a path is printed whole,
+    so its length is the user's, not the printout's (under pytest-xdist tmp paths grow by popen-gwN/)."""
+    return max(len(line) for line in text.replace(str(root), "<root>").splitlines())
+
+
 def run_cli(args: list[str], cwd: Path, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
     """`python -m bench.run ...` as a real subprocess, offline, on the tests' TINY profile unless `args` name
     the model, the dataset or the task (`run_cli_exact` runs `args` alone)."""

@@ -15,6 +15,7 @@ from bench.reporting.aggregate import AggregateOptions, aggregate_task
 from bench.reporting.figures import mask_order
 from bench.reporting.html import referenced_files
 from bench.reporting.tables import cluster_bootstrap, deltas_against, paired_deltas, summarize
+from tests.conftest import printout_width
 
 QUICK = AggregateOptions(set_level=False)  # no FID-2048/KID: the tables these tests read
 
@@ -180,7 +181,7 @@ def test_terminal_summary_fits_100_columns_and_names_the_files(tmp_path):
     profiled(tmp_path)
     paths = aggregate_task(tmp_path / "results", "table1", tmp_path, options=QUICK)
     text = paths["terminal"]
-    assert max(map(len, text.splitlines())) <= 100
+    assert printout_width(text, tmp_path) <= 100
     assert "FID64 mean" in text and "mask IoU" in text and "IoU random" in text
     for key in ("csv", "md", "report"):
         assert str(paths[key]) in text
@@ -236,7 +237,7 @@ def test_aggregate_command_prints_the_tables_and_fails_in_one_line(tmp_path, cap
     profiled(tmp_path)
     main(["--results-dir", str(tmp_path / "results"), "--task", "table1", "--no-set-level"])
     out = capsys.readouterr().out
-    assert "FID64 mean" in out and "report: " in out and max(map(len, out.splitlines())) <= 100
+    assert "FID64 mean" in out and "report: " in out and printout_width(out, tmp_path) <= 100
     with pytest.raises(SystemExit, match=r"^error: .*nope/samples.csv does not exist") as exc:
         main(["--results-dir", str(tmp_path / "results"), "--task", "nope"])
     assert "\n" not in str(exc.value)
@@ -258,4 +259,4 @@ def test_further_chance_lines_and_the_attribution_headline_join_the_compact_tabl
     header = next(line for line in harness.splitlines() if line.startswith("| method"))
     assert header.index("mask IoU") < header.index("IoU centre") and "IoU random" in header and "attr AUROC" in header
     assert f"0.8 [0.8, 0.8] (n={int(table.loc['gradsam', 'N']) - 1})" in harness
-    assert max(map(len, paths["terminal"].splitlines())) <= 100
+    assert printout_width(paths["terminal"], tmp_path) <= 100
