@@ -447,14 +447,26 @@ STUDY_KINDS = {CENTRE: "chance:centre", UNIFORM: "chance:uniform"}  # the study'
 
 def study_auroc(study: pd.DataFrame | None, kind: str, layer_set: str) -> pd.DataFrame:
     """The study's mean AUROC of the same map per scoring step (timestep, auroc_mean): the control chain's maps
-    against its own truth (truth = no_manipulation, main threshold). Empty without the study's table."""
+    against its own truth (truth = no_manipulation, main threshold), at the scoring steps only (`scoring_indices`).
+    Empty without the study's table."""
     if study is None or study.empty:
         return pd.DataFrame(columns=["timestep", "auroc_mean"])
     keep = (study["truth"] == "no_manipulation") & (study["label"] == CONTROL_LABEL)
-    keep &= (study["kind"] == STUDY_KINDS.get(kind, kind)) & (study["layer_set"] == layer_set)
     if "truth_threshold" in study:
         keep &= study["truth_threshold"] == "main"
-    return study[keep].sort_values("index")[["timestep", "auroc_mean"]]
+    control = study[keep]
+    control = control[control["index"].isin(scoring_indices(control))]
+    same_map = (control["kind"] == STUDY_KINDS.get(kind, kind)) & (control["layer_set"] == layer_set)
+    return control[same_map].sort_values("index")[["timestep", "auroc_mean"]]
+
+
+def scoring_indices(control: pd.DataFrame) -> list[int]:
+    """The control chain's scoring steps: every index where a map other than DAAM and the chance maps was scored.
+    DAAM's whole-chain map (its own index, `method.attribution.daam.window=full|both`) is not the map this
+    stage's operator keeps (DAAM over the steps so far), and only DAAM has it: counted, it would raise DAAM's
+    mean over the other maps' (all indices when no other map was recorded)."""
+    others = control[~control["kind"].isin(["daam", *STUDY_KINDS.values()])]
+    return sorted(set(others["index"] if len(others) else control["index"]))
 
 
 def auroc_text(study: pd.DataFrame | None, kind: str, layer_set: str) -> str:

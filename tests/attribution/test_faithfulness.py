@@ -237,6 +237,7 @@ def deterministic_samples(map_present_from: float, centre_present_from: float) -
 def study_table(auroc: dict) -> pd.DataFrame:
     """The study's attribution table as far as the stage reads it: the control's AUROC per map and step."""
     kinds = {"gradsam": ("gradsam", "last"), "centre_prior": ("chance:centre", "-"), "uniform": ("chance:uniform", "-")}
+    kinds["daam"] = ("daam", "all")
     rows = []
     for kind, value in auroc.items():
         for index, t in ((5, 800), (18, 540)):
@@ -272,6 +273,25 @@ def test_the_verdict_is_generated_from_the_tables(tmp_path: Path):
     faith.write_faithfulness(tmp_path / "none", tmp_path / "none.csv")
     assert faith.faithfulness_sections(tmp_path / "none")[0].notes[0].startswith("Cannot be judged")
     assert faith.faithfulness_sections(tmp_path / "nothing") == []  # the stage has not run: no sections
+
+
+def test_the_best_localising_map_is_ranked_on_the_scoring_steps_alone():
+    """DAAM's whole-chain map (an index only DAAM has, here near perfect) is not the map the operator keeps: it must
+    not raise DAAM's mean AUROC over the maps scored at the scoring steps alone."""
+    study = study_table({"gradsam": 0.9, "daam": 0.88, "centre_prior": 0.78, "uniform": 0.5})
+    whole_chain = {"truth": "no_manipulation", "truth_threshold": "main", "label": CONTROL_LABEL, "index": 45}
+    extra = [
+        whole_chain | {"kind": k, "layer_set": s, "timestep": 0, "auroc_mean": v}
+        for k, s, v in (("daam", "all", 0.999), ("chance:centre", "-", 0.78), ("chance:uniform", "-", 0.5))
+    ]
+    study = pd.concat([study, pd.DataFrame(extra)], ignore_index=True)
+    assert faith.study_auroc(study, "daam", "all")["auroc_mean"].tolist() == [0.88, 0.88]
+    assert faith.study_auroc(study, "centre_prior", "-")["timestep"].tolist() == [800, 540]
+    maps = pd.DataFrame({"kind": ["daam", "gradsam"], "layer_set": ["all", "last"], "auc_subject_mean": [0.9, 0.8]})
+    best, how = faith.best_localising(maps, study)
+    assert (best["kind"], best["layer_set"]) == ("gradsam", "last") and "(0.900, mean over steps)" in how
+    only_daam = study[study["kind"] != "gradsam"]  # no other map scored: every index counts
+    assert faith.study_auroc(only_daam, "daam", "all")["auroc_mean"].tolist() == [0.88, 0.88, 0.999]
 
 
 def test_jobs_run_the_ends_once_and_give_every_map_and_k_its_own_label():
