@@ -83,12 +83,20 @@ def writing(target: Path) -> Iterator[None]:
         ) from exc
 
 
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file in this process: 0o666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, new_file_mode())  # mkstemp's 0o600 would make results unreadable to the user's group
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

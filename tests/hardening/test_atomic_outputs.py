@@ -127,3 +127,19 @@ def test_the_readme_screenshot_is_rewritten_atomically(tmp_path, monkeypatch):
     with pytest.raises(Killed):
         readme.small_png(shot)
     assert shot.read_bytes() == whole and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_an_atomic_write_gets_the_mode_a_plain_open_would(tmp_path, umask):
+    """mkstemp creates its file 0o600; the renamed result must carry the mode `open()` gives under the user's umask,
+    or a group sharing a results folder could not read the tables."""
+    from bench.records import atomic_write_text
+
+    previous = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "atomic.csv", "a,b\n")
+        (tmp_path / "plain.csv").write_text("a,b\n")
+    finally:
+        os.umask(previous)
+    mode = (tmp_path / "atomic.csv").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain.csv").stat().st_mode & 0o777 == 0o666 & ~umask
