@@ -9,6 +9,8 @@ PROFILE ?= gpu
 LOGGER ?= none
 # extra Hydra overrides for the table targets, e.g. ARGS='dataset.images_per_subcategory=2 seeds=[0,1]'
 ARGS ?=
+# processes at once for `make demo`, one CPU thread each (bench.reproduce --shards; one per core here)
+DEMO_SHARDS ?= 2
 # pytest-xdist workers for `make test` (2 = this project's CI; one per core, each test on one torch thread)
 TEST_WORKERS ?= 2
 # Offline by default on these machines; a user with the internet can run `make ... OFFLINE=0`.
@@ -37,7 +39,7 @@ install: $(STAMP) ## create .venv (Python 3.11) and install the project with pin
 	@echo "installed: $(VENV) is up to date"
 
 demo: $(STAMP) ## offline end-to-end Table 1 on the toy profile (every row, 10 samples each); prints it
-	$(PY) -m bench.reproduce demo --profile offline --logger $(LOGGER) $(ARGS)
+	$(PY) -m bench.reproduce demo --profile offline --logger $(LOGGER) --shards $(DEMO_SHARDS) $(ARGS)
 
 readme: $(STAMP) ## after `make demo`: its headline table into README.md, its report checked in Chromium and screenshot (and the study's, if run)
 	$(PY) -m bench.readme

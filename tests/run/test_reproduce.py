@@ -15,7 +15,7 @@ from hydra.utils import get_object
 from bench.config import CONF_DIR, REPO_ROOT
 from bench.reporting.html import referenced_files
 from bench.reporting.tables import PAPER_TABLE1
-from bench.reproduce import PROFILES, Times
+from bench.reproduce import PROFILES, ReproduceError, Times, check_shards, merge_shards
 from bench.summary import JobSummary
 from tests.conftest import compose_cfg, printout_width
 
@@ -169,6 +169,50 @@ def test_the_times_say_where_the_wall_time_went():
     )
     unrecorded = Times([], multirun_s=61.0, sweep_s=None, parts=parts, total_s=99.0).lines()
     assert "the multirun 1 min 01 s (it left no record of its rows)" in "\n".join(unrecorded)
+
+
+def test_shards_merge_into_one_line_per_row():
+    """Each row's shards as one job: counts summed, the slowest shard's wall time, the longest loading."""
+    one = [job("gradsam_res8+none", 5, 1, 100.0, 90.0), job("txt2img+none", 5, 0, 20.0, 12.0)]
+    two = [job("gradsam_res8+none", 5, 0, 110.0, 95.0), job("txt2img+none", 4, 0, 18.0, 8.0)]
+    sweep_s, rows = merge_shards([(130.0, one), (140.0, two)])
+    assert sweep_s == 140.0 and [r.label for r in rows] == ["gradsam_res8+none", "txt2img+none"]
+    res8, txt = rows
+    assert (res8.made, res8.skipped, res8.wall_s, res8.generation_s) == (10, 1, 110.0, 95.0)
+    assert (txt.made, txt.wall_s, txt.generation_s) == (9, 20.0, 10.0)  # 20 s wall less the longest loading (10 s)
+    assert merge_shards([(130.0, one), None]) is None  # a shard without a record: no per-row times at all
+    lines = Times(rows, multirun_s=150.0, sweep_s=140.0, parts={}, total_s=160.0, shards=2).lines()
+    assert lines[0].startswith("time per row (2 processes at once") and max(map(len, lines)) <= 100
+    assert lines[1].split()[:3] == ["gradsam_res8+none", "10", "new,"]
+
+
+@pytest.mark.parametrize("shards", [0, -1, True, "2", 1.5])
+def test_shards_must_be_a_count(shards):
+    with pytest.raises(ReproduceError, match="expected an integer >= 1"):
+        check_shards(shards, [])
+
+
+def test_shards_refuse_the_overrides_they_set():
+    check_shards(1, ["cpu_threads=1", "shard.count=2"])  # one process: the user's own split is honoured
+    for override in ["cpu_threads=2", "shard.index=1", "+shard.count=3"]:
+        with pytest.raises(ReproduceError, match="drop") as refused:
+            check_shards(2, ["model=tiny", override])
+        assert override in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_reproduce_runs_its_shards_at_once(tmp_path):
+    proc = reproduce(tmp_path, "demo", "--shards", "2", "task_name=split", "seeds=[0,1]", *TINY_ONE_ROW)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    launched = [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    assert [line.split()[-3:] for line in launched] == [
+        ["shard.index=0", "shard.count=2", "cpu_threads=1"],
+        ["shard.index=1", "shard.count=2", "cpu_threads=1"],
+    ]
+    samples = pd.read_csv(tmp_path / "results" / "split" / "samples.csv")
+    assert sorted(samples["seed"]) == [0, 1] and set(samples["status"]) == {"ok"}
+    times = proc.stdout[proc.stdout.index("time per row") :].splitlines()
+    assert "2 processes at once" in times[0] and times[1].split()[:3] == ["txt2img+none", "2", "new"]
+    assert printout_width("\n".join(times), tmp_path) <= 100
 
 
 def test_reproduce_failures_are_one_line(tmp_path):
