@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler
 
-from bench.sd.backbone import Backbone
 from bench.sd.config import boolean, check_value, integer, real, setting, text
 from bench.sd.errors import ConfigError
 from bench.sd.seeding import draw_normal
+
+if TYPE_CHECKING:  # annotations only (importing diffusers costs seconds)
+    from diffusers import DDPMScheduler
+
+    from bench.sd.backbone import Backbone
 
 # on_step_end(step_index, t, z_t, z_next) -> z_next, called after each DDPM step.
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

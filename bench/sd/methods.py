@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from bench.sd.backbone import Backbone
 from bench.sd.diffusion import SamplingConfig, check_strength, decode_checked
 from bench.sd.maps import LatentRecord, MapRecord
 from bench.sd.seeding import sample_generator
+
+if TYPE_CHECKING:  # annotations only: the datasets and the tables use Sample without importing diffusers
+    from bench.sd.backbone import Backbone
 
 
 @dataclass(frozen=True, eq=False)
