@@ -108,25 +108,38 @@ def config_source(args: argparse.Namespace) -> ConfigSource:
 
 def explain_override_error(overrides: Sequence[str], source: ConfigSource = ConfigSource()) -> str | None:
     """Compose the config with `overrides`; None if it works, else a message naming the allowed values."""
+    return checked_compose(overrides, source)[0]
+
+
+def checked_compose(
+    overrides: Sequence[str], source: ConfigSource = ConfigSource()
+) -> tuple[str | None, DictConfig | None]:
+    """`explain_override_error`'s message, and the config it composed (None for a sweep or a failure), so that a
+    later check of the same overrides need not compose it again (composing costs ~0.7 s)."""
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as exc:
-        return f"cannot parse the overrides {list(overrides)}: {exc}. Fix: write each as key=value (quote spaces)."
+        return (
+            f"cannot parse the overrides {list(overrides)}: {exc}. Fix: write each as key=value (quote spaces).",
+            None,
+        )
     unknown = unknown_options(parsed, "row", source)
     if unknown:
-        return unknown
+        return unknown, None
     if any(o.is_sweep_override() for o in parsed):
-        return None  # Hydra checks each sweep point itself
+        return None, None  # Hydra checks each sweep point itself
     try:
-        check_path_names(source.compose(overrides))
-        return None
+        cfg = source.compose(overrides)
+        check_path_names(cfg)
+        return None, cfg
     except ConfigError as exc:
-        return str(exc)
+        return str(exc), None
     except MissingConfigException as exc:
         if exc.missing_cfg_file == source.name:
             return (
                 f"--config-name {source.name}: no config {source.name}.yaml in {source.describe()}. Fix: name a "
-                "config in one of those folders (without .yaml), or add --config-dir <its folder>."
+                "config in one of those folders (without .yaml), or add --config-dir <its folder>.",
+                None,
             )
         text = str(exc)
     except (HydraException, OmegaConfBaseException) as exc:
@@ -136,12 +149,12 @@ def explain_override_error(overrides: Sequence[str], source: ConfigSource = Conf
         try:
             cfg = source.compose(choices)
         except (HydraException, OmegaConfBaseException):
-            return text
+            return text, None
         for o in parsed:
             hint = _missing_key_hint(cfg, o.key_or_group)
             if hint:
-                return hint
-    return text
+                return hint, None
+    return text, None
 
 
 def unknown_options(parsed: list, group: str, source: ConfigSource = ConfigSource()) -> str | None:
@@ -207,23 +220,29 @@ def check_overrides(argv: Sequence[str]) -> None:
         source = config_source(args)
     except ConfigError as exc:
         exit_with(str(exc))
-    message = explain_override_error(args.overrides, source)
+    message, cfg = checked_compose(args.overrides, source)
     if message is None:
-        message = run_folder_error(args.overrides, multirun=args.multirun, source=source)
+        message = run_folder_error(args.overrides, multirun=args.multirun, source=source, composed=cfg)
     if message:
         exit_with(message)
 
 
 def run_folder_error(
-    overrides: Sequence[str], multirun: bool = False, source: ConfigSource = ConfigSource()
+    overrides: Sequence[str],
+    multirun: bool = False,
+    source: ConfigSource = ConfigSource(),
+    composed: DictConfig | None = None,
 ) -> str | None:
     """Before Hydra opens its log file there: a message if the run folder (a sweep: the output folder)
-    cannot be written."""
+    cannot be written. `composed`: the config of exactly these overrides, when a check composed it already."""
     if multirun:
         parser = OverridesParser.create()
-        overrides = [o for o in overrides if not parser.parse_override(o).is_sweep_override()]
+        swept = [o for o in overrides if parser.parse_override(o).is_sweep_override()]
+        if swept:
+            composed = None  # composed without them below
+            overrides = [o for o in overrides if o not in swept]
     try:
-        cfg = source.compose(overrides)
+        cfg = composed if composed is not None else source.compose(overrides)
         folder = cfg.paths.output_dir if multirun else cfg.run_dir
     except (HydraException, OmegaConfBaseException):
         return None  # an interpolation this check cannot resolve: Hydra reports it

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from bench.config import REPO_ROOT
 from bench.records import WRITERS_LOCK, atomic_write_text, task_writers
-from tests.conftest import FAST, PIXEL_ONLY, run_cli, with_test_profile
+from bench.task import run_benchmark
+from tests.conftest import FAST, PIXEL_ONLY, compose_cfg, with_test_profile
 
 HOLDER = (
     "import fcntl, sys\n"
@@ -70,7 +71,9 @@ def test_a_live_run_of_the_task_keeps_every_temporary_file(tmp_path):
 def test_the_same_config_twice_at_once_equals_one_run(tmp_path):
     """Two processes on one shard: wasted work, never corruption (docs/scaling.md, Concurrency guarantees)."""
     args = [*FAST, *PIXEL_ONLY, "model.image_size=32", "method=sdedit", "cpu_threads=1", "seeds=[1,2]"]
-    run_cli([*args, f"paths.root_dir={tmp_path / 'single'}"], cwd=tmp_path)
+    # The one run in this process (no CLI start-up to pay; at one thread it makes the CLI's bits, as
+    # tests/run/test_submitit.py checks): the two at once below are real `python -m bench.run` processes.
+    run_benchmark(compose_cfg(args, tmp_path / "single"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
     command = [sys.executable, "-m", "bench.run", *with_test_profile(args), f"paths.root_dir={tmp_path / 'twice'}"]
     procs = [
