@@ -96,30 +96,34 @@ class SampledCosts:
 def sampled_costs(
     inputs: ScoreInputs, label: str, layers: list[str], k: int, sync: Callable[[], None] | None = None
 ) -> SampledCosts:
-    """Time k rows and k columns (of the set's earliest layer) of `layers`; compare their shared entries."""
+    """Time k rows and k columns (of the set's earliest layer) of `layers`; compare their shared entries. A side
+    with fewer than k rows or columns is timed on all of them (one pass covers it at chunk k)."""
     config = score_config({"layers": tuple(layers), "general_chunk_size": k})
     jacobian = JacobianPass.of(inputs, config)
     z, cond = jacobian.forward_inputs()
     size, positions = jacobian.size, jacobian.positions
-    rows_at = [(2 * i + 1) * size // (2 * k) for i in range(k)]  # spread over the latent
+    k_rows = min(k, size)
+    rows_at = [(2 * i + 1) * size // (2 * k_rows) for i in range(k_rows)]  # spread over the latent
     with float32(inputs.unet), torch.enable_grad(), recording_attention(inputs.unet, jacobian.layers) as store:
         start = clock(sync)
         y = inputs.unet(z, inputs.timestep, encoder_hidden_states=cond).sample.float().flatten()
         forward_s = clock(sync) - start
         probs = [store.records[name].probs for name in jacobian.layers]
-        cotangents = torch.zeros(k, size, device=y.device)
-        cotangents[torch.arange(k), rows_at] = 1.0
+        cotangents = torch.zeros(k_rows, size, device=y.device)
+        cotangents[torch.arange(k_rows), rows_at] = 1.0
         start = clock(sync)
         grads = batched_vjp(y, probs, cotangents)
         row_s = clock(sync) - start
-    first = grads[0][:, 0][..., positions].flatten(1)  # d y_m / d A_l0 at the subject columns [k, H*N*T]
+    first = grads[0][:, 0][..., positions].flatten(1)  # d y_m / d A_l0 at the subject columns [k_rows, H*N*T]
     weights = probs[0].detach()[0][..., positions]  # [H, N, T]
-    columns_at = range(weights.numel() // 2, weights.numel() // 2 + k)
+    k_columns = min(k, weights.numel())
+    start_column = min(weights.numel() // 2, weights.numel() - k_columns)  # from the middle, inside the layer
+    columns_at = range(start_column, start_column + k_columns)
     with float32(inputs.unet), column_products(jacobian, jacobian.layers[0]) as products:
         start = clock(sync)
-        columns = products(one_hot_columns(columns_at.start, columns_at.stop, weights))  # [k, M]
+        columns = products(one_hot_columns(columns_at.start, columns_at.stop, weights))  # [k_columns, M]
         column_s = clock(sync) - start
-    from_rows, from_columns = first[:, list(columns_at)], columns[:, rows_at].T  # [k rows, k columns] each
+    from_rows, from_columns = first[:, list(columns_at)], columns[:, rows_at].T  # [k_rows, k_columns] each
     scale = max(first.abs().max().item(), columns.abs().max().item(), 1e-30)
     diff = (from_rows - from_columns).abs().max().item() / scale
     plan = jacobian.plan(config)
