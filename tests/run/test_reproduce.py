@@ -3,6 +3,7 @@ every override honoured (task_name included), and a failure is one line, not a t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -60,9 +61,10 @@ def test_reproduce_table1_offline_writes_every_file(tmp_path):
     ):
         assert (folder / name).is_file(), name
     assert not (folder / "paper_comparison.csv").exists()  # the toy world is not comparable with the paper
+    row_pairs, makes_mask = row_facts()
     table = pd.read_csv(folder / "table1.csv")
     assert len(table) == len(ROWS) and set(table["N"]) == {1}  # every row file of conf/row/
-    assert set(zip(table["label"], table["ablation"], strict=True)) == set(ROW_PAIRS.values())
+    assert set(zip(table["label"], table["ablation"], strict=True)) == set(row_pairs.values())
     assert list((folder / "figures").glob("samples_*.png")) and list((folder / "figures").glob("box_*.png"))
     links = referenced_files(folder / "report.html")
     assert links and all((folder / link).is_file() for link in links)
@@ -76,7 +78,7 @@ def test_reproduce_table1_offline_writes_every_file(tmp_path):
     samples = pd.read_csv(folder / "samples.csv")
     assert set(samples["model"]) == {"toy"} and set(samples["dataset"]) == {"toy_world"}
     pairs = pd.Series(list(zip(samples["label"], samples["ablation"], strict=True)))
-    masked = pairs.isin([ROW_PAIRS[row] for row in ROWS if MAKES_MASK[row]]).to_numpy()
+    masked = pairs.isin([row_pairs[row] for row in ROWS if makes_mask[row]]).to_numpy()
     assert masked.any()
     assert samples.loc[masked, "mask_area"].between(0, 1).all()  # every mask method reports its mask
     assert samples.loc[~masked, "mask_iou"].isna().all()  # a method without a mask (SDEdit, txt2img): NaN, never 0
@@ -95,11 +97,18 @@ def test_reproduce_table1_offline_writes_every_file(tmp_path):
 ROWS = sorted(p.stem for p in (CONF_DIR / "row").glob("*.yaml"))
 # Each row file composed as the offline profile runs it: its (label, ablation) pair, and whether its method
 # makes a mask (`Method.makes_mask` of the class its config builds): a new row file needs no edit here.
-ROW_CONFIGS = {row: compose_cfg([*PROFILES["offline"], *SMALL, f"row={row}"]) for row in ROWS}
-ROW_PAIRS = {row: (cfg.method.label, cfg.ablation.name) for row, cfg in ROW_CONFIGS.items()}
-MAKES_MASK = {
-    row: bool(getattr(get_object(cfg.method._target_), "makes_mask", False)) for row, cfg in ROW_CONFIGS.items()
-}
+# Composed when the test runs, not at collection (ten Hydra composes, ~6 s, on every xdist worker).
+
+
+@functools.cache
+def row_facts() -> tuple[dict, dict]:
+    """(row -> (label, ablation), row -> whether its method makes a mask)."""
+    configs = {row: compose_cfg([*PROFILES["offline"], *SMALL, f"row={row}"]) for row in ROWS}
+    pairs = {row: (cfg.method.label, cfg.ablation.name) for row, cfg in configs.items()}
+    masks = {row: bool(getattr(get_object(cfg.method._target_), "makes_mask", False)) for row, cfg in configs.items()}
+    return pairs, masks
+
+
 TINY_ONE_ROW = [
     "model=tiny",
     "dataset=synthetic_places",
