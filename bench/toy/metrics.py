@@ -24,11 +24,11 @@ from bench.metrics.common import SampleContext
 from bench.metrics.inception import MissingWeightsError
 from bench.metrics.toy_clip import load_toy_clip, toy_clip_folder
 from bench.sd.errors import ConfigError
+from bench.sd.maps import centre_prior  # not bench.truth.scores: that imports torchmetrics (~1.4 s)
 from bench.toy.clip import ZeroShot
 from bench.toy.oracle import MAX_DISTANCE, MIN_AREA, colour_region, prompt_subject, region_shape
 from bench.toy.world import COLOURS, SHAPES
 from bench.truth.base import cell_mask, iou
-from bench.truth.scores import centre_prior
 
 MASK_KEY = "subject_mask"
 NAN = float("nan")
