@@ -15,7 +15,11 @@ import sys
 import pytest
 
 from bench.config import REPO_ROOT
+from bench.perf.general_modes import sampled_costs
+from method.attention import resolve_layers
+from method.gradsam import ScoreInputs
 from method.plans import plan_general
+from tests.method.test_scores import POSITIONS, T, inputs
 from tests.method.unets import TINY, build_unet
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
@@ -31,7 +35,7 @@ def test_the_gpu_script_runs_every_section_on_the_cpu_at_tiny_size(tmp_path):
     out = tmp_path / "gpu.md"
     args = ["--device", "cpu", "--size", "tiny", "--steps", "4", "--rows", "sdedit_0.6,gradsam_paper", "--samples", "1"]
     proc = run_script(
-        *args, "--sets", "res4", "--chunk", "256", "--repeats", "2", "--budget-s", "600", "--out", str(out)
+        *args, "--sets", "res4", "--chunk", "64", "--repeats", "2", "--budget-s", "600", "--out", str(out)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = out.read_text()
@@ -46,8 +50,7 @@ def test_the_gpu_script_runs_every_section_on_the_cpu_at_tiny_size(tmp_path):
     assert re.search(r"call / the float32 UNet's plain forward: median [\d.]+, range [\d.]+-[\d.]+", report)
     for row in ("sdedit_0.6", "gradsam_paper"):
         assert re.search(rf"^\| {row} \| [\d.]+ \| - \| [\d.]+ GB RSS", report, re.M), row
-    # res4 on the tiny model's 16x16 latent (one 4x4 layer, 8 heads): both sides counted as the plan counts them
-    # (chunk 256: more than the layer's columns, which the sampled pass once overran),
+    # res4 on the tiny model's 16x16 latent (one 4x4 layer, 8 heads): both sides counted as the plan counts them,
     # both whole calls run, and the Jacobian entries the two sampled passes share agree.
     sides = re.findall(
         r"^\| res4 \| 1 \| (rows|columns)( \(auto\))? \| (\d+) \| (\d+) \| [\d.]+ \| [\d.]+ \| "
@@ -58,7 +61,7 @@ def test_the_gpu_script_runs_every_section_on_the_cpu_at_tiny_size(tmp_path):
     assert [s[0] for s in sides] == ["rows", "columns"]
     unet = build_unet(TINY)
     tokens = int(sides[1][2]) // (8 * 16)
-    plan = plan_general(unet, ["mid_block.attentions.0.transformer_blocks.0.attn2"], (4, 16, 16), tokens, 256)
+    plan = plan_general(unet, ["mid_block.attentions.0.transformer_blocks.0.attn2"], (4, 16, 16), tokens, 64)
     for side, auto, products, passes, _, agree in sides:
         assert (int(products), int(passes)) == (plan.products(side), plan.passes(side))
         assert bool(auto) == (side == plan.mode)
@@ -74,3 +77,14 @@ def test_the_gpu_script_refuses_cuda_where_there_is_none(tmp_path):
     assert proc.returncode == 2
     assert "--device cpu --size tiny" in proc.stderr
     assert not (tmp_path / "gpu.md").exists()
+
+
+def test_a_chunk_larger_than_a_side_samples_all_of_that_side():
+    """`--chunk` above a layer set's rows or columns (e.g. 256 at res4 on the tiny model: 128 columns) once indexed
+    past the layer; now the sampled passes take every row or column there is, and still agree."""
+    unet = build_unet(TINY)
+    z, cond, _ = inputs(unet)
+    for label in ("res1", "last"):
+        layers = resolve_layers(unet, label, z.shape[-1])
+        cost = sampled_costs(ScoreInputs(unet, z, T, cond, POSITIONS), label, layers, k=100_000)
+        assert cost.k == 100_000 and cost.relative_difference < 1e-4, label
