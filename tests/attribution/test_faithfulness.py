@@ -18,6 +18,7 @@ from scipy.integrate import trapezoid
 from bench.attribution import faithfulness as faith
 from bench.attribution.report import CONTROL_LABEL
 from bench.config import REPO_ROOT
+from tests.attribution.conftest import MapsRun
 
 GRID = (0.0, 0.1, 0.25, 0.5, 1.0)
 MAPS = [("gradsam", "last"), ("attention_only", "res8"), ("noise_diff", "-"), ("centre_prior", "-"), ("uniform", "-")]
@@ -340,17 +341,22 @@ def read(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-@pytest.mark.slow  # the study's two Hydra jobs, the stage's three multiruns and the page: several minutes here
-def test_the_stage_runs_end_to_end_on_the_tiny_model_and_joins_the_studys_page(tmp_path: Path):
+@pytest.mark.slow  # a copy of the session's smoke maps run, the stage's three multiruns, then the page (--report-only)
+def test_the_stage_runs_end_to_end_on_the_tiny_model_and_joins_the_studys_page(smoke_maps: MapsRun):
+    root = smoke_maps.root  # the maps stage ran once for the session (two samples: forest and ocean)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = [sys.executable, "-m", "bench.attribution", "--stage", "all", "--profile", "smoke", "--shards", "1"]
-    proc = subprocess.run([*cmd, "--root-dir", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    folder = tmp_path / "results" / "attribution"
+    cmd = [sys.executable, "-m", "bench.attribution", "--profile", "smoke", "--shards", "1", "--root-dir", str(root)]
+    folder = root / "results" / "attribution"
+    for stage in (["--stage", "faithfulness"], ["--stage", "all", "--report-only"]):  # the stage, then the page
+        proc = subprocess.run([*cmd, *stage], cwd=root, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        if stage[1] == "faithfulness":  # alone: its own tables and faithfulness.md; the study's page is the maps'
+            assert faith.AUC_TITLE in (folder / faith.FILES["md"]).read_text()
+            assert faith.AUC_TITLE not in (folder / "attribution.md").read_text()
     for name in faith.FILES.values():
         assert (folder / name).is_file(), name
     assert set(faith.FIGURES) <= {p.name for p in (folder / "figures").iterdir()}
-    samples = pd.read_csv(tmp_path / "results" / faith.TASK / "samples.csv")
+    samples = pd.read_csv(root / "results" / faith.TASK / "samples.csv")
     assert set(samples["status"]) == {"ok"}
     shared = {"faith_shared_k0.0", "faith_shared_k1.0"}
     inner = {"faith_attention_only_last_k0.5", "faith_centre_prior_k0.5", "faith_uniform_k0.5"}
@@ -358,13 +364,16 @@ def test_the_stage_runs_end_to_end_on_the_tiny_model_and_joins_the_studys_page(t
     points = pd.read_csv(folder / "samples_faithfulness.csv")
     for k in (0.0, 1.0):
         assert points[points["keep_fraction"] == k]["image_path"].nunique() == 1  # the same image for every map
-    # k = 1 is the study's no_manipulation image, bit for bit (the same sample, another task and job)
-    study = pd.read_csv(tmp_path / "results" / "attribution" / "samples.csv")
-    control = study[study["label"] == CONTROL_LABEL]["image_path"].iloc[0]
-    full = points[points["keep_fraction"] == 1.0]["image_path"].iloc[0]
-    assert np.array_equal(read(tmp_path / full), read(tmp_path / control))
+    # k = 1 is the study's no_manipulation image, bit for bit (the same sample, another task and job); the study
+    # holds two samples (forest, ocean), the stage's smoke plan one (forest)
+    study = pd.read_csv(root / "results" / "attribution" / "samples.csv")
+    full = points[points["keep_fraction"] == 1.0]
+    assert full["sample_key"].nunique() == 1 and full["sample_key"].iloc[0] in set(study["sample_key"])
+    study = study[(study["label"] == CONTROL_LABEL) & (study["sample_key"] == full["sample_key"].iloc[0])]
+    control, full = study["image_path"].iloc[0], full["image_path"].iloc[0]
+    assert np.array_equal(read(root / full), read(root / control))
     table = pd.read_csv(folder / "faithfulness_auc.csv")
-    assert list(table["kind"]) == ["attention_only", "centre_prior", "uniform"] and set(table["N"]) == {1}
+    assert list(table["kind"]) == ["attention_only", "centre_prior", "uniform"] and set(table["N"]) == {1}  # forest
     md = (folder / "attribution.md").read_text()
     assert faith.AUC_TITLE in md and faith.POINTS_TITLE in md  # the study's page gains the stage's sections
     html = (folder / "report.html").read_text()

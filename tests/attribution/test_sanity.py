@@ -42,6 +42,7 @@ from bench.records import png_problem, read_csv, write_csv
 from bench.truth.scores import METRICS
 from method.attention import resolve_layers
 from method.sampler import GradSAM
+from tests.attribution.conftest import MapsRun
 from tests.method.test_attribution_maps import hand_daam, subject_attention
 from tests.method.test_sampler import INDICES, STEPS, make_sample
 from tests.method.unets import SD15_SHAPED, TINY, build_unet
@@ -382,28 +383,33 @@ def check_stage_outputs(root: Path, study_page: bool) -> dict:
     return record
 
 
-@pytest.mark.slow  # the maps stage's two Hydra jobs (2 samples), then the sanity stage alone, its rerun, --report-only
-def test_the_sanity_stage_runs_alone_on_the_maps_stage_s_latents_and_writes_its_tables(tmp_path: Path):
-    folder = tmp_path / "results" / "attribution"
+@pytest.mark.slow  # a copy of the session's smoke maps run (2 samples), the sanity stage alone, a rerun, --report-only
+def test_the_sanity_stage_runs_alone_on_the_maps_stage_s_latents_and_writes_its_tables(
+    tmp_path: Path, smoke_maps: MapsRun
+):
+    empty = tmp_path / "before_the_maps_stage"  # a root without the maps stage's rows
+    empty.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     cmd = [sys.executable, "-m", "bench.attribution", "--profile", "smoke", "--stage", "sanity"]
     refused = subprocess.run(
-        [*cmd, "--root-dir", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        [*cmd, "--root-dir", str(empty)], cwd=empty, env=env, capture_output=True, text=True, timeout=600
     )
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr  # one line, before any work
-    assert "Run the maps stage first" in refused.stderr and not (tmp_path / "outputs").exists()
-    run_stage(tmp_path, "maps", "dataset.subcategories=[forest,ocean]")  # two samples: ball and cone
+    assert "Run the maps stage first" in refused.stderr and not (empty / "outputs").exists()
+    # the maps stage (dataset.subcategories=[forest,ocean], two samples: ball and cone) ran once for the session
+    root = smoke_maps.root
+    folder = root / "results" / "attribution"
     assert not (folder / "samples_sanity.csv").exists()
-    run_stage(tmp_path, "sanity")  # alone: its own tables and sanity.md; the study's page is the maps stage's
-    record = check_stage_outputs(tmp_path, study_page=False)
-    store = tmp_path / record["store"]
+    run_stage(root, "sanity")  # alone: its own tables and sanity.md; the study's page is the maps stage's
+    record = check_stage_outputs(root, study_page=False)
+    store = root / record["store"]
     stamps = {p: p.stat().st_mtime_ns for p in store.rglob("*.npz")}
     rows = (folder / "samples_sanity.csv").read_bytes()
-    run_stage(tmp_path, "sanity")  # a rerun resumes: every stored map is kept, nothing recomputed
+    run_stage(root, "sanity")  # a rerun resumes: every stored map is kept, nothing recomputed
     assert json.loads((folder / "sanity.json").read_text())["maps_computed"] == 0
     assert {p: p.stat().st_mtime_ns for p in store.rglob("*.npz")} == stamps
     assert (folder / "samples_sanity.csv").read_bytes() == rows  # the same maps give the same rows, byte for byte
     (folder / "sanity.csv").unlink()
-    run_stage(tmp_path, "all", "--report-only")  # every stage's tables from its rows, then the study's page
-    check_stage_outputs(tmp_path, study_page=True)
+    run_stage(root, "all", "--report-only")  # every stage's tables from its rows, then the study's page
+    check_stage_outputs(root, study_page=True)
     assert json.loads((folder / "sanity.json").read_text())["maps_computed"] == 0  # nothing recomputed

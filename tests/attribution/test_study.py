@@ -15,6 +15,7 @@ from bench.attribution.report import truth_function
 from bench.attribution.study import TruthCells, cell_maps, layer_sets, sample_rows
 from bench.config import REPO_ROOT
 from bench.truth.record import TRUTH_FILE
+from tests.attribution.conftest import MapsRun
 
 
 def test_layer_sets_sum_the_per_layer_maps():
@@ -115,9 +116,9 @@ def run_study(root: Path, *overrides: str) -> tuple[Path, str]:
     return root / "results" / "attribution", proc.stdout
 
 
-@pytest.mark.slow  # two Hydra jobs and the report: 80-95 s here
-def test_the_study_runs_end_to_end_on_the_smallest_profile(tmp_path: Path):
-    folder, printed = run_study(tmp_path)
+@pytest.mark.slow  # the session's shared smoke maps run (conftest.py: two Hydra jobs and the report, two samples)
+def test_the_study_runs_end_to_end_on_the_smallest_profile(smoke_maps: MapsRun):
+    folder, printed = smoke_maps.folder, smoke_maps.stdout
     for name in ("attribution.csv", "attribution.md", "mask_rules.csv", "samples_attribution.csv", "report.html"):
         assert (folder / name).is_file(), name
     figures = {"auroc_overview.png", "auroc_by_layer.png", "auroc_by_step.png"}
