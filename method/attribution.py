@@ -16,14 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from bench.sd.backbone import Backbone
 from bench.sd.maps import LatentRecord, MapRecord
 from bench.sd.methods import Sample
 from method.attention import layer_resolutions
 from method.config import AttributionConfig, ScoreConfig
 from method.gradsam import ScoreInputs
 from method.kinds import ScoreKind, layers_on, scene_embeddings, score_kind
+
+if TYPE_CHECKING:  # annotations only (importing diffusers costs seconds)
+    from bench.sd.backbone import Backbone
 
 
 class ChainRecorder:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from bench.sd.backbone import Backbone
 from bench.sd.diffusion import encode_text
 from bench.sd.errors import ConfigError
 from bench.sd.maps import centre_prior
@@ -37,6 +37,9 @@ from method.gradsam import (
     noise_difference,
     scores_and_path,
 )
+
+if TYPE_CHECKING:  # annotations only (importing diffusers costs seconds)
+    from bench.sd.backbone import Backbone
 
 
 class ScoreKind(ABC):

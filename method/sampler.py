@@ -20,12 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler
 
-from bench.sd.backbone import Backbone
 from bench.sd.config import from_mapping
 from bench.sd.diffusion import (
     SamplingConfig,
@@ -46,6 +45,11 @@ from method.gradsam import ScoreInputs
 from method.kinds import ScoreKind, layers_on, scene_embeddings, score_kind
 from method.masks import replace_background, union_mask
 from method.tokens import SubjectTokens, subject_tokens
+
+if TYPE_CHECKING:  # annotations only (importing diffusers costs seconds)
+    from diffusers import DDPMScheduler
+
+    from bench.sd.backbone import Backbone
 
 __all__ = ["GradSAM", "GradSAMConfig", "SampleState", "ScoreConfig"]
 

@@ -11,8 +11,10 @@ every noun; without spaCy, the manifest's subject word and a whitespace split st
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from bench.sd.tokenizer import ClipBpeTokenizer
+if TYPE_CHECKING:  # annotations only (open_clip's tokenizer imports timm: about a second)
+    from bench.sd.tokenizer import ClipBpeTokenizer
 
 WORD_END = "</w>"
 

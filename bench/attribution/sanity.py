@@ -43,6 +43,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -69,7 +70,6 @@ from bench.records import (
     write_csv,
 )
 from bench.reporting.samples_table import ResultsError, read_samples
-from bench.sd.backbone import Backbone
 from bench.sd.config import from_mapping
 from bench.sd.diffusion import SamplingConfig, encode_text, truncated_timesteps
 from bench.sd.errors import ConfigError
@@ -82,6 +82,9 @@ from method.gradsam import ScoreInputs
 from method.kinds import ScoreKind, layers_on, score_kind
 from method.sampler import GradSAM
 from method.tokens import subject_tokens
+
+if TYPE_CHECKING:  # annotations only (importing diffusers costs seconds; the stage builds its model by config)
+    from bench.sd.backbone import Backbone
 
 TASK = "attribution"
 STAGES_FILE = "stages.json"  # in the store: every stage's (check, name, order, file)
