@@ -39,6 +39,10 @@ def cell_rng(*key: object) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+# Statistics cluster_bootstrap takes over all resamples at once (axis=1), when the clusters have one size.
+ROW_STATISTICS = (np.mean, np.median)
+
+
 def cluster_bootstrap(
     values: np.ndarray,
     clusters: np.ndarray,
@@ -51,10 +55,17 @@ def cluster_bootstrap(
     members = [np.flatnonzero(inverse == c) for c in range(len(codes))]
     if len(values) < 2 or len(codes) < 2:
         return (np.nan, np.nan)
-    stats = np.empty(n_boot)
-    for b in range(n_boot):
-        picked = rng.integers(0, len(codes), len(codes))
-        stats[b] = stat(values[np.concatenate([members[c] for c in picked])])
+    if stat in ROW_STATISTICS and len({len(m) for m in members}) == 1:
+        # Clusters of one size (e.g. one row per image): every resample has the same length, so all of them form
+        # one matrix, from the same draws in the same order as the loop below, and each row's statistic is the
+        # loop's, bit for bit (tests/reporting/test_aggregate.py); about 40x faster on two clusters.
+        picked = rng.integers(0, len(codes), (n_boot, len(codes)))
+        stats = stat(values[np.stack(members)[picked].reshape(n_boot, -1)], axis=1)
+    else:
+        stats = np.empty(n_boot)
+        for b in range(n_boot):
+            picked = rng.integers(0, len(codes), len(codes))
+            stats[b] = stat(values[np.concatenate([members[c] for c in picked])])
     return float(np.quantile(stats, ALPHA / 2)), float(np.quantile(stats, 1 - ALPHA / 2))
 
 

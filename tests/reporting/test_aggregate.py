@@ -88,6 +88,31 @@ def test_interval_is_seeded_and_matches_normal_theory():
     assert const == (3.0, 3.0)
 
 
+def loop_bootstrap(values, clusters, stat, rng, n_boot=1000) -> tuple[float, float]:
+    """cluster_bootstrap written as one resample at a time (the definition its matrix path must equal)."""
+    codes, inverse = np.unique(clusters, return_inverse=True)
+    members = [np.flatnonzero(inverse == c) for c in range(len(codes))]
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        stats[b] = stat(values[np.concatenate([members[c] for c in rng.integers(0, len(codes), len(codes))])])
+    return float(np.quantile(stats, 0.025)), float(np.quantile(stats, 0.975))
+
+
+def test_the_bootstrap_of_equal_clusters_is_the_one_resample_at_a_time_loop_bit_for_bit():
+    meta = np.random.default_rng(5)
+    for case in range(24):  # clusters of one size (the matrix path), then of mixed sizes (the loop), shuffled
+        n_codes, size = int(meta.integers(2, 12)), int(meta.integers(1, 5))
+        sizes = np.full(n_codes, size) if case < 16 else meta.integers(1, 5, n_codes)
+        clusters = meta.permutation(np.repeat([f"scene{i}/00000" for i in range(n_codes)], sizes))
+        values = [meta.normal(size=len(clusters)) * 1e3, np.round(meta.random(len(clusters)), 1)][case % 2]
+        for stat in (np.mean, np.median, lambda v: float(np.max(v))):  # the last: any statistic, by the loop
+            seed = int(meta.integers(0, 2**32))
+            ours, theirs = np.random.default_rng(seed), np.random.default_rng(seed)
+            expected = loop_bootstrap(values, clusters, stat, theirs)
+            assert cluster_bootstrap(values, clusters, stat, ours) == expected, (case, sizes, stat)
+            assert ours.bit_generator.state == theirs.bit_generator.state  # the same draws, no more
+
+
 def test_clusters_move_together():
     # Two images, each with 50 identical values: resampling images can only give 0, 0.5 or 1 as means.
     values = np.r_[np.zeros(50), np.ones(50)]
