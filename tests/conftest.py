@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP: no spinning threads
@@ -29,6 +28,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from bench.config import CONF_DIR, REPO_ROOT  # noqa: E402
+from tests.warm_cli import run_python_module, stop  # noqa: E402
 
 # The profile a test runs on unless it names its own: the random-weight tiny model on procedural scenes
 # (fast, needs no trained weights), feeding the task `demo` (the paths the tests check). `python -m bench.run`
@@ -95,18 +95,21 @@ def printout_width(text: str, root: Path) -> int:
     return max(len(line) for line in text.replace(str(root), "<root>").splitlines())
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m bench.run ...` as a real subprocess, offline, on the tests' TINY profile unless `args` name
+def run_cli(
+    args: list[str], cwd: Path, timeout: int = 300, check: bool = True, fresh: bool = False
+) -> subprocess.CompletedProcess:
+    """`python -m bench.run ...` as a real process, offline, on the tests' TINY profile unless `args` name
     the model, the dataset or the task (`run_cli_exact` runs `args` alone)."""
-    return run_cli_exact(with_test_profile(args), cwd, timeout, check)
+    return run_cli_exact(with_test_profile(args), cwd, timeout, check, fresh)
 
 
-def run_cli_exact(args: list[str], cwd: Path, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m bench.run <args>` exactly as given (the user's defaults: the trained toy profile), offline."""
+def run_cli_exact(
+    args: list[str], cwd: Path, timeout: int = 300, check: bool = True, fresh: bool = False
+) -> subprocess.CompletedProcess:
+    """`python -m bench.run <args>` exactly as given (the user's defaults: the trained toy profile), offline: a
+    process forked from the tests' warm interpreter (tests/warm_cli.py), or with `fresh` a new interpreter."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    proc = run_python_module("bench.run", args, cwd, env, timeout, fresh)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"bench.run {args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
@@ -119,3 +122,8 @@ def tiny_backbone():
     """The offline tiny SD backbone at 32 px (8x8 latents), shared by the tests (never mutated)."""
     cfg = compose_cfg(["model.image_size=32", "device=cpu"])
     return instantiate(cfg.model, _convert_="all")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Stop this worker's warm interpreter (tests/warm_cli.py), if a test started one."""
+    stop()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 from filelock import FileLock
 
 from bench.config import REPO_ROOT
+from tests.warm_cli import run_python_module
 
 # The maps stage on the smoke profile with a second subcategory: two samples (ball in a forest, cone by the ocean),
 # so the sanity stage can pair their subject words.
@@ -45,8 +44,7 @@ def build_maps_run(place: Path) -> None:
     (a failure leaves place/failed with the output, so a waiting worker fails with the same message, not a rerun)."""
     root = place / "root"
     root.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "bench.attribution", *SMOKE_MAPS, "--root-dir", str(root)]
-    proc = subprocess.run(cmd, cwd=root, env=study_env(), capture_output=True, text=True, timeout=1200)
+    proc = run_python_module("bench.attribution", [*SMOKE_MAPS, "--root-dir", str(root)], root, study_env(), 1200)
     (place / "stdout.txt").write_text(proc.stdout)
     if proc.returncode != 0:
         (place / "failed").write_text(f"exit {proc.returncode}\n{proc.stdout[-3000:]}{proc.stderr[-5000:]}")

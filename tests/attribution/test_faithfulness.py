@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from bench.attribution import faithfulness as faith
 from bench.attribution.report import CONTROL_LABEL
 from bench.config import REPO_ROOT
 from tests.attribution.conftest import MapsRun
+from tests.warm_cli import run_python_module
 
 GRID = (0.0, 0.1, 0.25, 0.5, 1.0)
 MAPS = [("gradsam", "last"), ("attention_only", "res8"), ("noise_diff", "-"), ("centre_prior", "-"), ("uniform", "-")]
@@ -345,10 +344,10 @@ def read(path: Path) -> np.ndarray:
 def test_the_stage_runs_end_to_end_on_the_tiny_model_and_joins_the_studys_page(smoke_maps: MapsRun):
     root = smoke_maps.root  # the maps stage ran once for the session (two samples: forest and ocean)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = [sys.executable, "-m", "bench.attribution", "--profile", "smoke", "--shards", "1", "--root-dir", str(root)]
+    args = ["--profile", "smoke", "--shards", "1", "--root-dir", str(root)]
     folder = root / "results" / "attribution"
     for stage in (["--stage", "faithfulness"], ["--stage", "all", "--report-only"]):  # the stage, then the page
-        proc = subprocess.run([*cmd, *stage], cwd=root, env=env, capture_output=True, text=True)
+        proc = run_python_module("bench.attribution", [*args, *stage], root, env, 1500)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         if stage[1] == "faithfulness":  # alone: its own tables and faithfulness.md; the study's page is the maps'
             assert faith.AUC_TITLE in (folder / faith.FILES["md"]).read_text()

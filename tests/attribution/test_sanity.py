@@ -46,6 +46,7 @@ from tests.attribution.conftest import MapsRun
 from tests.method.test_attribution_maps import hand_daam, subject_attention
 from tests.method.test_sampler import INDICES, STEPS, make_sample
 from tests.method.unets import SD15_SHAPED, TINY, build_unet
+from tests.warm_cli import run_python_module
 
 ALL_KINDS = ["gradsam", "attention_only", "daam", "noise_diff"]
 PROMPT, SUBJECT = "a red ball in a forest", "ball"
@@ -331,10 +332,8 @@ def text(value) -> str:
 
 def run_stage(root: Path, stage: str, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = [sys.executable, "-m", "bench.attribution", "--profile", "smoke", "--shards", "1", "--stage", stage]
-    proc = subprocess.run(
-        [*cmd, "--root-dir", str(root), *overrides], cwd=root, env=env, capture_output=True, text=True, timeout=1500
-    )
+    args = ["--profile", "smoke", "--shards", "1", "--stage", stage, "--root-dir", str(root), *overrides]
+    proc = run_python_module("bench.attribution", args, root, env, 1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from bench.attribution.study import TruthCells, cell_maps, layer_sets, sample_ro
 from bench.config import REPO_ROOT
 from bench.truth.record import TRUTH_FILE
 from tests.attribution.conftest import MapsRun
+from tests.warm_cli import run_python_module
 
 
 def test_layer_sets_sum_the_per_layer_maps():
@@ -109,9 +108,8 @@ def test_an_empty_truth_gives_nan_metrics_with_its_reason():
 def run_study(root: Path, *overrides: str) -> tuple[Path, str]:
     """The study's folder, and what the command printed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = [sys.executable, "-m", "bench.attribution", "--stage", "maps", "--profile", "smoke", "--shards", "1"]
-    cmd += ["--root-dir", str(root), *overrides]
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+    args = ["--stage", "maps", "--profile", "smoke", "--shards", "1", "--root-dir", str(root), *overrides]
+    proc = run_python_module("bench.attribution", args, root, env, 1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return root / "results" / "attribution", proc.stdout
 

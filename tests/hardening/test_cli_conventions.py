@@ -64,7 +64,7 @@ def test_config_dir_and_config_name_run_the_outside_configs_end_to_end(tmp_path,
 
 def test_a_typo_beside_an_outside_config_is_caught_before_hydra_writes(tmp_path, outside):
     args = ["-cd", str(outside), "experiment=mine", *RUN, "method.strenght=0.5", f"paths.root_dir={tmp_path}"]
-    proc = run_cli(args, tmp_path, check=False)
+    proc = run_cli(args, tmp_path, check=False, fresh=True)
     one_line_refusal(proc, "unknown config key 'method.strenght'", "'strength'")
     assert not (tmp_path / "outputs").exists()  # the pre-check composed with the outside folder: nothing written
 
@@ -72,7 +72,9 @@ def test_a_typo_beside_an_outside_config_is_caught_before_hydra_writes(tmp_path,
 def test_a_typo_inside_an_outside_config_is_named_with_the_allowed_keys(tmp_path, outside):
     """A key that a config file adds is no override error; the method's constructor is checked before any load."""
     (outside / "experiment" / "typo.yaml").write_text("# @package _global_\nmethod:\n  strenght: 0.5\n")
-    proc = run_cli(["-cd", str(outside), "experiment=typo", *RUN, f"paths.root_dir={tmp_path}"], tmp_path, check=False)
+    proc = run_cli(
+        ["-cd", str(outside), "experiment=typo", *RUN, f"paths.root_dir={tmp_path}"], tmp_path, check=False, fresh=True
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "error: unknown config key 'method.strenght'" in proc.stderr and "'strength'" in proc.stderr
     assert not list((tmp_path / "outputs").rglob("*.png")) and not list((tmp_path / "outputs").rglob("rows"))
@@ -99,12 +101,16 @@ def test_aggregate_refuses_a_task_name_that_would_write_outside_the_results_fold
 
 
 def test_a_config_dir_that_does_not_exist_is_one_line(tmp_path):
-    proc = run_cli(["-cd", str(tmp_path / "nope"), *RUN, f"paths.root_dir={tmp_path}"], tmp_path, check=False)
+    proc = run_cli(
+        ["-cd", str(tmp_path / "nope"), *RUN, f"paths.root_dir={tmp_path}"], tmp_path, check=False, fresh=True
+    )
     one_line_refusal(proc, f"--config-dir {tmp_path / 'nope'}: no such folder", "Fix:")
 
 
 def test_a_config_name_that_does_not_exist_is_one_line(tmp_path, outside):
-    proc = run_cli(["-cd", str(outside), "-cn", "nope", *RUN, f"paths.root_dir={tmp_path}"], tmp_path, check=False)
+    proc = run_cli(
+        ["-cd", str(outside), "-cn", "nope", *RUN, f"paths.root_dir={tmp_path}"], tmp_path, check=False, fresh=True
+    )
     one_line_refusal(proc, "--config-name nope: no config nope.yaml in", str(outside))
 
 

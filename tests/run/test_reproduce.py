@@ -19,6 +19,7 @@ from bench.reporting.tables import PAPER_TABLE1
 from bench.reproduce import PROFILES, ReproduceError, Times, check_shards, merge_shards
 from bench.summary import JobSummary
 from tests.conftest import compose_cfg, printout_width
+from tests.warm_cli import run_python_module
 
 SMALL = [
     "dataset.images_per_subcategory=1",
@@ -120,10 +121,9 @@ TINY_ONE_ROW = [
 ]
 
 
-def reproduce(tmp_path, *args: str) -> subprocess.CompletedProcess:
+def reproduce(tmp_path, *args: str, fresh: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_CACHE_DIR": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "bench.reproduce", *args, "--root-dir", str(tmp_path)]
-    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return run_python_module("bench.reproduce", [*args, "--root-dir", str(tmp_path)], REPO_ROOT, env, 600, fresh)
 
 
 def test_reproduce_honours_task_name_and_every_override(tmp_path):
@@ -225,7 +225,7 @@ def test_reproduce_runs_its_shards_at_once(tmp_path):
 
 
 def test_reproduce_failures_are_one_line(tmp_path):
-    typo = reproduce(tmp_path, "table1", "--profile", "offline", "sampling.guidnce_scale=3")
+    typo = reproduce(tmp_path, "table1", "--profile", "offline", "sampling.guidnce_scale=3", fresh=True)
     assert typo.returncode == 2 and not (tmp_path / "outputs").exists()  # refused before any job started
     assert typo.stderr.strip().count("\n") == 0 and "guidance_scale" in typo.stderr and "Traceback" not in typo.stderr
     # A run that writes no samples (dry_run): the tables cannot be built, and it says which task and why.
