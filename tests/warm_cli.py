@@ -173,10 +173,16 @@ def serve(socket_path: str) -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(socket_path)
     server.listen(8)
+    server.settimeout(5.0)
+    parent = os.getppid()
     sys.stdout.buffer.write(READY)
     sys.stdout.flush()
-    while True:
-        conn, _ = server.accept()
+    while os.getppid() == parent:  # a worker that died without stopping it: the zygote goes too
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            continue
+        conn.settimeout(None)
         with conn:
             request = json.loads(conn.makefile("rb").readline())
             pid = os.fork()

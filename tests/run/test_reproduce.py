@@ -126,24 +126,6 @@ def reproduce(tmp_path, *args: str, fresh: bool = False) -> subprocess.Completed
     return run_python_module("bench.reproduce", [*args, "--root-dir", str(tmp_path)], REPO_ROOT, env, 600, fresh)
 
 
-def test_reproduce_honours_task_name_and_every_override(tmp_path):
-    proc = reproduce(tmp_path, "demo", "task_name=mine", *TINY_ONE_ROW)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert (tmp_path / "results" / "mine" / "table1.md").is_file() and (
-        tmp_path / "results" / "mine" / "report.html"
-    ).is_file()
-    assert not (tmp_path / "results" / "demo").exists()
-    samples = pd.read_csv(tmp_path / "results" / "mine" / "samples.csv")
-    assert (
-        set(samples["task"]) == {"mine"} and set(samples["label"]) == {"txt2img"} and set(samples["model"]) == {"tiny"}
-    )
-    assert str(tmp_path / "results" / "mine" / "report.html") in proc.stdout
-    times = proc.stdout[proc.stdout.index("time per row") :].splitlines()  # after the tables: where the time went
-    assert times[1].split()[:3] == ["txt2img+none", "1", "new"] and "s a sample" in times[1]
-    assert "tables and set-level FID/KID" in proc.stdout and times[-1].startswith("total: ")
-    assert printout_width("\n".join(times), tmp_path) <= 100
-
-
 def job(label: str, new: int, done: int, wall_s: float, generation_s: float) -> JobSummary:
     return JobSummary(
         "demo", label, "toy/toy_world", "run", "csv", "results", "root", new, done, 0, None, wall_s, generation_s, None
@@ -209,18 +191,29 @@ def test_shards_refuse_the_overrides_they_set():
         assert override in str(refused.value) and "\n" not in str(refused.value)
 
 
-def test_reproduce_runs_its_shards_at_once(tmp_path):
-    proc = reproduce(tmp_path, "demo", "--shards", "2", "task_name=split", "seeds=[0,1]", *TINY_ONE_ROW)
+def test_reproduce_honours_task_name_and_every_override_and_runs_its_shards_at_once(tmp_path):
+    proc = reproduce(tmp_path, "demo", "--shards", "2", "task_name=mine", "seeds=[0,1]", *TINY_ONE_ROW)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "results" / "mine" / "table1.md").is_file() and (
+        tmp_path / "results" / "mine" / "report.html"
+    ).is_file()
+    assert not (tmp_path / "results" / "demo").exists()
+    samples = pd.read_csv(tmp_path / "results" / "mine" / "samples.csv")
+    assert (
+        set(samples["task"]) == {"mine"} and set(samples["label"]) == {"txt2img"} and set(samples["model"]) == {"tiny"}
+    )
+    assert str(tmp_path / "results" / "mine" / "report.html") in proc.stdout
     launched = [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
     assert [line.split()[-3:] for line in launched] == [
         ["shard.index=0", "shard.count=2", "cpu_threads=1"],
         ["shard.index=1", "shard.count=2", "cpu_threads=1"],
     ]
-    samples = pd.read_csv(tmp_path / "results" / "split" / "samples.csv")
-    assert sorted(samples["seed"]) == [0, 1] and set(samples["status"]) == {"ok"}
-    times = proc.stdout[proc.stdout.index("time per row") :].splitlines()
+    assert sorted(samples["seed"]) == [0, 1] and set(samples["status"]) == {"ok"}  # one sample per shard
+    times = proc.stdout[proc.stdout.index("time per row") :].splitlines()  # after the tables: where the time went
     assert "2 processes at once" in times[0] and times[1].split()[:3] == ["txt2img+none", "2", "new"]
+    assert (
+        "s a sample" in times[1] and "tables and set-level FID/KID" in proc.stdout and times[-1].startswith("total: ")
+    )
     assert printout_width("\n".join(times), tmp_path) <= 100
 
 
