@@ -25,12 +25,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
 
-from bench.sd.backbone import Backbone
 from bench.sd.config import Rule, boolean, from_mapping, integer, real, setting, text
 from bench.sd.diffusion import (
     SamplingConfig,
@@ -45,6 +44,11 @@ from bench.sd.diffusion import (
 from bench.sd.errors import ConfigError
 from bench.sd.maps import MapRecord
 from bench.sd.methods import Generated, Method, Sample, images_or_failures
+
+if TYPE_CHECKING:  # annotations only (importing diffusers costs seconds; config checks build the method)
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
+
+    from bench.sd.backbone import Backbone
 
 TEMPLATE_FIELDS = {"scene": "forest", "prompt": "Deer roaming", "subject": "Deer"}
 
@@ -92,6 +96,7 @@ class DiffEditConfig:
 
 def ddim_schedulers(ddpm: DDPMScheduler) -> tuple[DDIMScheduler, DDIMInverseScheduler]:
     """DDIM and its inverse on the backbone's betas and timestep grid (alpha of the clean end = 1)."""
+    from diffusers import DDIMInverseScheduler, DDIMScheduler  # here: importing diffusers costs seconds
 
     def build(cls):
         accepted = inspect.signature(cls.__init__).parameters

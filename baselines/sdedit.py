@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench.sd.backbone import Backbone
 from bench.sd.config import from_mapping, real, setting
 from bench.sd.diffusion import SamplingConfig, TextConditioning, denoise, encode_images, truncated_timesteps
 from bench.sd.methods import Generated, Method, Sample, images_or_failures
 from bench.sd.seeding import draw_normal
+
+if TYPE_CHECKING:  # annotations only (importing diffusers costs seconds; config checks build the method)
+    from bench.sd.backbone import Backbone
 
 
 @dataclass(frozen=True)

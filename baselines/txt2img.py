@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from bench.sd.backbone import Backbone
+from typing import TYPE_CHECKING
+
 from bench.sd.diffusion import SamplingConfig, TextConditioning, denoise, truncated_timesteps
 from bench.sd.methods import Generated, Method, Sample, images_or_failures
 from bench.sd.seeding import draw_normal
+
+if TYPE_CHECKING:  # annotations only (importing diffusers costs seconds; config checks build the method)
+    from bench.sd.backbone import Backbone
 
 
 class Txt2Img(Method):

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -40,7 +41,6 @@ from bench.records import (
     write_row,
     writing,
 )
-from bench.sd.backbone import Backbone
 from bench.sd.config import from_mapping, integer, is_integer
 from bench.sd.diffusion import SamplingConfig
 from bench.sd.methods import Generated, Method, Sample
@@ -49,6 +49,9 @@ from bench.truth.record import TRUTH_FILE, TruthRecorder, TruthSources
 from method.attention import describe_layers
 from method.plans import describe_general_plans
 from method.tokens import subject_tokens
+
+if TYPE_CHECKING:  # annotations only: config checks and refusals import this module without diffusers
+    from bench.sd.backbone import Backbone
 
 log = logging.getLogger(__name__)
 

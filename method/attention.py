@@ -16,12 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import UNet2DConditionModel
-from diffusers.models.attention_processor import Attention
 
 from bench.sd.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: importing diffusers costs seconds, and config checks build methods
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import Attention
 
 PROCESSOR_SUFFIX = ".processor"
 
@@ -105,6 +108,8 @@ def cross_attention_layers(unet: UNet2DConditionModel) -> list[str]:
     `unet.attn_processors` is in registration order, which puts the mid block last; the block
     structure gives the order in which the layers actually run.
     """
+    from diffusers.models.attention_processor import Attention  # here: importing diffusers costs seconds
+
     names = {module: name for name, module in unet.named_modules()}
     blocks = [*unet.down_blocks, *([unet.mid_block] if unet.mid_block is not None else []), *unet.up_blocks]
     ordered = []

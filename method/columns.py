@@ -24,12 +24,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
-from diffusers import UNet2DConditionModel
-from diffusers.models.attention_processor import AttnProcessor
 
 from method.attention import PROCESSOR_SUFFIX, ProbabilityProcessor, ProbabilityStore, recording_attention
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only (importing diffusers costs seconds)
+    from diffusers import UNet2DConditionModel
+
     from method.gradsam import JacobianPass
 
 
@@ -52,6 +52,8 @@ class PerturbedProbabilities(ProbabilityProcessor):
 def perturbing(unet: UNet2DConditionModel, name: str, positions: torch.Tensor) -> Iterator[PerturbedProbabilities]:
     """`name` gets a PerturbedProbabilities, every other attention layer diffusers' explicit AttnProcessor;
     the previous processors come back on exit, also after an exception."""
+    from diffusers.models.attention_processor import AttnProcessor  # here: importing diffusers costs seconds
+
     original = dict(unet.attn_processors)
     key = name + PROCESSOR_SUFFIX
     if key not in original:

@@ -31,10 +31,10 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from bench.sd.config import from_mapping
 from bench.sd.errors import ConfigError
@@ -43,6 +43,9 @@ from method.columns import column_path
 from method.config import TRANSFORM_NAMES, ScoreConfig
 from method.plans import GeneralPlan, plan_general
 from method.tail import TailInputs, TailNotApplicable, build_tail, capturing_tail_inputs, tail_modules, tail_scores
+
+if TYPE_CHECKING:  # annotations only (importing diffusers costs seconds)
+    from diffusers import DDPMScheduler, UNet2DConditionModel
 
 # The allowed settings (TARGETS, BASES, PATHS, ...) live in method.config; T by name, in its order:
 TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = dict(

@@ -18,11 +18,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from diffusers import UNet2DConditionModel
+from typing import TYPE_CHECKING
 
 from method.attention import layer_resolutions, resolve_layers
 from method.tail import TailNotApplicable, tail_modules
+
+if TYPE_CHECKING:  # annotations only (importing diffusers costs seconds)
+    from diffusers import UNet2DConditionModel
 
 # Estimated cost of one product in conditional UNet forwards at batch 1, measured on the CPU on the toy UNet
 # (res8, one subject token, interleaved in one process; docs/method.md "Cost"): a VJP row about half a forward

@@ -30,14 +30,17 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
-from diffusers.models.activations import GEGLU
 from torch import nn
 
 from method.post_jacobian import HeadProducts, UnsupportedHead, check_head, linearize_head
+
+if TYPE_CHECKING:  # annotations only (importing diffusers costs seconds)
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.activations import GEGLU
 
 # Output rows built and reduced at once by HeadProducts.contract: at SD1.5's size (N*X = 32768 entries a row)
 # 256 rows took half the time of 64 on the CPU (bench.perf gradsam --scale sd15); a 32 MB buffer there.
@@ -203,6 +206,8 @@ def position_jacobian(tail: Tail, a_sub: torch.Tensor, chunk: int = 8) -> tuple[
 
 def geglu_parts(mods: TailModules) -> tuple[nn.LayerNorm, GEGLU, nn.Linear, torch.Tensor] | None:
     """norm3, GEGLU, the output Linear and proj_out's matrix [C', C'], if `rest` is exactly their chain (eval mode)."""
+    from diffusers.models.activations import GEGLU  # here: importing diffusers costs seconds
+
     net, norm, proj = mods.block.ff.net, mods.block.norm3, mods.transformer.proj_out
     plain = isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) == 1 and type(net[0]) is GEGLU
     plain = plain and len(net) >= 3 and isinstance(net[2], nn.Linear)

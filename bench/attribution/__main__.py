@@ -32,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.attribution import faithfulness, sanity
-from bench.attribution.report import write_study
+from bench.attribution import faithfulness
+from bench.attribution.inputs import maps_samples
 from bench.cli_checks import exit_with
 from bench.config import REPO_ROOT
 from bench.records import StorageError
@@ -119,6 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     check_arguments(args)
     root = args.root_dir.resolve()
+    if args.stage == "sanity" and not args.report_only:
+        maps_samples(root)  # its refusal before the stage's imports
+    # Here, not at the top: the sanity stage and the study's report import scipy and torchmetrics (seconds).
+    from bench.attribution import sanity
+    from bench.attribution.report import write_study
+
     if args.stage in ("sanity", "faithfulness"):  # alone: its own tables and page; the study's page gains them
         (sanity if args.stage == "sanity" else faithfulness).run_stage(args, root)  # with all or --report-only
         return

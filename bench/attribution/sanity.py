@@ -52,6 +52,7 @@ from omegaconf import OmegaConf
 from scipy.stats import ConstantInputWarning, spearmanr
 from torch import nn
 
+from bench.attribution.inputs import maps_samples
 from bench.attribution.report import CONTROL_LABEL, truth_function
 from bench.attribution.sanity_report import CROSS, NONE, PLAN_FILE, SAMPLES_FILE, SCENE_WORD, SHUFFLED, write_sanity
 from bench.attribution.study import TruthCells, cell_maps, load_maps, nan_reason, sample_rng_of
@@ -415,9 +416,7 @@ def has_latents(path: Path) -> bool:
 def select(root: Path, plan: SanityPlan) -> Selection:
     """The control samples (row no_manipulation, ablation none, ok) whose maps kept their latents, in `spread`
     order, the first `plan.samples`; a one-line refusal naming the fix when there are none (before any work)."""
-    csv = root / "results" / TASK / "samples.csv"
-    if not csv.is_file():
-        exit_with(f"{csv} does not exist. Run the maps stage first: python -m bench.attribution --stage maps")
+    csv = maps_samples(root)
     try:
         samples = read_samples(csv)
     except ResultsError as exc:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from PIL import Image
 
 from bench.metrics import CLIP_SCORE
@@ -155,6 +154,8 @@ class CLIPScore:
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - open_clip, torch and safetensors each raise their own kind
+            from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
             source = f"metrics.clip_weights={self.weights!r}" if self.weights else f"the weights of {self.model_label}"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise MissingWeightsError(
@@ -191,6 +192,7 @@ def find_clip_weights(arch: str, pretrained: str, weights_path: str | None) -> s
     Raises MissingWeightsError offline when the tag's file is not cached, before any generation starts.
     """
     import open_clip
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     if arch not in open_clip.list_models():
         raise ConfigError(f"metrics.clip={arch!r} is not an open_clip model. Fix: e.g. ViT-L-14 or {TINY_RANDOM}.")
@@ -220,6 +222,7 @@ def find_clip_weights(arch: str, pretrained: str, weights_path: str | None) -> s
 def _is_cached(cfg: dict) -> bool:
     """Whether the Hugging Face cache (or open_clip's URL cache, ~/.cache/clip) already holds the tag's file."""
     from huggingface_hub import try_to_load_from_cache
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     if cfg.get("hf_hub"):
         repo_id, filename = os.path.split(cfg["hf_hub"])  # 'org/model/' -> ('org/model', ''): default file names

@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from bench.sd.backbone import resolve_device
+from bench.sd.device import resolve_device
 
 __all__ = ["PerSampleMetric", "SampleContext", "nan_result", "resolve_device"]
 

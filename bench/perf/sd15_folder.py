@@ -15,9 +15,6 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from open_clip.tokenizer import bytes_to_unicode, default_bpe
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from bench.config import REPO_ROOT
 
@@ -104,6 +101,10 @@ STAMP = "random_weights.json"
 
 def build_modules() -> dict[str, torch.nn.Module]:
     """The three networks with seeded default initialisation (float32, eval mode)."""
+    # Here, not at the top: importing diffusers and transformers costs seconds (`bench.perf gpu` refuses first).
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     makers = {
         "unet": lambda: UNet2DConditionModel(**UNET),
         "vae": lambda: AutoencoderKL(**VAE),
@@ -122,6 +123,8 @@ def build_modules() -> dict[str, torch.nn.Module]:
 
 def write_tokenizer(folder: Path) -> None:
     """SD1.5's tokenizer/ files (vocab.json, merges.txt, configs), built from CLIP's raw BPE merges."""
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe  # here: importing open_clip costs a second
+
     with gzip.open(default_bpe()) as fh:
         lines = fh.read().decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]

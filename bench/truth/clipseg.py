@@ -29,7 +29,7 @@ from huggingface_hub import HfApi
 from safetensors import SafetensorError
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, ViTImageProcessor
 
-from bench.sd.backbone import resolve_device
+from bench.sd.device import resolve_device
 from bench.sd.errors import AssetMissingError, ConfigError
 from bench.sd.tokenizer import ClipBpeTokenizer
 from bench.sd.weights import HUB_PROBE_TIMEOUT_S, SafetensorsFolder, locate_folder
