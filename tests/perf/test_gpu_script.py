@@ -35,7 +35,7 @@ def test_the_gpu_script_runs_every_section_on_the_cpu_at_tiny_size(tmp_path):
     out = tmp_path / "gpu.md"
     args = ["--device", "cpu", "--size", "tiny", "--steps", "4", "--rows", "sdedit_0.6,gradsam_paper", "--samples", "1"]
     proc = run_script(
-        *args, "--sets", "res4", "--chunk", "64", "--repeats", "2", "--budget-s", "600", "--out", str(out)
+        *args, "--sets", "res2", "--chunk", "16", "--repeats", "2", "--budget-s", "600", "--out", str(out)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = out.read_text()
@@ -50,32 +50,37 @@ def test_the_gpu_script_runs_every_section_on_the_cpu_at_tiny_size(tmp_path):
     assert re.search(r"call / the float32 UNet's plain forward: median [\d.]+, range [\d.]+-[\d.]+", report)
     for row in ("sdedit_0.6", "gradsam_paper"):
         assert re.search(rf"^\| {row} \| [\d.]+ \| - \| [\d.]+ GB RSS", report, re.M), row
-    # res4 on the tiny model's 16x16 latent (one 4x4 layer, 8 heads): both sides counted as the plan counts them,
-    # both whole calls run, and the Jacobian entries the two sampled passes share agree.
+    # res2 on the tiny model's 8x8 latent at 32 px (one 2x2 layer, 8 heads): both sides counted as the plan counts
+    # them (at chunk 16, several passes each), both whole calls run, and the entries both sampled passes share agree.
     sides = re.findall(
-        r"^\| res4 \| 1 \| (rows|columns)( \(auto\))? \| (\d+) \| (\d+) \| [\d.]+ \| [\d.]+ \| "
+        r"^\| res2 \| 1 \| (rows|columns)( \(auto\))? \| (\d+) \| (\d+) \| [\d.]+ \| [\d.]+ \| "
         r"([\d.]+) \(.*?\) \| .*? \| ([\d.e+-]+) \|$",
         report,
         re.M,
     )
     assert [s[0] for s in sides] == ["rows", "columns"]
     unet = build_unet(TINY)
-    tokens = int(sides[1][2]) // (8 * 16)
-    plan = plan_general(unet, ["mid_block.attentions.0.transformer_blocks.0.attn2"], (4, 16, 16), tokens, 64)
+    tokens = int(sides[1][2]) // (8 * 4)
+    plan = plan_general(unet, ["mid_block.attentions.0.transformer_blocks.0.attn2"], (4, 8, 8), tokens, 16)
     for side, auto, products, passes, _, agree in sides:
-        assert (int(products), int(passes)) == (plan.products(side), plan.passes(side))
+        assert (int(products), int(passes)) == (plan.products(side), plan.passes(side)) and int(passes) > 1
         assert bool(auto) == (side == plan.mode)
         assert float(agree) < 1e-4
 
 
-def test_the_gpu_script_refuses_cuda_where_there_is_none(tmp_path):
+def test_the_gpu_script_refuses_cuda_where_there_is_none(tmp_path, capsys):
+    """In process (the argument check comes first: nothing is built, no thread count set); the test above runs
+    the same main() through `python -m bench.perf gpu`."""
     import torch
+
+    from bench.perf import gpu
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
-    proc = run_script("--out", str(tmp_path / "gpu.md"))
-    assert proc.returncode == 2
-    assert "--device cpu --size tiny" in proc.stderr
+    with pytest.raises(SystemExit) as exit_:
+        gpu.main(["--out", str(tmp_path / "gpu.md")])
+    assert exit_.value.code == 2
+    assert "--device cpu --size tiny" in capsys.readouterr().err
     assert not (tmp_path / "gpu.md").exists()
 
 
