@@ -22,7 +22,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.stats import rankdata
-from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
 from bench.sd.maps import centre_prior  # the one definition (the score kind centre_prior uses it too)
 
@@ -45,6 +44,10 @@ def attribution_metrics(score: np.ndarray, truth: np.ndarray) -> dict[str, float
         return dict.fromkeys(METRICS, NAN)
     if not np.isfinite(score).all():
         raise ValueError(f"map has {int((~np.isfinite(score)).sum())} non-finite values; a map must be finite.")
+    # Imported here, not at module level: torchmetrics takes ~5 s to import (torchvision, its text models), and the
+    # report path imports this module only for METRICS.
+    from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
     preds, target = torch.from_numpy(ranks(score.ravel())), torch.from_numpy(truth.ravel()).long()
     order = np.argsort(-score.ravel(), kind="stable")  # highest first; ties in row-major order
     top = np.zeros(truth.size, dtype=bool)
