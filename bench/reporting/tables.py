@@ -51,10 +51,12 @@ def cluster_bootstrap(
     n_boot: int = N_BOOT,
 ) -> tuple[float, float]:
     """Percentile (1-ALPHA) interval of `stat` when whole clusters are resampled with replacement."""
-    codes, inverse = np.unique(clusters, return_inverse=True)
-    members = [np.flatnonzero(inverse == c) for c in range(len(codes))]
-    if len(values) < 2 or len(codes) < 2:
+    if len(values) < 2:
         return (np.nan, np.nan)
+    codes, inverse = np.unique(clusters, return_inverse=True)
+    if len(codes) < 2:
+        return (np.nan, np.nan)
+    members = [np.flatnonzero(inverse == c) for c in range(len(codes))]
     if stat in ROW_STATISTICS and len({len(m) for m in members}) == 1:
         # Clusters of one size (e.g. one row per image): every resample has the same length, so all of them form
         # one matrix, from the same draws in the same order as the loop below, and each row's statistic is the
@@ -131,17 +133,27 @@ def summarize(
     of non-missing values behind it (< N when some are NaN). Each interval is seeded by its cell (`cell_rng`:
     the table, the row so far, the metric and the statistic).
     """
+    grouped = samples.groupby(list(by), sort=sort, dropna=False)
+    metrics = metric_columns(samples) if metrics is None else list(metrics)
+    # Each metric's values and each row's status are taken once for all rows, and each group picks its rows by
+    # position: `ngroup` numbers the groups in the order the loop sees them, and a stable argsort keeps each
+    # group's rows in their order, so every cell sees the values it would see from its own group's frame.
+    numbers = grouped.ngroup().to_numpy()
+    rows_of = np.split(np.argsort(numbers, kind="stable"), np.cumsum(np.bincount(numbers))[:-1]) if len(numbers) else []
+    ok_rows = (samples["status"] == "ok").to_numpy() if "status" in samples else np.ones(len(samples), dtype=bool)
+    columns = {m: metric_values(samples, m).to_numpy() for m in metrics} if len(samples) else {}
+    images = samples["image_id"].to_numpy() if metrics and len(samples) else None
     out = []
-    for keys, group in samples.groupby(list(by), sort=sort, dropna=False):
-        ok = group[group["status"] == "ok"] if "status" in group else group
+    for (keys, _), rows in zip(grouped, rows_of, strict=True):
+        ok = rows[ok_rows[rows]]
         row = dict(zip(by, keys if isinstance(keys, tuple) else (keys,), strict=True))
         row["N"] = len(ok)
-        row["failures"] = len(group) - len(ok)
-        for m in metric_columns(samples) if metrics is None else metrics:
-            all_values = metric_values(ok, m)
-            keep = all_values.notna().to_numpy()
-            values = all_values.to_numpy()[keep]
-            clusters = ok["image_id"].to_numpy()[keep]
+        row["failures"] = len(rows) - len(ok)
+        for m in metrics:
+            all_values = columns[m][ok]
+            keep = ~np.isnan(all_values)
+            values = all_values[keep]
+            clusters = images[ok][keep]
             for name in stats:
                 row[f"{m}_{name}"] = float(STATISTICS[name](values)) if len(values) else np.nan
                 if intervals:
