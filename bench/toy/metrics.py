@@ -24,7 +24,7 @@ from bench.metrics.common import SampleContext
 from bench.metrics.inception import MissingWeightsError
 from bench.metrics.toy_clip import load_toy_clip, toy_clip_folder
 from bench.sd.errors import ConfigError
-from bench.sd.maps import centre_prior  # not bench.truth.scores: that imports torchmetrics (~1.4 s)
+from bench.sd.maps import centre_prior  # not bench.truth.scores: that imports scipy.stats (~1 s)
 from bench.toy.clip import ZeroShot
 from bench.toy.oracle import MAX_DISTANCE, MIN_AREA, colour_region, prompt_subject, region_shape
 from bench.toy.world import COLOURS, SHAPES
