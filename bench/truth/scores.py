@@ -44,8 +44,8 @@ def attribution_metrics(score: np.ndarray, truth: np.ndarray) -> dict[str, float
         return dict.fromkeys(METRICS, NAN)
     if not np.isfinite(score).all():
         raise ValueError(f"map has {int((~np.isfinite(score)).sum())} non-finite values; a map must be finite.")
-    # Imported here, not at module level: torchmetrics takes ~5 s to import (torchvision, its text models), and the
-    # report path imports this module only for METRICS.
+    # Imported here, not at module level: torchmetrics pulls in torchvision and its text models (seconds, where
+    # nothing else has imported them), and the report path imports this module only for METRICS.
     from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
     preds, target = torch.from_numpy(ranks(score.ravel())), torch.from_numpy(truth.ravel()).long()
